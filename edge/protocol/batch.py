@@ -1,0 +1,239 @@
+"""Record batches: the unit that is produced, stored, replicated and fetched.
+
+Layout (big-endian, 61-byte header, then the records)::
+
+    offset size field               meaning
+    0      8    base_offset   i64   offset of the first record; set by the leader
+    8      4    batch_length  u32   bytes after this field (header rest + records)
+    12     4    leader_epoch  i32   epoch of the leader that appended it; set by the leader
+    16     1    magic         u8    format version, 1
+    17     4    crc           u32   CRC-32 (zlib) of bytes 21..end
+    21     2    attributes    u16   bits 0-2: compression (0 none, 1 zlib)
+    23     4    last_offset_delta i32  record_count - 1
+    27     8    first_timestamp   i64  ms since the epoch
+    35     8    max_timestamp     i64  ms since the epoch
+    43     8    producer_id   i64   -1 when not idempotent
+    51     2    producer_epoch i16  -1 when not idempotent
+    53     4    base_sequence i32   sequence of the first record, -1 when not idempotent
+    57     4    record_count  u32
+    61     ..   records       CBOR array (compressed as a whole when attributes say so)
+
+Each record is a CBOR array ``[timestamp_delta, key, value]`` or
+``[timestamp_delta, key, value, headers]``: ``key`` is bytes or null, ``value``
+bytes, ``headers`` a map of text to bytes. The offset of record *i* is
+``base_offset + i``.
+
+The CRC leaves out base offset, length, leader epoch and magic, so the leader
+patches offset and epoch in place without recomputing it.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from enum import IntEnum
+from typing import Any, Final, NamedTuple
+
+import cbor2
+
+from edge.protocol.errors import CorruptBatch
+
+HEADER: Final = struct.Struct(">qIiBIHiqqqhiI")
+HEADER_SIZE: Final = HEADER.size  # 61
+LOG_OVERHEAD: Final = 12  # base_offset + batch_length
+MAGIC: Final = 1
+CRC_START: Final = 21
+_BASE_OFFSET: Final = struct.Struct(">q")
+_EPOCH: Final = struct.Struct(">i")
+_PREFIX: Final = struct.Struct(">qI")
+# One batch must fit a frame; the producer's default is far smaller (see client).
+MAX_BATCH_BYTES: Final = 4 * 1024 * 1024
+# Decompressed records are bounded too: a tiny zlib bomb must not eat a Pi's RAM.
+MAX_RECORDS_BYTES: Final = 16 * 1024 * 1024
+NO_PRODUCER: Final = -1
+
+
+class Compression(IntEnum):
+    NONE = 0
+    ZLIB = 1
+
+
+class BatchHeader(NamedTuple):
+    base_offset: int
+    batch_length: int
+    leader_epoch: int
+    magic: int
+    crc: int
+    attributes: int
+    last_offset_delta: int
+    first_timestamp: int
+    max_timestamp: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    record_count: int
+
+    @property
+    def size(self) -> int:
+        """Total bytes of the batch, header included."""
+        return LOG_OVERHEAD + self.batch_length
+
+    @property
+    def last_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta + 1
+
+    @property
+    def compression(self) -> Compression:
+        return Compression(self.attributes & 0x7)
+
+
+class Record(NamedTuple):
+    """One record as a consumer sees it."""
+
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes] | None = None
+
+
+def encode_batch(
+    records: Sequence[Sequence[Any]],
+    *,
+    first_timestamp: int,
+    max_timestamp: int | None = None,
+    compression: Compression = Compression.NONE,
+    producer_id: int = NO_PRODUCER,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+) -> bytes:
+    """Encode records given as ``[timestamp_delta, key, value(, headers)]`` lists."""
+    if not records:
+        raise ValueError("a batch holds at least one record")
+    body = cbor2.dumps(records)
+    if compression == Compression.ZLIB:
+        body = zlib.compress(body, 1)
+    count = len(records)
+    if max_timestamp is None:
+        max_timestamp = first_timestamp + max(r[0] for r in records)
+    head = HEADER.pack(
+        0, HEADER_SIZE - LOG_OVERHEAD + len(body), 0, MAGIC, 0, int(compression), count - 1,
+        first_timestamp, max_timestamp, producer_id, producer_epoch, base_sequence, count,
+    )
+    crc = zlib.crc32(head[CRC_START:])
+    crc = zlib.crc32(body, crc)
+    out = bytearray(head)
+    struct.pack_into(">I", out, 17, crc)
+    out += body
+    return bytes(out)
+
+
+def decode_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
+    """Parse and sanity-check the header at ``pos`` (the CRC is checked by ``verify``)."""
+    if len(buf) - pos < HEADER_SIZE:
+        raise CorruptBatch(
+            f"batch header needs {HEADER_SIZE} bytes, have {len(buf) - pos}",
+            position=pos,
+        )
+    h = BatchHeader._make(HEADER.unpack_from(buf, pos))
+    if h.magic != MAGIC:
+        raise CorruptBatch(f"unknown batch magic {h.magic}", position=pos)
+    if h.batch_length < HEADER_SIZE - LOG_OVERHEAD or h.size > MAX_BATCH_BYTES:
+        raise CorruptBatch(f"batch length {h.batch_length} out of range", position=pos)
+    if h.record_count < 1 or h.last_offset_delta != h.record_count - 1:
+        raise CorruptBatch(
+            f"record count {h.record_count} disagrees with offset delta {h.last_offset_delta}",
+            position=pos,
+        )
+    if h.attributes & 0x7 > max(Compression):
+        raise CorruptBatch(f"unknown compression {h.attributes & 0x7}", position=pos)
+    return h
+
+
+def batch_prefix(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int]:
+    """``(base_offset, total_size)`` from the first 12 bytes of a batch."""
+    base, length = _PREFIX.unpack_from(buf, pos)
+    return base, LOG_OVERHEAD + length
+
+
+def compute_crc(buf: bytes | bytearray | memoryview, pos: int, size: int) -> int:
+    return zlib.crc32(memoryview(buf)[pos + CRC_START : pos + size])
+
+
+def verify(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
+    """Header of the whole batch at ``pos``, after checking its length and CRC."""
+    h = decode_header(buf, pos)
+    if len(buf) - pos < h.size:
+        raise CorruptBatch(
+            f"batch of {h.size} bytes truncated to {len(buf) - pos}", position=pos
+        )
+    crc = compute_crc(buf, pos, h.size)
+    if crc != h.crc:
+        raise CorruptBatch(
+            f"batch CRC mismatch: stored {h.crc:#010x}, computed {crc:#010x}",
+            position=pos, offset=h.base_offset,
+        )
+    return h
+
+
+def set_base_offset(buf: bytearray | memoryview, pos: int, base_offset: int) -> None:
+    _BASE_OFFSET.pack_into(buf, pos, base_offset)
+
+
+def set_leader_epoch(buf: bytearray | memoryview, pos: int, epoch: int) -> None:
+    _EPOCH.pack_into(buf, pos + 12, epoch)
+
+
+def split_batches(buf: bytes | bytearray | memoryview) -> Iterator[tuple[BatchHeader, int]]:
+    """Verify and yield ``(header, position)`` for each whole batch in ``buf``.
+
+    A buffer that does not end on a batch boundary raises CorruptBatch.
+    """
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        h = verify(buf, pos)
+        yield h, pos
+        pos += h.size
+
+
+def decode_records(
+    buf: bytes | bytearray | memoryview, pos: int = 0, header: BatchHeader | None = None
+) -> list[Record]:
+    """Decode the records of a verified batch at ``pos``."""
+    h = header or verify(buf, pos)
+    body = bytes(memoryview(buf)[pos + HEADER_SIZE : pos + h.size])
+    if h.compression == Compression.ZLIB:
+        try:
+            d = zlib.decompressobj()
+            body = d.decompress(body, MAX_RECORDS_BYTES)
+        except zlib.error as exc:
+            raise CorruptBatch(f"undecompressable records: {exc}", offset=h.base_offset) from None
+        if d.unconsumed_tail:
+            raise CorruptBatch("decompressed records exceed limit", limit=MAX_RECORDS_BYTES)
+    try:
+        raw = cbor2.loads(body)
+    except Exception as exc:  # cbor2 raises several types for bad input
+        raise CorruptBatch(f"undecodable records: {exc}", offset=h.base_offset) from None
+    if not isinstance(raw, list) or len(raw) != h.record_count:
+        raise CorruptBatch("records do not match the header count", offset=h.base_offset)
+    base = h.base_offset
+    first_ts = h.first_timestamp
+    out = []
+    try:
+        for i, r in enumerate(raw):
+            headers = r[3] if len(r) > 3 else None
+            out.append(Record(base + i, first_ts + r[0], r[1], r[2], headers))
+    except (TypeError, IndexError, KeyError):
+        raise CorruptBatch("malformed record", offset=base) from None
+    for rec in out:
+        if not (isinstance(rec.value, bytes) and isinstance(rec.timestamp, int)) or not (
+            rec.key is None or isinstance(rec.key, bytes)
+        ):
+            raise CorruptBatch("malformed record", offset=rec.offset)
+    return out

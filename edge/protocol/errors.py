@@ -1,0 +1,225 @@
+"""Errors: one base class, wire error codes, and the table between them.
+
+Every error says whether retrying the same request can succeed (``retriable``)
+and carries data (offsets, limits) rather than only a message. Errors that
+arrive from a peer are *remote*; errors found while decoding what a peer sent
+are *local* protocol errors.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any, ClassVar
+
+
+class ErrorCode(IntEnum):
+    """Error codes carried in response metadata (``e`` field)."""
+
+    NONE = 0
+    UNKNOWN = 1
+    CORRUPT_MESSAGE = 2
+    UNSUPPORTED_VERSION = 3
+    UNKNOWN_API = 4
+    INVALID_REQUEST = 5
+    MESSAGE_TOO_LARGE = 6
+    TOPIC_NOT_FOUND = 10
+    TOPIC_EXISTS = 11
+    PARTITION_NOT_FOUND = 12
+    NOT_LEADER = 13
+    LEADER_NOT_AVAILABLE = 14
+    OFFSET_OUT_OF_RANGE = 15
+    INVALID_CONFIG = 16
+    INSUFFICIENT_RESOURCES = 17
+    OUT_OF_ORDER_SEQUENCE = 20
+    INVALID_PRODUCER_EPOCH = 21
+    STORAGE_ERROR = 30
+    DISK_FULL = 31
+    TIMEOUT = 40
+    SHUTTING_DOWN = 41
+    NOT_CONTROLLER = 42
+    SPU_NOT_FOUND = 43
+    NOT_ENOUGH_REPLICAS = 44
+    STALE_EPOCH = 45
+    CONSUMER_NOT_FOUND = 50
+    AUTHENTICATION_FAILED = 60
+
+
+class HeadwaterError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.UNKNOWN
+    retriable: ClassVar[bool] = False
+
+    def __init__(self, message: str = "", **data: Any) -> None:
+        super().__init__(message or self.__class__.__name__)
+        self.message = message or self.__class__.__name__
+        self.data = data
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ProtocolError(HeadwaterError):
+    """Bytes from a peer could not be decoded (a local protocol error)."""
+
+    code = ErrorCode.CORRUPT_MESSAGE
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame or its metadata is longer than the configured limit."""
+
+    code = ErrorCode.MESSAGE_TOO_LARGE
+
+
+class CorruptBatch(ProtocolError):
+    """A record batch failed its length or CRC check."""
+
+
+class RemoteError(HeadwaterError):
+    """The peer answered with an error code."""
+
+
+class UnknownError(RemoteError):
+    code = ErrorCode.UNKNOWN
+
+
+class UnsupportedVersion(RemoteError):
+    code = ErrorCode.UNSUPPORTED_VERSION
+
+
+class UnknownApi(RemoteError):
+    code = ErrorCode.UNKNOWN_API
+
+
+class InvalidRequest(RemoteError):
+    code = ErrorCode.INVALID_REQUEST
+
+
+class MessageTooLarge(RemoteError):
+    code = ErrorCode.MESSAGE_TOO_LARGE
+
+
+class CorruptMessage(RemoteError):
+    code = ErrorCode.CORRUPT_MESSAGE
+
+
+class TopicNotFound(RemoteError):
+    code = ErrorCode.TOPIC_NOT_FOUND
+
+
+class TopicExists(RemoteError):
+    code = ErrorCode.TOPIC_EXISTS
+
+
+class PartitionNotFound(RemoteError):
+    code = ErrorCode.PARTITION_NOT_FOUND
+    retriable = True  # replica assignment may not have reached the SPU yet
+
+
+class NotLeader(RemoteError):
+    code = ErrorCode.NOT_LEADER
+    retriable = True
+
+
+class LeaderNotAvailable(RemoteError):
+    code = ErrorCode.LEADER_NOT_AVAILABLE
+    retriable = True
+
+
+class OffsetOutOfRange(RemoteError):
+    code = ErrorCode.OFFSET_OUT_OF_RANGE
+
+
+class InvalidConfig(RemoteError):
+    code = ErrorCode.INVALID_CONFIG
+
+
+class InsufficientResources(RemoteError):
+    code = ErrorCode.INSUFFICIENT_RESOURCES
+    retriable = True
+
+
+class OutOfOrderSequence(RemoteError):
+    code = ErrorCode.OUT_OF_ORDER_SEQUENCE
+
+
+class InvalidProducerEpoch(RemoteError):
+    code = ErrorCode.INVALID_PRODUCER_EPOCH
+
+
+class StorageError(RemoteError):
+    code = ErrorCode.STORAGE_ERROR
+
+
+class DiskFull(RemoteError):
+    code = ErrorCode.DISK_FULL
+    retriable = True
+
+
+class RequestTimeout(RemoteError):
+    code = ErrorCode.TIMEOUT
+    retriable = True
+
+
+class ShuttingDown(RemoteError):
+    code = ErrorCode.SHUTTING_DOWN
+    retriable = True
+
+
+class NotController(RemoteError):
+    code = ErrorCode.NOT_CONTROLLER
+    retriable = True
+
+
+class SpuNotFound(RemoteError):
+    code = ErrorCode.SPU_NOT_FOUND
+
+
+class NotEnoughReplicas(RemoteError):
+    code = ErrorCode.NOT_ENOUGH_REPLICAS
+    retriable = True
+
+
+class StaleEpoch(RemoteError):
+    code = ErrorCode.STALE_EPOCH
+    retriable = True
+
+
+class ConsumerNotFound(RemoteError):
+    code = ErrorCode.CONSUMER_NOT_FOUND
+
+
+class AuthenticationFailed(RemoteError):
+    code = ErrorCode.AUTHENTICATION_FAILED
+
+
+class ConnectionLost(HeadwaterError):
+    """The connection closed before the response arrived."""
+
+    retriable = True
+
+
+_BY_CODE: dict[int, type[RemoteError]] = {
+    cls.code: cls
+    for cls in (
+        UnknownError, UnsupportedVersion, UnknownApi, InvalidRequest, MessageTooLarge,
+        CorruptMessage, TopicNotFound, TopicExists, PartitionNotFound, NotLeader,
+        LeaderNotAvailable, OffsetOutOfRange, InvalidConfig, InsufficientResources,
+        OutOfOrderSequence, InvalidProducerEpoch, StorageError, DiskFull, RequestTimeout,
+        ShuttingDown, NotController, SpuNotFound, NotEnoughReplicas, StaleEpoch,
+        ConsumerNotFound, AuthenticationFailed,
+    )
+}
+
+
+def error_for(code: int, message: str = "", **data: Any) -> RemoteError:
+    """The exception for a wire error code (unknown codes map to UnknownError)."""
+    cls = _BY_CODE.get(code, UnknownError)
+    return cls(message or f"{cls.__name__} (code {code})", **data)
+
+
+def code_of(exc: BaseException) -> ErrorCode:
+    """The wire code to send back for an exception raised while serving a request."""
+    if isinstance(exc, HeadwaterError):
+        return exc.code
+    return ErrorCode.UNKNOWN
