@@ -1,0 +1,388 @@
+"""The append-only, segmented log of one partition.
+
+A partition directory holds::
+
+    00000000000000000000.log      record batches (layout in segment.py)
+    00000000000000000000.index    sparse offset index (layout in index.py)
+    00000000000000123456.log      the next segment, named by its base offset
+    00000000000000123456.index
+    partition.checkpoint          recovery point, HW, log start, producer state (checkpoint.py)
+
+Threading: every method runs on the SPU's event-loop thread except
+``run_flush``, which only fsyncs the descriptors captured in its ticket and may
+run in a worker thread. Calls block on disk I/O only where they say so.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from contextlib import suppress
+from pathlib import Path
+from typing import NamedTuple, NoReturn
+
+from edge.protocol.batch import BatchHeader, decode_header
+from edge.protocol.errors import CorruptBatch, DiskFull, OffsetOutOfRange, StorageError
+from edge.storage.checkpoint import CHECKPOINT_NAME, Checkpoint
+from edge.storage.config import LogConfig
+from edge.storage.fileio import Buffer, DirLock, write_atomic
+from edge.storage.flush import FlushTicket, FlushTracker, Health
+from edge.storage.index import MAX_RELATIVE
+from edge.storage.recovery import recover
+from edge.storage.segment import Segment
+from edge.storage.segment_set import RETIRED_FD_GRACE_MS, SegmentSet
+
+__all__ = ["RETIRED_FD_GRACE_MS", "AppendResult", "FlushTicket", "PartitionLog", "ReadSlice"]
+
+log = logging.getLogger(__name__)
+
+
+class AppendResult(NamedTuple):
+    base_offset: int
+    last_offset: int
+    duplicate: bool
+    max_timestamp: int
+
+
+class ReadSlice(NamedTuple):
+    """Whole batches in one segment file: ``os.sendfile(out, fd, position, length)``."""
+
+    fd: int
+    position: int
+    length: int
+    first_offset: int
+    next_offset: int
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class PartitionLog:
+    """Segmented log with sparse indexes, group-commit flushes, recovery and retention."""
+
+    def __init__(self, directory: Path, config: LogConfig, lock: DirLock, now: int) -> None:
+        """Use ``PartitionLog.open``."""
+        state = recover(directory, config, lock.fd, now)
+        self._dir, self._config = directory, config
+        self._segs = SegmentSet(directory, state.segments, lock, config.index_interval_bytes)
+        active = self._segs.active
+        self._health = Health()
+        self._leo = active.next_offset
+        self._log_start = state.log_start_offset
+        self._hw = state.high_watermark
+        self._flush = FlushTracker(self._health, (self._leo, active.base_offset, active.size))
+        self._producers = state.producers
+        self._closed = False
+        log.info(
+            "opened %s: offsets %d..%d, %d segments, verified %d bytes",
+            directory, self._log_start, self._leo, len(self._segs), state.scanned_bytes,
+        )
+
+    @classmethod
+    def open(cls, directory: Path, config: LogConfig) -> PartitionLog:
+        """Create the partition directory, or recover it (blocks: reads the unflushed tail)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = DirLock(directory)
+        try:
+            return cls(directory, config, lock, wall_clock_ms())
+        except OSError as exc:
+            lock.close()
+            raise StorageError(f"cannot open {directory}: {exc}", path=str(directory)) from exc
+        except BaseException:
+            lock.close()
+            raise
+
+    # -- offsets ------------------------------------------------------------------------
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._log_start
+
+    @property
+    def log_end_offset(self) -> int:
+        """LEO: the offset the next appended record gets."""
+        return self._leo
+
+    @property
+    def flushed_offset(self) -> int:
+        """Every offset below this one is on disk (fsynced)."""
+        return self._flush.flushed
+
+    @property
+    def high_watermark(self) -> int:
+        return self._hw
+
+    def set_high_watermark(self, hw: int) -> None:
+        """Set the HW (persisted by ``write_checkpoints``); it may not pass the LEO."""
+        if not 0 <= hw <= self._leo:
+            raise ValueError(f"high watermark {hw} outside 0..{self._leo}")
+        self._hw = hw
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of all segment files."""
+        return self._segs.size
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segs)
+
+    @property
+    def failed(self) -> bool:
+        """True after a failed fsync or write: the partition refuses writes for good."""
+        return self._health.error is not None
+
+    # -- append -------------------------------------------------------------------------
+
+    def append(
+        self, batch: Buffer, *, leader_epoch: int, now_ms: int | None = None
+    ) -> AppendResult:
+        """Append one CRC-verified batch (to the page cache: durable after a flush).
+
+        A writable buffer gets its base offset and leader epoch patched in place.
+        A retried batch of an idempotent producer is answered with its original
+        offsets and ``duplicate=True``, and nothing is written.
+        """
+        self._check_writable()
+        h = decode_header(batch)
+        if h.size != len(batch):
+            raise CorruptBatch(f"expected one batch of {h.size} bytes, got {len(batch)}")
+        dup = self._producers.check(
+            h.producer_id, h.producer_epoch, h.base_sequence, h.record_count
+        )
+        if dup is not None:
+            return AppendResult(dup.base_offset, dup.last_offset, True, h.max_timestamp)
+        now = wall_clock_ms() if now_ms is None else now_ms
+        base, last = self._leo, self._leo + h.last_offset_delta
+        seg = self._segs.active
+        if seg.size and self._should_roll(seg, h.size, last, now):
+            old, seg = seg, self._segs.roll(base)
+            self._flush.on_roll(old)
+        position = seg.size
+        try:
+            seg.append_batch(batch, base, leader_epoch)
+        except OSError as exc:
+            self._undo_write(seg, exc)
+        if seg.first_write_ms is None:
+            seg.first_write_ms = now
+        seg.index.maybe_add(base - seg.base_offset, position)
+        seg.max_timestamp = max(seg.known_max_timestamp(), h.max_timestamp)
+        seg.next_offset = self._leo = last + 1
+        self._segs.size += h.size
+        self._record_producer(h, base, last)
+        return AppendResult(base, last, False, h.max_timestamp)
+
+    def _should_roll(self, seg: Segment, size: int, last: int, now: int) -> bool:
+        cfg = self._config
+        first = seg.first_write_ms
+        return (
+            seg.size + size > cfg.segment_bytes
+            or (first is not None and now - first >= cfg.segment_ms)
+            or last - seg.base_offset > MAX_RELATIVE
+        )
+
+    def _undo_write(self, seg: Segment, exc: OSError) -> NoReturn:
+        """Cut a partial write; a full disk is retriable, anything else is fatal."""
+        try:
+            os.ftruncate(seg.fd, seg.size)
+        except OSError as cut_exc:
+            self._health.fail(f"cannot undo a failed write: {cut_exc}")
+            raise StorageError(f"write failed: {exc}", errno=exc.errno) from exc
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(
+                f"disk full writing {seg.log_path.name}", path=str(seg.log_path)
+            ) from exc
+        self._health.fail(f"write failed: {exc}")
+        raise StorageError(f"write failed: {exc}", errno=exc.errno) from exc
+
+    def _record_producer(self, h: BatchHeader, base: int, last: int) -> None:
+        self._producers.record(
+            h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
+            base_offset=base, last_offset=last,
+        )
+
+    # -- flush --------------------------------------------------------------------------
+
+    def prepare_flush(self) -> FlushTicket | None:
+        """Capture what a flush must fsync; None when everything is already flushed."""
+        self._check_writable()
+        return self._flush.prepare(self._segs.active, self._leo, self._segs.lock.fd)
+
+    @staticmethod
+    def run_flush(ticket: FlushTicket) -> None:
+        """fsync the ticket's descriptors; the one call that may run in a worker thread.
+
+        Raises the OSError of a failed fsync (the partition is failed from then on).
+        """
+        ticket.run()
+
+    def complete_flush(self, ticket: FlushTicket) -> int:
+        """Advance ``flushed_offset`` after ``run_flush``; raises StorageError if it failed."""
+        return self._flush.complete(ticket, self._segs.active)
+
+    def flush(self) -> int:
+        """prepare + run + complete, blocking the caller for the fsyncs."""
+        ticket = self.prepare_flush()
+        if ticket is None:
+            return self._flush.flushed
+        with suppress(OSError):  # complete_flush reports it as StorageError
+            ticket.run()
+        return self.complete_flush(ticket)
+
+    # -- read ---------------------------------------------------------------------------
+
+    def read(
+        self, offset: int, max_bytes: int, *, max_offset: int | None = None
+    ) -> ReadSlice | None:
+        """Whole batches from the one holding ``offset``, all in one segment file.
+
+        At least one batch, more while within ``max_bytes``; never a batch whose
+        base offset is ``>= max_offset`` (the HW for consumers). None when there
+        is nothing to read yet. The descriptor stays valid for at least
+        ``RETIRED_FD_GRACE_MS`` after retention or truncation removed its segment.
+        """
+        self._check_open()
+        if not self._log_start <= offset <= self._leo:
+            raise OffsetOutOfRange(
+                f"offset {offset} outside {self._log_start}..{self._leo}", offset=offset,
+                log_start_offset=self._log_start, log_end_offset=self._leo,
+            )
+        limit = self._leo if max_offset is None else min(max_offset, self._leo)
+        if offset >= limit:
+            return None
+        _, seg = self._segs.find(offset)
+        try:
+            start, first = seg.locate(offset)
+            end, next_offset = seg.extent(start, max_bytes, limit)
+        except OSError as exc:
+            raise StorageError(f"cannot read {seg.log_path.name}: {exc}", errno=exc.errno) from exc
+        return ReadSlice(seg.fd, start, end - start, first, next_offset)
+
+    def read_bytes(self, offset: int, max_bytes: int, *, max_offset: int | None = None) -> bytes:
+        """Like ``read`` but copied into memory (for links that cannot sendfile)."""
+        piece = self.read(offset, max_bytes, max_offset=max_offset)
+        if piece is None:
+            return b""
+        data = os.pread(piece.fd, piece.length, piece.position)
+        if len(data) != piece.length:
+            raise StorageError(f"short read at offset {offset}", offset=offset)
+        return data
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
+        """Base offset of the first batch whose max_timestamp >= ``timestamp_ms``."""
+        self._check_open()
+        for seg in self._segs:
+            if seg.known_max_timestamp() >= timestamp_ms:
+                found = seg.find_timestamp(timestamp_ms)
+                if found is not None:
+                    return max(found, self._log_start)
+        return None
+
+    # -- truncation, retention ----------------------------------------------------------
+
+    def truncate_to(self, offset: int) -> None:
+        """Drop every batch at or after the one holding ``offset`` (blocks: fsyncs).
+
+        The LEO becomes the base offset of that batch; at or below the log start
+        the log is emptied and restarts at ``offset``. Checkpoints are rewritten, so
+        data appended afterwards is never taken for data flushed before.
+        """
+        self._check_writable()
+        if offset >= self._leo:
+            return
+        now = wall_clock_ms()
+        try:
+            if offset <= self._log_start:
+                gone = self._segs.drop(0, None, now)
+                self._segs.start_over(offset)
+                self._log_start = self._leo = offset
+            else:
+                i, seg = self._segs.find(offset)
+                position, base = seg.locate(offset)
+                gone = self._segs.drop(i + 1, None, now)
+                seg.cut(position)
+                seg.write_index()
+                seg.next_offset = self._leo = base
+                seg.first_write_ms = seg.first_write_ms if seg.size else None
+            self._segs.lock.fsync()
+        except OSError as exc:
+            self._health.fail(f"truncation failed: {exc}")
+            raise StorageError(f"truncation failed: {exc}", errno=exc.errno) from exc
+        self._segs.active.open_index()
+        self._segs.recount()
+        self._hw = min(self._hw, self._leo)
+        self._flush.forget(gone)
+        self._flush.truncated(self._leo, self._segs.active)
+        self._producers.truncate(self._leo)
+        self.write_checkpoints()
+
+    def apply_retention(self, now_ms: int | None = None, *, max_offset: int | None = None) -> int:
+        """Delete the oldest closed segments retention allows; returns the bytes freed.
+
+        A segment goes when its newest timestamp is older than ``retention_ms``, or
+        while the partition is larger than ``retention_bytes``, oldest first; the
+        active segment always stays. With ``max_offset`` (the HW, or what the cloud
+        has acknowledged) only segments wholly below it may go.
+        """
+        self._check_writable()
+        now = wall_clock_ms() if now_ms is None else now_ms
+        count = self._segs.expired_prefix(self._config, now, max_offset)
+        before = self._segs.size
+        if count:
+            try:
+                gone = self._segs.drop(0, count, now)
+                self._segs.lock.fsync()
+            except OSError as exc:
+                raise StorageError(f"retention failed: {exc}", errno=exc.errno) from exc
+            first = self._segs.first
+            self._log_start = max(self._log_start, first.base_offset)
+            self._hw = max(self._hw, self._log_start)
+            self._flush.forget(gone)
+            self._flush.log_start_moved(self._log_start, first)
+            self._producers.evict_below(self._log_start)
+        self._segs.close_retired(now, self._flush.busy_fds())
+        return before - self._segs.size
+
+    # -- checkpoints, lifetime ----------------------------------------------------------
+
+    def write_checkpoints(self) -> None:
+        """Persist recovery point, HW, log start and producer state (blocks: 2 fsyncs)."""
+        self._check_writable()
+        rec_offset, rec_segment, rec_position = self._flush.recovery
+        ckpt = Checkpoint(
+            recovery_offset=rec_offset, recovery_segment=rec_segment,
+            recovery_position=rec_position, high_watermark=self._hw,
+            log_start_offset=self._log_start, snapshot_offset=self._leo,
+            segments=self._segs.metas(), producers=self._producers.to_bytes(),
+        )
+        try:
+            write_atomic(self._dir, self._segs.lock.fd, CHECKPOINT_NAME, ckpt.encode())
+        except OSError as exc:
+            self._health.fail(f"checkpoint failed: {exc}")
+            raise StorageError(f"checkpoint failed: {exc}", errno=exc.errno) from exc
+
+    def close(self) -> None:
+        """Flush, write checkpoints and close every descriptor (a failed log just closes)."""
+        if self._closed:
+            return
+        if self._flush.outstanding:
+            raise StorageError("close() while a flush is in progress")
+        try:
+            if self._health.error is None:
+                self.flush()
+                self._segs.active.write_index(sync=True)
+                self.write_checkpoints()
+        finally:
+            self._closed = True
+            self._segs.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"{self._dir} is closed", path=str(self._dir))
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        self._health.check()
