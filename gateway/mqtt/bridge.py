@@ -1,0 +1,290 @@
+"""MQTT bridge: a persistent MQTT session on the broker → records on the SPU.
+
+One connection at a time, under a fixed client id with a persistent session
+(MQTT 5: clean start off, session expiry; MQTT 3.1.1: clean session off), so the
+broker keeps every QoS 1 message the gateway has not acknowledged — across
+reconnects, gateway crashes and gateway restarts. Per connection two tasks run:
+
+* the *reader* decodes each message (``decode.decode``) into the FIFO of the
+  connection and pauses the socket when the FIFO is full;
+* the *sender* writes the FIFO in rounds (``writer.RoundWriter``) and sends the
+  PUBACKs of the finished head of the FIFO, in arrival order
+  (``pipeline`` explains why).
+
+When the SPU is unavailable the sender retries the round with jittered
+exponential backoff and nothing is acknowledged: the broker keeps the messages.
+When the broker connection drops, the sender first finishes its round (so no
+round is ever written twice concurrently), then the bridge reconnects with
+jittered exponential backoff and recognises the messages whose PUBACK was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import Counter
+from typing import Any, Final
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge.client.cluster import Backoff
+from gateway.config import MqttConfig, MqttProtocol
+from gateway.mqtt.client import AckingClient, DeliveredMessage
+from gateway.mqtt.decode import Rejected, decode
+from gateway.mqtt.pipeline import Entry, InFlight, Redeliveries, plan_round
+from gateway.mqtt.writer import Counts, ProducerLike, RoundWriter
+
+log = logging.getLogger(__name__)
+
+STAT_KEYS: Final = (
+    "received", "produced", "duplicates", "bad_frames", "dead_lettered", "reconnects",
+    "spu_retries", "sequence_gaps", "in_flight", "connected",
+)  # fmt: skip
+
+
+class LogOnce:
+    """Logs each cause once until it clears, then once more when it comes back
+    (an SD card on a Pi must not fill with the same line)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._active: set[str] = set()
+
+    def warning(self, cause: str, msg: str, *args: object) -> None:
+        if cause not in self._active:
+            self._active.add(cause)
+            self._log.warning(msg, *args)
+
+    def clear(self, cause: str, msg: str | None = None, *args: object) -> None:
+        if cause in self._active:
+            self._active.discard(cause)
+            if msg:
+                self._log.info(msg, *args)
+
+
+class MqttBridge:
+    """Runs the MQTT bridge until ``stop()`` or cancellation."""
+
+    def __init__(
+        self, config: MqttConfig, *, producer: ProducerLike, dead_letter_topic: str,
+        max_batch_bytes: int = 64 * 1024, send_timeout_s: float = 10.0,
+        tls_context: ssl.SSLContext | None = None, backoff_max_s: float = 30.0,
+        name: str = "mqtt",
+    ) -> None:
+        self.config = config
+        self.name = name
+        self._tls_context = tls_context
+        self._writer = RoundWriter(
+            producer, dead_letter_topic=dead_letter_topic, max_batch_bytes=max_batch_bytes,
+            timeout_s=send_timeout_s, max_payload_bytes=config.max_payload_bytes,
+        )
+        self._max_round_bytes = max_batch_bytes * 8
+        self._backoff_max_s = backoff_max_s
+        self._counters: Counter[str] = Counter()
+        self._fifo: InFlight | None = None
+        self._redeliveries = Redeliveries()
+        self._stopping = asyncio.Event()
+        self._problems = LogOnce(log)
+        self._bad_logged: set[tuple[str, str]] = set()
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start (``in_flight`` and ``connected`` are current values)."""
+        out = dict.fromkeys(STAT_KEYS, 0)
+        out.update(self._counters)
+        out["in_flight"] = len(self._fifo) if self._fifo is not None else 0
+        return out
+
+    def stop(self) -> None:
+        """Finish the round in progress, acknowledge it, disconnect, and return from run()."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Connect, bridge, reconnect with backoff; returns after ``stop()``."""
+        backoff = Backoff(initial=0.2, maximum=self._backoff_max_s)
+        while not self._stopping.is_set():
+            try:
+                client = self._client()
+                async with client:
+                    self._counters["connected"] = 1
+                    self._problems.clear("broker", "connected to the MQTT broker again")
+                    log.info("connected to mqtt://%s:%d as %s", self.config.host,
+                             self.config.effective_port, self.config.client_id)
+                    await self._subscribe(client)
+                    backoff.reset()
+                    await self._session(client)
+            except aiomqtt.MqttError as exc:
+                self._problems.warning(
+                    "broker", "MQTT broker %s:%d unavailable: %s (retrying with backoff)",
+                    self.config.host, self.config.effective_port, exc,
+                )
+            finally:
+                self._counters["connected"] = 0
+            if self._stopping.is_set():
+                return
+            self._counters["reconnects"] += 1
+            await self._sleep(backoff)
+
+    def _client(self) -> AckingClient:
+        cfg = self.config
+        common: dict[str, Any] = {
+            "identifier": cfg.client_id, "keepalive": cfg.keepalive_s,
+            "username": cfg.username, "password": cfg.password(),
+            "tls_context": self._tls_context, "timeout": 10.0,
+        }
+        if cfg.protocol is MqttProtocol.V311:
+            return AckingClient(cfg.host, cfg.effective_port, clean_session=False, **common)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = cfg.session_expiry_s
+        # Asks the broker to bound what it sends unacknowledged; the bridge bounds it too
+        # (see client.py: mosquitto 2.0.11 overshoots).
+        props.ReceiveMaximum = cfg.in_flight
+        return AckingClient(
+            cfg.host, cfg.effective_port, protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False, properties=props, **common,
+        )
+
+    async def _subscribe(self, client: AckingClient) -> None:
+        if self.config.protocol is MqttProtocol.V311:
+            await client.subscribe([(rule.filter, 1) for rule in self.config.rules])
+            return
+        # retainHandling=1: retained messages only for a new subscription, not again at
+        # every reconnect (they would be written again each time).
+        await client.subscribe([
+            (rule.filter, SubscribeOptions(qos=1, retainHandling=1))
+            for rule in self.config.rules
+        ])
+
+    async def _session(self, client: AckingClient) -> None:
+        fifo = self._fifo = InFlight(limit=self.config.in_flight)
+        wake = asyncio.Event()
+        lost: aiomqtt.MqttError | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._send_loop(client, fifo, wake), name="mqtt-sender")
+                reader = tg.create_task(self._read_loop(client, fifo, wake), name="mqtt-reader")
+                stop = tg.create_task(self._stopping.wait(), name="mqtt-stop")
+                await asyncio.wait({reader, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if reader.done():
+                    lost = reader.result()
+                reader.cancel()
+                stop.cancel()
+                # The sender finishes its round and acknowledges it, then returns.
+                fifo.closing = True
+                wake.set()
+        finally:
+            self._redeliveries.remember(fifo.written_unacked())
+            self._fifo = None
+        if lost is not None:
+            raise lost
+
+    async def _read_loop(
+        self, client: AckingClient, fifo: InFlight, wake: asyncio.Event
+    ) -> aiomqtt.MqttError:
+        try:
+            async for message in client.messages:
+                self._accept(message, fifo)
+                if fifo.full:
+                    client.pause_reading()
+                wake.set()
+        except aiomqtt.MqttError as exc:
+            return exc
+        return aiomqtt.MqttError("message stream ended")
+
+    def _accept(self, message: aiomqtt.Message, fifo: InFlight) -> None:
+        topic = message.topic.value
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        outcome = decode(
+            self.config.rules, topic, payload, max_payload_bytes=self.config.max_payload_bytes
+        )
+        entry = Entry(
+            mid=message.mid, qos=message.qos, topic=topic, payload=payload, outcome=outcome,
+            received_ms=int(time.time() * 1000),
+        )
+        self._counters["received"] += 1
+        dup = isinstance(message, DeliveredMessage) and message.dup
+        if self._redeliveries.seen_before(entry, dup=dup):
+            entry.done = True
+            self._counters["duplicates"] += 1
+        elif isinstance(outcome, Rejected):
+            self._counters["bad_frames"] += 1
+            self._log_rejected(topic, outcome)
+        fifo.add(entry)
+
+    def _log_rejected(self, topic: str, rejected: Rejected) -> None:
+        cause = (rejected.reason.value, rejected.rule.filter if rejected.rule else "")
+        if cause not in self._bad_logged:
+            self._bad_logged.add(cause)
+            log.warning(
+                "dead-lettering %s message on %s: %s (logged once per reason and rule)",
+                rejected.reason.value, topic, rejected.detail,
+            )
+
+    async def _send_loop(self, client: AckingClient, fifo: InFlight, wake: asyncio.Event) -> None:
+        while True:
+            if not fifo.unsent:
+                self._ack(client, fifo)
+                if fifo.closing:
+                    return
+                wake.clear()
+                await wake.wait()
+                continue
+            entries = fifo.take_round(
+                max_records=self.config.in_flight, max_bytes=self._max_round_bytes
+            )
+            await self._write_round(entries)
+            self._ack(client, fifo)
+            if fifo.closing:
+                return
+
+    def _ack(self, client: AckingClient, fifo: InFlight) -> None:
+        for entry in fifo.ackable():
+            client.ack(entry.mid, entry.qos)
+        if client.reading_paused and not fifo.full:
+            client.resume_reading()
+
+    async def _write_round(self, entries: list[Entry]) -> None:
+        """Write a round until every entry is done, backing off while the SPU refuses."""
+        plan = plan_round(entries)
+        backoff = Backoff(initial=0.1, maximum=self._backoff_max_s)
+        failing: str | None = None
+        while True:
+            counts = Counts()
+            try:
+                await self._writer.write(plan, counts)
+            # Whatever goes wrong while writing (the SPU, the network, a bug), the
+            # messages stay unacknowledged and the bridge keeps running.
+            except Exception as exc:
+                self._add(counts)
+                self._counters["spu_retries"] += 1
+                failing = f"spu:{type(exc).__name__}"
+                self._problems.warning(
+                    failing, "writing to the SPU failed: %s: %s (retrying with backoff; "
+                    "messages stay unacknowledged in the broker)", type(exc).__name__, exc,
+                )
+                await self._sleep(backoff)
+                continue
+            self._add(counts)
+            if failing is not None:
+                self._problems.clear(failing, "writing to the SPU works again")
+            return
+
+    def _add(self, counts: Counts) -> None:
+        self._counters["produced"] += counts.produced
+        self._counters["duplicates"] += counts.duplicates
+        self._counters["dead_lettered"] += counts.dead_lettered
+        self._counters["sequence_gaps"] += counts.gaps
+
+    async def _sleep(self, backoff: Backoff) -> None:
+        """Back off, but wake at once on ``stop()``."""
+        sleeper = asyncio.ensure_future(backoff.sleep())
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopper.cancel()
