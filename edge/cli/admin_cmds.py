@@ -1,0 +1,269 @@
+"""``topic``, ``partition``, ``spu``, ``cluster`` and ``consumer`` commands."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import typer
+
+from edge.cli.common import fail, human_bytes, print_json, print_table, run, target
+from edge.client.admin import Admin
+from edge.config import ConfigError, parse_duration_ms, parse_size
+
+topic_app = typer.Typer(help="Create, list, describe and delete topics.", no_args_is_help=True)
+partition_app = typer.Typer(help="Inspect partitions.", no_args_is_help=True)
+spu_app = typer.Typer(help="Inspect SPUs.", no_args_is_help=True)
+cluster_app = typer.Typer(help="Inspect the cluster.", no_args_is_help=True)
+consumer_app = typer.Typer(help="Inspect stored consumer positions.", no_args_is_help=True)
+
+OUTPUT_HELP = "table or json."
+
+
+def _admin(ctx: typer.Context) -> Admin:
+    t = target(ctx)
+    return Admin(t.sc, ssl=t.ssl(), server_hostname=t.server_name)
+
+
+def _check_output(output: str) -> None:
+    if output not in ("table", "json"):
+        fail(f"--output must be table or json, not {output!r}")
+
+
+@topic_app.command("create")
+def topic_create(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Topic name (letters, digits, '.', '_', '-')."),
+    partitions: int = typer.Option(1, "--partitions", "-p", help="Number of partitions."),
+    replication: int = typer.Option(1, "--replication", "-r", help="Replicas per partition."),
+    retention_time: str | None = typer.Option(None, help="Keep data this long (e.g. 7d, 12h); "
+                                              "'forever' keeps it [default 7d]."),
+    retention_bytes: str | None = typer.Option(None, help="Keep at most this much per "
+                                               "partition (e.g. 1GiB)."),
+    segment_bytes: str | None = typer.Option(None, help="Roll segments at this size "
+                                             "[default 64MiB]."),
+    segment_time: str | None = typer.Option(None, help="Roll segments after this long "
+                                            "[default 7d]."),
+    compression: str | None = typer.Option(None, help="none or zlib (applied by producers)."),
+) -> None:
+    """Create a topic."""
+    config: dict[str, Any] = {}
+    try:
+        if retention_time is not None:
+            config["retention_ms"] = (None if retention_time == "forever"
+                                      else parse_duration_ms(retention_time))
+        if retention_bytes is not None:
+            config["retention_bytes"] = parse_size(retention_bytes)
+        if segment_bytes is not None:
+            config["segment_bytes"] = parse_size(segment_bytes)
+        if segment_time is not None:
+            config["segment_ms"] = parse_duration_ms(segment_time)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    if compression is not None:
+        config["compression"] = compression
+
+    async def main() -> str:
+        async with _admin(ctx) as admin:
+            return await admin.create_topic(name, partitions=partitions,
+                                            replication=replication, config=config)
+
+    status = run(main, what=f"create topic {name}", target_=target(ctx))
+    if status == "ready":
+        typer.echo(f"topic {name} created ({partitions} partition(s), replication {replication})")
+    else:
+        typer.echo(f"topic {name} created but waits for SPUs: {status} "
+                   f"(needs {replication} online SPUs)")
+
+
+@topic_app.command("list")
+def topic_list(ctx: typer.Context,
+               output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)) -> None:
+    """List topics."""
+    _check_output(output)
+
+    async def main() -> list[dict[str, Any]]:
+        async with _admin(ctx) as admin:
+            return await admin.list_topics()
+
+    topics = run(main, what="list topics", target_=target(ctx))
+    if output == "json":
+        print_json(topics)
+        return
+    if not topics:
+        typer.echo("no topics (create one with: headwater topic create NAME)")
+        return
+    print_table([[t["name"], t["partitions"], t["replication"], t["status"],
+                  _retention(t["config"])] for t in topics],
+                ["NAME", "PARTITIONS", "REPLICATION", "STATUS", "RETENTION"])
+
+
+def _retention(config: dict[str, Any]) -> str:
+    ms = config.get("retention_ms", 7 * 86_400_000)
+    parts = ["forever" if ms is None else _duration(ms)]
+    if config.get("retention_bytes"):
+        parts.append(human_bytes(config["retention_bytes"]))
+    return " / ".join(parts)
+
+
+def _duration(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+@topic_app.command("describe")
+def topic_describe(ctx: typer.Context, name: str = typer.Argument(..., help="Topic name."),
+                   output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)
+                   ) -> None:
+    """Show a topic's settings and the state of each partition."""
+    _check_output(output)
+
+    async def main() -> dict[str, Any]:
+        async with _admin(ctx) as admin:
+            return await admin.describe_topic(name)
+
+    info = run(main, what=f"describe topic {name}", target_=target(ctx))
+    if output == "json":
+        print_json(info)
+        return
+    typer.echo(f"topic        {info['name']}")
+    typer.echo(f"status       {info['status']}")
+    typer.echo(f"partitions   {info['partitions']}   replication {info['replication']}")
+    typer.echo(f"retention    {_retention(info['config'])}")
+    for key, value in sorted(info["config"].items()):
+        typer.echo(f"  {key:<22} {value}")
+    typer.echo("")
+    _partition_table(info["partition_status"])
+
+
+def _partition_table(rows: list[dict[str, Any]]) -> None:
+    print_table([[r["topic"], r["partition"], r["leader"], r["replicas"], r["epoch"],
+                  r.get("hw"), r.get("leo"), human_bytes(r.get("size")),
+                  "online" if r.get("leader_online") else "offline"] for r in rows],
+                ["TOPIC", "PARTITION", "LEADER", "REPLICAS", "EPOCH", "HW", "LEO", "SIZE",
+                 "STATUS"])
+
+
+@topic_app.command("delete")
+def topic_delete(ctx: typer.Context, name: str = typer.Argument(..., help="Topic name.")
+                 ) -> None:
+    """Delete a topic and its data."""
+
+    async def main() -> None:
+        async with _admin(ctx) as admin:
+            await admin.delete_topic(name)
+
+    run(main, what=f"delete topic {name}", target_=target(ctx))
+    typer.echo(f"topic {name} deleted")
+
+
+@partition_app.command("list")
+def partition_list(ctx: typer.Context,
+                   topic: str | None = typer.Option(None, "--topic", "-t", help="Only this topic."),
+                   output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)
+                   ) -> None:
+    """Partitions with leader, high watermark (HW), log end (LEO) and size."""
+    _check_output(output)
+
+    async def main() -> list[dict[str, Any]]:
+        async with _admin(ctx) as admin:
+            return await admin.list_partitions(topic)
+
+    rows = run(main, what="list partitions", target_=target(ctx))
+    if output == "json":
+        print_json(rows)
+    elif not rows:
+        typer.echo("no partitions")
+    else:
+        _partition_table(rows)
+
+
+@spu_app.command("list")
+def spu_list(ctx: typer.Context,
+             output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)) -> None:
+    """SPUs with address, status and health."""
+    _check_output(output)
+
+    async def main() -> list[dict[str, Any]]:
+        async with _admin(ctx) as admin:
+            return await admin.list_spus()
+
+    rows = run(main, what="list SPUs", target_=target(ctx))
+    if output == "json":
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("no SPUs registered")
+        return
+    print_table([_spu_row(s) for s in rows],
+                ["ID", "STATUS", "ADDRESS", "RACK", "PARTITIONS", "CPU%", "RSS", "DISK FREE",
+                 "TEMP"])
+
+
+def _spu_row(s: dict[str, Any]) -> list[Any]:
+    h = s.get("health") or {}
+    temp = h.get("temperature_c")
+    return [s["id"], "online" if s["online"] else "offline", s["public"], s.get("rack"),
+            s.get("partitions"), h.get("cpu_percent"), human_bytes(h.get("rss")),
+            human_bytes(h.get("disk_free")), f"{temp:.1f}C" if temp is not None else None]
+
+
+@cluster_app.command("status")
+def cluster_status(ctx: typer.Context,
+                   output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)
+                   ) -> None:
+    """The SC, its SPUs and partition health. Exits 1 if a partition has no live leader."""
+    _check_output(output)
+
+    async def main() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        async with _admin(ctx) as admin:
+            return await admin.cluster_status(), await admin.list_spus()
+
+    status, spus = run(main, what="cluster status", target_=target(ctx))
+    if output == "json":
+        print_json({"sc": status, "spus": spus})
+    else:
+        typer.echo(f"SC          {target(ctx).sc}  cluster {status['cluster']}  "
+                   f"up {status['uptime_s']:.0f}s")
+        typer.echo(f"SPUs        {status['spus_online']}/{status['spus_total']} online")
+        typer.echo(f"topics      {status['topics']}  partitions {status['partitions']}  "
+                   f"without live leader {status['partitions_offline']}")
+        if status["waiting_topics"]:
+            typer.echo(f"waiting     {', '.join(status['waiting_topics'])}")
+        if spus:
+            typer.echo("")
+            print_table([_spu_row(s) for s in spus],
+                        ["ID", "STATUS", "ADDRESS", "RACK", "PARTITIONS", "CPU%", "RSS",
+                         "DISK FREE", "TEMP"])
+    if status["partitions_offline"]:
+        raise typer.Exit(1)
+
+
+@consumer_app.command("list")
+def consumer_list(ctx: typer.Context,
+                  output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)
+                  ) -> None:
+    """Stored consumer positions and their lag behind the high watermark."""
+    _check_output(output)
+
+    async def main() -> list[dict[str, Any]]:
+        async with _admin(ctx) as admin:
+            return await admin.list_consumers()
+
+    rows = run(main, what="list consumers", target_=target(ctx))
+    if output == "json":
+        print_json(rows)
+    elif not rows:
+        typer.echo("no stored consumer positions (consume with --consumer NAME to store one)")
+    else:
+        print_table([[r["consumer"], r["topic"], r["partition"], r["offset"], r["lag"],
+                      _when(r.get("updated_ms"))] for r in rows],
+                    ["CONSUMER", "TOPIC", "PARTITION", "OFFSET", "LAG", "UPDATED"])
+
+
+def _when(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,180 @@
+"""What every CLI command shares: where the cluster is, TLS, errors, tables."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import ssl
+import sys
+import tomllib
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import typer
+
+from edge.config import ConfigError
+from edge.protocol.errors import HeadwaterError
+from edge.tls import TlsConfig, client_context
+
+T = TypeVar("T")
+DEFAULT_SC = "127.0.0.1:9003"
+
+
+def config_home() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "headwater"
+
+
+def profiles_path() -> Path:
+    return config_home() / "profiles.toml"
+
+
+def load_profiles() -> dict[str, Any]:
+    path = profiles_path()
+    if not path.is_file():
+        return {"current": None, "profiles": {}}
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        fail(f"{path} is not valid TOML ({exc}); fix or delete it")
+    data.setdefault("profiles", {})
+    data.setdefault("current", None)
+    return data
+
+
+@dataclass
+class Target:
+    """The cluster a command talks to and how."""
+
+    sc: str
+    tls: TlsConfig | None = None
+    server_name: str | None = None
+    source: str = "default"
+
+    def ssl(self) -> ssl.SSLContext | None:
+        return client_context(self.tls) if self.tls else None
+
+
+def resolve_target(sc: str | None, tls_ca: Path | None, tls_cert: Path | None,
+                   tls_key: Path | None, server_name: str | None) -> Target:
+    """``--sc`` wins, then ``HEADWATER_SC``, then the current profile, then localhost."""
+    profile: dict[str, Any] = {}
+    source = "default"
+    if sc:
+        source = "--sc"
+    elif os.environ.get("HEADWATER_SC"):
+        sc, source = os.environ["HEADWATER_SC"], "HEADWATER_SC"
+    else:
+        data = load_profiles()
+        current = data.get("current")
+        if current and current in data["profiles"]:
+            profile = data["profiles"][current]
+            sc, source = profile.get("sc"), f"profile {current}"
+    tls = None
+    ca = tls_ca or _opt_path(profile.get("tls_ca"))
+    cert = tls_cert or _opt_path(profile.get("tls_cert"))
+    key = tls_key or _opt_path(profile.get("tls_key"))
+    if ca or cert or key:
+        try:
+            tls = TlsConfig(ca=ca, cert=cert, key=key)
+        except ValueError as exc:
+            fail(str(exc))
+    return Target(sc=sc or DEFAULT_SC, tls=tls,
+                  server_name=server_name or profile.get("tls_server_name"), source=source)
+
+
+def _opt_path(value: Any) -> Path | None:
+    return Path(value) if isinstance(value, str) and value else None
+
+
+def target(ctx: typer.Context) -> Target:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, Target):
+        fail("internal: no cluster target")
+    return obj
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def run(coro_fn: Callable[[], Coroutine[Any, Any, T]], *, what: str = "",
+        target_: Target | None = None) -> T:
+    """Run a coroutine; turn Headwater errors into one clear line and exit 1."""
+    try:
+        return asyncio.run(coro_fn())
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    except HeadwaterError as exc:
+        hint = ""
+        if "cannot connect" in str(exc) and target_ is not None:
+            hint = (f" (SC address from {target_.source}; is `headwater local` running? "
+                    "Point elsewhere with --sc HOST:PORT or HEADWATER_SC)")
+        fail(f"{what + ': ' if what else ''}{exc}{hint}")
+
+
+def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
+    """Aligned columns; numbers right-aligned."""
+    text = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in text:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    numeric = [all(_is_num(row[i]) for row in rows) and bool(rows) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w)
+                         for c, w, num in zip(cells, widths, numeric, strict=True)).rstrip()
+
+    typer.echo(line(list(headers)))
+    for row in text:
+        typer.echo(line(row))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _is_num(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)) or value is None
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, default=str, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def setup_logging(level: str, *, daemon: bool = False) -> None:
+    # Under systemd the journal stamps time and unit itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt,
+                        stream=sys.stderr)
+    if not daemon:
+        logging.getLogger("asyncio").setLevel(logging.ERROR)

@@ -1,0 +1,187 @@
+"""``headwater run sc|spu``, ``headwater local`` and ``headwater ping``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from edge.cli.common import fail, run, setup_logging, target
+from edge.config import ConfigError
+
+run_app = typer.Typer(help="Run a Headwater daemon in the foreground (what systemd starts).",
+                      no_args_is_help=True)
+
+CONFIG_HELP = "TOML file with the daemon's settings; flags override it."
+CHECK_HELP = "Validate the configuration, print the result and exit (0 valid, 2 invalid)."
+
+
+def _default_data_dir(name: str) -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "headwater" / name
+
+
+@run_app.command("sc")
+def run_sc(
+    config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    data_dir: Path | None = typer.Option(None, help="Where the metadata database lives."),
+    public_addr: str | None = typer.Option(None, help="Client listener [default 0.0.0.0:9003]."),
+    private_addr: str | None = typer.Option(None, help="SPU listener [default 0.0.0.0:9004]."),
+    heartbeat_timeout_s: float | None = typer.Option(
+        None, help="Seconds of SPU silence before it counts as offline [default 2]."),
+    log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
+    check_config: bool = typer.Option(False, "--check-config", help=CHECK_HELP),
+) -> None:
+    """Run the Streaming Controller (control plane)."""
+    from edge.sc.config import ScConfig
+
+    overrides: dict[str, Any] = {"data_dir": data_dir, "public_addr": public_addr,
+                                 "private_addr": private_addr, "log_level": log_level,
+                                 "heartbeat_timeout_s": heartbeat_timeout_s}
+    try:
+        cfg = (ScConfig.from_toml(config, **overrides) if config
+               else ScConfig.from_dict({"data_dir": str(_default_data_dir("sc"))}, **overrides))
+    except ConfigError as exc:
+        fail(f"{config or 'sc config'}: {exc}", 2)
+    if check_config:
+        typer.echo(f"{config}: valid SC configuration")
+        return
+    setup_logging(cfg.log_level, daemon=True)
+
+    async def main() -> None:
+        from edge.daemon import serve
+        from edge.sc.service import Sc
+
+        sc = Sc(cfg)
+        await serve([sc], ready_text=lambda: f"SC serving clients on {sc.public_addr}")
+
+    asyncio.run(main())
+
+
+@run_app.command("spu")
+def run_spu(
+    config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    spu_id: int | None = typer.Option(None, "--id", help="Unique SPU number."),
+    data_dir: Path | None = typer.Option(None, help="Where partitions and offsets live."),
+    public_addr: str | None = typer.Option(None, help="Client listener [default 0.0.0.0:9005]."),
+    private_addr: str | None = typer.Option(None, help="Peer listener [default 0.0.0.0:9006]."),
+    sc: str | None = typer.Option(None, "--sc", help="SC private address [default "
+                                  "127.0.0.1:9004]."),
+    durability: str | None = typer.Option(None, help="group, always or never [default group]."),
+    rack: str | None = typer.Option(None, help="Rack or site label used for placement."),
+    log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
+    check_config: bool = typer.Option(False, "--check-config", help=CHECK_HELP),
+) -> None:
+    """Run a Streaming Processing Unit (data plane)."""
+    from edge.spu.config import SpuConfig
+
+    overrides: dict[str, Any] = {"id": spu_id, "data_dir": data_dir, "public_addr": public_addr,
+                                 "private_addr": private_addr, "sc": sc, "durability": durability,
+                                 "rack": rack, "log_level": log_level}
+    try:
+        if config:
+            cfg = SpuConfig.from_toml(config, **overrides)
+        else:
+            base = {"id": 1, "data_dir": str(_default_data_dir(f"spu-{spu_id or 1}"))}
+            cfg = SpuConfig.from_dict(base, **overrides)
+    except ConfigError as exc:
+        fail(f"{config or 'spu config'}: {exc}", 2)
+    if check_config:
+        typer.echo(f"{config}: valid SPU configuration")
+        return
+    setup_logging(cfg.log_level, daemon=True)
+
+    async def main() -> None:
+        from edge.daemon import serve
+        from edge.spu.service import Spu
+
+        spu = Spu(cfg)
+        await serve([spu], ready_text=lambda: f"SPU {cfg.id} serving clients on "
+                    f"{spu.public_addr}")
+
+    asyncio.run(main())
+
+
+def local(
+    data_dir: Path = typer.Option(_default_data_dir("local"), help="Data directory."),
+    sc_port: int = typer.Option(9003, help="SC client port (its SPU port is the next one)."),
+    spu_port: int = typer.Option(9005, help="SPU client port (its peer port is the next one)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    durability: str = typer.Option("group", help="group, always or never."),
+    log_level: str = typer.Option("warning", help="debug, info, warning or error."),
+) -> None:
+    """Run an SC and an SPU in this process until Ctrl-C (for development)."""
+    from edge.sc.config import ScConfig
+    from edge.spu.config import SpuConfig
+
+    try:
+        sc_cfg = ScConfig(data_dir=data_dir / "sc", public_addr=f"{host}:{sc_port}",
+                          private_addr=f"{host}:{sc_port + 1}", log_level=log_level)
+        spu_cfg = SpuConfig(id=1, data_dir=data_dir / "spu-1", public_addr=f"{host}:{spu_port}",
+                            private_addr=f"{host}:{spu_port + 1}", sc=f"{host}:{sc_port + 1}",
+                            durability=durability, log_level=log_level)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    setup_logging(log_level)
+
+    async def main() -> None:
+        from edge.daemon import serve
+        from edge.sc.service import Sc
+        from edge.spu.service import Spu
+
+        sc, spu = Sc(sc_cfg), Spu(spu_cfg)
+
+        def banner() -> None:
+            typer.echo(f"Headwater is running (data in {data_dir})")
+            typer.echo(f"  SC   clients {sc.public_addr}   SPUs  {sc.private_addr}")
+            typer.echo(f"  SPU  clients {spu.public_addr}   peers {spu.private_addr}")
+            typer.echo(f"Try:  headwater --sc {sc.public_addr} topic create greetings")
+            typer.echo("Stop with Ctrl-C.")
+
+        try:
+            await serve([sc, spu], ready_text=lambda: f"local cluster on {sc.public_addr}",
+                        on_ready=banner)
+        except OSError as exc:
+            fail(f"cannot listen: {exc} (another Headwater running? choose ports with "
+                 "--sc-port/--spu-port)")
+
+    asyncio.run(main())
+    typer.echo("stopped; data flushed")
+
+
+def ping(
+    ctx: typer.Context,
+    addr: str | None = typer.Argument(None, help="HOST:PORT of an SC or SPU [default: the SC]."),
+    count: int = typer.Option(1, "--count", "-n", help="Round trips to time."),
+    timeout: float = typer.Option(5.0, help="Seconds to wait for an answer."),
+) -> None:
+    """Check that a Headwater SC or SPU answers (exit 0) and time the round trip."""
+    t = target(ctx)
+    where = addr or t.sc
+
+    async def main() -> None:
+        from edge.net.connection import ClientConnection
+        from edge.protocol.messages import ApiKey
+
+        async with asyncio.timeout(timeout):
+            conn = ClientConnection(where, ssl_context=t.ssl(), server_hostname=t.server_name)
+            await conn.connect(handshake=False)
+            try:
+                for _ in range(count):
+                    start = time.perf_counter()
+                    meta, _ = await conn.request(ApiKey.API_VERSIONS)
+                    ms = (time.perf_counter() - start) * 1000
+                    who = meta.get("role", "?")
+                    extra = f" {meta['spu']}" if "spu" in meta else ""
+                    typer.echo(f"{where}: {who}{extra} answered in {ms:.2f} ms")
+            finally:
+                await conn.close()
+
+    try:
+        run(main, what=f"ping {where}")
+    except TimeoutError:
+        fail(f"ping {where}: no answer within {timeout}s")

@@ -1,0 +1,196 @@
+"""``headwater produce`` and ``headwater consume``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import typer
+
+from edge.cli.common import fail, run, target
+from edge.client import Acks, Consumer, Offset, Producer
+from edge.protocol.batch import Record
+
+READ_CHUNK = 256 * 1024
+
+
+def produce(
+    ctx: typer.Context,
+    topic: str = typer.Argument(..., help="Topic to write to."),
+    file: Path | None = typer.Option(None, "--file", "-f", help="Read records from this file "
+                                     "(one per line) with a progress bar, instead of stdin."),
+    key_separator: str | None = typer.Option(None, help="Split each line at the first SEP "
+                                             "into key and value."),
+    partition: int | None = typer.Option(None, "--partition", "-p", help="Write to this "
+                                         "partition [default: by key, else spread]."),
+    acks: str = typer.Option("leader", help="none, leader or all."),
+    linger_ms: float = typer.Option(5.0, help="Wait up to this long to fill a batch."),
+    batch_bytes: int = typer.Option(64 * 1024, help="Send a batch at this size."),
+    compression: str | None = typer.Option(None, help="none or zlib [default: the topic's]."),
+) -> None:
+    """Write one record per line of stdin (or --file) to TOPIC."""
+    try:
+        acks_value = Acks.parse(acks)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    t = target(ctx)
+    sep = key_separator.encode() if key_separator else None
+    if file is not None and not file.is_file():
+        fail(f"{file} is not a readable file")
+
+    async def main() -> int:
+        async with Producer(t.sc, acks=acks_value, linger_ms=linger_ms,
+                            batch_bytes=batch_bytes, compression=compression, ssl=t.ssl(),
+                            server_hostname=t.server_name) as producer:
+            if file is not None:
+                size = file.stat().st_size
+                with file.open("rb") as f, typer.progressbar(
+                        length=size, label=f"producing {file.name}", file=sys.stderr) as bar:
+                    count = await _produce_lines(producer, topic, f, sep, partition, bar.update)
+            else:
+                count = await _produce_lines(producer, topic, sys.stdin.buffer, sep, partition,
+                                             None)
+            await producer.flush()
+            return count
+
+    start = time.perf_counter()
+    count = run(main, what=f"produce to {topic}", target_=t)
+    secs = time.perf_counter() - start
+    typer.echo(f"produced {count} record(s) to {topic} in {secs:.2f}s", err=True)
+
+
+async def _produce_lines(producer: Producer, topic: str, f: IO[bytes], sep: bytes | None,
+                         partition: int | None, progress: Any) -> int:
+    count = 0
+    carry = b""
+    while True:
+        # read1 returns what is there: interactive input is sent line by line,
+        # bulk input in large chunks, and the event loop keeps running meanwhile.
+        chunk = await asyncio.to_thread(f.read1, READ_CHUNK)  # type: ignore[attr-defined]
+        if progress is not None:
+            progress(len(chunk))
+        if not chunk:
+            lines = [carry] if carry else []
+        else:
+            lines = (carry + chunk).split(b"\n")
+            carry = lines.pop()
+        for line in lines:
+            line = line.removesuffix(b"\r")
+            key = None
+            if sep is not None and sep in line:
+                key, line = line.split(sep, 1)
+            await producer.send(topic, line, key=key, partition=partition)
+            count += 1
+        if not chunk:
+            return count
+
+
+def consume(
+    ctx: typer.Context,
+    topic: str = typer.Argument(..., help="Topic to read."),
+    from_beginning: bool = typer.Option(False, "--from-beginning", "-B",
+                                        help="Start at the oldest record."),
+    offset: int | None = typer.Option(None, "--offset", "-o", help="Start at this offset."),
+    tail: int | None = typer.Option(None, "--tail", "-T", help="Start N records before the end."),
+    end: int | None = typer.Option(None, "--end", help="Stop after this offset."),
+    disable_continuous: bool = typer.Option(False, "--disable-continuous", "-d",
+                                            help="Stop at the current end instead of following."),
+    partition: int | None = typer.Option(None, "--partition", "-p",
+                                         help="Only this partition [default: all]."),
+    show_keys: bool = typer.Option(False, "--key-value", "-k", help="Print keys too."),
+    fmt: str | None = typer.Option(None, "--format", help="Template with {offset} {partition} "
+                                   "{key} {value} {timestamp} {time}."),
+    output: str = typer.Option("text", "--output", "-O", help="text or json (one object a line)."),
+    consumer_name: str | None = typer.Option(None, "--consumer", help="Resume from the position "
+                                             "stored under NAME and store it as you go."),
+) -> None:
+    """Print records of TOPIC; follows new records until Ctrl-C unless -d."""
+    if output not in ("text", "json"):
+        fail("--output must be text or json", 2)
+    if sum(x is not None and x is not False for x in (offset, tail, from_beginning or None)) > 1:
+        fail("choose one of --from-beginning, --offset, --tail", 2)
+    start = (Offset.beginning() if from_beginning else Offset.absolute(offset)
+             if offset is not None else Offset.from_end(tail) if tail is not None
+             else Offset.end())
+    t = target(ctx)
+
+    async def main() -> None:
+        async with Consumer(t.sc, topic, partition=partition, offset=start,
+                            consumer=consumer_name, stop_at_end=disable_continuous,
+                            end_offset=end, ssl=t.ssl(),
+                            server_hostname=t.server_name) as consumer:
+            last_commit = time.monotonic()
+            try:
+                async for chunk in consumer.batches():
+                    lines = [_render(r, chunk.partition, output, fmt, show_keys)
+                             for r in chunk.records]
+                    sys.stdout.write("\n".join(lines) + "\n")
+                    if consumer_name and time.monotonic() - last_commit > 1.0:
+                        await consumer.commit()
+                        last_commit = time.monotonic()
+                sys.stdout.flush()
+            finally:
+                if consumer_name:
+                    await consumer.commit()
+
+    try:
+        run(main, what=f"consume {topic}", target_=t)
+    except BrokenPipeError:
+        pass
+
+
+def _text(data: bytes | None) -> str:
+    if data is None:
+        return "null"
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return "b64:" + base64.b64encode(data).decode()
+
+
+def _render(r: Record, partition: int, output: str, fmt: str | None, show_keys: bool) -> str:
+    if output == "json":
+        return json.dumps(_json_record(r, partition), separators=(",", ":"))
+    if fmt is not None:
+        return fmt.format(offset=r.offset, partition=partition, key=_text(r.key),
+                          value=_text(r.value), timestamp=r.timestamp,
+                          time=time.strftime("%Y-%m-%dT%H:%M:%S",
+                                             time.localtime(r.timestamp / 1000)))
+    if show_keys:
+        return f"[{_text(r.key)}] {_text(r.value)}"
+    return _text(r.value)
+
+
+def _json_record(r: Record, partition: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"partition": partition, "offset": r.offset, "timestamp": r.timestamp}
+    for name, data in (("key", r.key), ("value", r.value)):
+        if data is None:
+            out[name] = None
+            continue
+        try:
+            out[name] = data.decode()
+        except UnicodeDecodeError:
+            out[name] = base64.b64encode(data).decode()
+            out[f"{name}_b64"] = True
+    if r.headers:
+        out["headers"] = {k: _text(v) for k, v in r.headers.items()}
+    return out
+
+
+def decode_json_value(obj: dict[str, Any], name: str = "value") -> bytes | None:
+    """Inverse of the JSON output (tests and scripts use it)."""
+    value = obj.get(name)
+    if value is None:
+        return None
+    if obj.get(f"{name}_b64"):
+        try:
+            return base64.b64decode(value)
+        except binascii.Error:
+            raise ValueError(f"bad base64 in {name}") from None
+    return str(value).encode()

@@ -1,0 +1,91 @@
+"""Admin API: topics, partitions, SPUs, consumers, cluster status."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from edge.client.cluster import ClusterClient
+from edge.protocol.messages import ApiKey
+
+
+class Admin:
+    """Manage a Headwater cluster through its SC.
+
+    ``async with Admin("127.0.0.1:9003") as admin: await admin.create_topic("t")``
+    """
+
+    def __init__(self, sc: str, *, ssl: ssl.SSLContext | None = None,
+                 server_hostname: str | None = None) -> None:
+        self.cluster = ClusterClient(sc, ssl_context=ssl, server_hostname=server_hostname)
+
+    async def __aenter__(self) -> Admin:
+        await self.cluster.sc()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.cluster.close()
+
+    async def create_topic(self, name: str, *, partitions: int = 1, replication: int = 1,
+                           config: dict[str, Any] | None = None) -> str:
+        """Create a topic; returns its status (``ready`` or ``insufficient-resources``)."""
+        meta = await self.cluster.sc_request(
+            ApiKey.CREATE_TOPIC, name=name, partitions=partitions, replication=replication,
+            config=config or {})
+        return str(meta["status"])
+
+    async def delete_topic(self, name: str) -> None:
+        await self.cluster.sc_request(ApiKey.DELETE_TOPIC, name=name)
+
+    async def list_topics(self) -> list[dict[str, Any]]:
+        meta = await self.cluster.sc_request(ApiKey.LIST_TOPICS)
+        return list(meta["topics"])
+
+    async def describe_topic(self, name: str) -> dict[str, Any]:
+        meta = await self.cluster.sc_request(ApiKey.DESCRIBE_TOPIC, name=name)
+        return {k: v for k, v in meta.items() if k not in ("id", "err")}
+
+    async def list_partitions(self, topic: str | None = None) -> list[dict[str, Any]]:
+        meta = await self.cluster.sc_request(ApiKey.LIST_PARTITIONS, topic=topic)
+        return list(meta["partitions"])
+
+    async def list_spus(self) -> list[dict[str, Any]]:
+        meta = await self.cluster.sc_request(ApiKey.LIST_SPUS)
+        return list(meta["spus"])
+
+    async def cluster_status(self) -> dict[str, Any]:
+        meta = await self.cluster.sc_request(ApiKey.CLUSTER_STATUS)
+        return {k: v for k, v in meta.items() if k not in ("id", "err")}
+
+    async def list_consumers(self) -> list[dict[str, Any]]:
+        """Stored consumer positions, collected from every online SPU."""
+        rows: list[dict[str, Any]] = []
+        for conn in await self.cluster.spu_connections():
+            meta, _ = await conn.request(ApiKey.LIST_CONSUMERS)
+            rows.extend(meta["consumers"])
+        return sorted(rows, key=lambda r: (r["consumer"], r["topic"], r["partition"]))
+
+    async def wait_ready(self, topic: str, *, timeout: float = 10.0) -> None:
+        """Wait until every partition of ``topic`` answers on its leader."""
+        import asyncio
+
+        from edge.protocol.errors import HeadwaterError
+
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    parts = await self.cluster.partitions(topic)
+                    for p in parts:
+                        conn = await self.cluster.leader(topic, p.partition)
+                        await conn.request(ApiKey.LIST_OFFSETS, topic=topic,
+                                           partition=p.partition, kind="end")
+                    if parts:
+                        return
+                except HeadwaterError as exc:
+                    if not exc.retriable:
+                        raise
+                await asyncio.sleep(0.05)
+                await self.cluster.refresh()

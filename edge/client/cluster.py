@@ -1,0 +1,162 @@
+"""What every client shares: the SC connection, metadata, SPU connections.
+
+Clients are given only the SC address. They ask the SC for partition leaders
+and SPU addresses, route requests to the leaders themselves, and refresh the
+metadata when an SPU says it is not the leader (or is gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from typing import Any, NamedTuple
+
+from edge.net.connection import ClientConnection
+from edge.protocol.errors import (
+    ConnectionLost,
+    HeadwaterError,
+    LeaderNotAvailable,
+    PartitionNotFound,
+    TopicNotFound,
+)
+from edge.protocol.messages import ApiKey
+
+log = logging.getLogger(__name__)
+
+
+class PartitionInfo(NamedTuple):
+    topic: str
+    partition: int
+    leader: int | None
+    epoch: int
+
+
+class Metadata(NamedTuple):
+    version: int
+    topics: dict[str, list[PartitionInfo]]
+    spus: dict[int, str]
+    compression: dict[str, str]
+
+    @classmethod
+    def parse(cls, meta: dict[Any, Any]) -> Metadata:
+        topics: dict[str, list[PartitionInfo]] = {}
+        for name, parts in meta.get("topics", {}).items():
+            infos = [PartitionInfo(name, int(p["partition"]), p.get("leader"),
+                                   int(p.get("epoch", 0))) for p in parts]
+            topics[name] = sorted(infos, key=lambda p: p.partition)
+        spus = {int(k): str(v["public"]) for k, v in meta.get("spus", {}).items()
+                if v.get("online", True)}
+        return cls(int(meta.get("version", 0)), topics, spus,
+                   dict(meta.get("compression", {})))
+
+
+class Backoff:
+    """Jittered exponential backoff."""
+
+    def __init__(self, initial: float = 0.05, maximum: float = 2.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.delay = initial
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.delay * random.uniform(0.5, 1.0))
+        self.delay = min(self.delay * 2, self.maximum)
+
+    def reset(self) -> None:
+        self.delay = self.initial
+
+
+class ClusterClient:
+    """SC metadata and leader connections for one client object."""
+
+    def __init__(self, sc: str, *, ssl_context: ssl.SSLContext | None = None,
+                 server_hostname: str | None = None) -> None:
+        self.sc_addr = sc
+        self.ssl = ssl_context
+        self.server_hostname = server_hostname
+        self._sc: ClientConnection | None = None
+        self._spus: dict[str, ClientConnection] = {}
+        self._lock = asyncio.Lock()
+        self.metadata: Metadata | None = None
+
+    async def sc(self) -> ClientConnection:
+        if self._sc is None or self._sc.closed:
+            self._sc = await self.connect(self.sc_addr)
+        return self._sc
+
+    async def connect(self, addr: str) -> ClientConnection:
+        conn = ClientConnection(addr, ssl_context=self.ssl, server_hostname=self.server_hostname)
+        return await conn.connect()
+
+    async def sc_request(self, api: ApiKey, /, **fields: Any) -> dict[Any, Any]:
+        """A request to the SC, reconnecting once if the connection had dropped."""
+        for attempt in (1, 2):
+            conn = await self.sc()
+            try:
+                meta, _ = await conn.request(api, **fields)
+            except ConnectionLost:
+                if attempt == 2:
+                    raise
+                continue
+            return meta
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def refresh(self) -> Metadata:
+        async with self._lock:
+            self.metadata = Metadata.parse(await self.sc_request(ApiKey.METADATA))
+            return self.metadata
+
+    async def partitions(self, topic: str) -> list[PartitionInfo]:
+        md = self.metadata or await self.refresh()
+        if topic not in md.topics:
+            md = await self.refresh()
+        if topic not in md.topics:
+            raise TopicNotFound(f"topic {topic!r} does not exist", topic=topic)
+        return md.topics[topic]
+
+    async def leader_addr(self, topic: str, partition: int) -> str:
+        parts = await self.partitions(topic)
+        if not 0 <= partition < len(parts):
+            raise PartitionNotFound(f"{topic} has {len(parts)} partitions, no {partition}",
+                                    topic=topic, partition=partition)
+        info = parts[partition]
+        md = self.metadata
+        if info.leader is None or md is None or info.leader not in md.spus:
+            raise LeaderNotAvailable(f"no leader for {topic}/{partition} right now",
+                                     topic=topic, partition=partition)
+        return md.spus[info.leader]
+
+    async def leader(self, topic: str, partition: int) -> ClientConnection:
+        """The shared connection to the partition's leader."""
+        addr = await self.leader_addr(topic, partition)
+        conn = self._spus.get(addr)
+        if conn is None or conn.closed:
+            conn = await self.connect(addr)
+            self._spus[addr] = conn
+        return conn
+
+    async def dedicated(self, topic: str, partition: int) -> ClientConnection:
+        """A new connection to the leader (for a stream that must not block others)."""
+        return await self.connect(await self.leader_addr(topic, partition))
+
+    async def spu_connections(self) -> list[ClientConnection]:
+        md = await self.refresh()
+        out = []
+        for addr in sorted(set(md.spus.values())):
+            try:
+                conn = self._spus.get(addr)
+                if conn is None or conn.closed:
+                    conn = self._spus[addr] = await self.connect(addr)
+                out.append(conn)
+            except HeadwaterError as exc:
+                log.warning("SPU %s unreachable: %s", addr, exc)
+        return out
+
+    async def close(self) -> None:
+        conns = list(self._spus.values()) + ([self._sc] if self._sc else [])
+        self._spus.clear()
+        self._sc = None
+        for conn in conns:
+            await conn.close()

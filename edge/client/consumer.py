@@ -1,0 +1,251 @@
+"""Consumer: read records of one or all partitions from a chosen offset.
+
+Each partition is read over its own connection to the leader with a stream
+fetch: the SPU pushes batches as the high watermark advances, and TCP flow
+control keeps a slow consumer from being flooded (the client queues at most
+``STREAM_QUEUE`` pushes per partition). A lost connection or a leader change is
+retried from the last delivered offset, so records are neither skipped nor
+repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any, NamedTuple
+
+from edge.client.cluster import Backoff, ClusterClient
+from edge.net.connection import ClientConnection
+from edge.protocol import batch as codec
+from edge.protocol.batch import Record
+from edge.protocol.errors import HeadwaterError, InvalidRequest, OffsetOutOfRange
+from edge.protocol.messages import ApiKey
+
+log = logging.getLogger(__name__)
+
+STREAM_QUEUE = 4
+DEFAULT_MAX_BYTES = 1024 * 1024
+
+
+class Offset(NamedTuple):
+    """Where a consumer starts: ``Offset.beginning()``, ``Offset.absolute(42)``, …"""
+
+    kind: str
+    value: int = 0
+
+    @classmethod
+    def beginning(cls) -> Offset:
+        return cls("beginning")
+
+    @classmethod
+    def end(cls) -> Offset:
+        return cls("end")
+
+    @classmethod
+    def absolute(cls, offset: int) -> Offset:
+        if offset < 0:
+            raise ValueError("an absolute offset is >= 0")
+        return cls("absolute", offset)
+
+    @classmethod
+    def from_end(cls, count: int) -> Offset:
+        if count < 0:
+            raise ValueError("from_end takes a count >= 0")
+        return cls("from_end", count)
+
+    @classmethod
+    def timestamp(cls, ms: int) -> Offset:
+        return cls("timestamp", ms)
+
+
+class PartitionRecords(NamedTuple):
+    partition: int
+    records: list[Record]
+
+
+class Consumer:
+    """Read a topic.
+
+    ``async with Consumer(sc, "t", offset=Offset.beginning()) as c:
+    async for record in c: ...``; ``partition=None`` reads every partition.
+    With ``consumer="name"`` the stored position wins over ``offset`` and
+    ``commit()`` stores the current one.
+    """
+
+    def __init__(self, sc: str, topic: str, *, partition: int | None = 0,
+                 offset: Offset | None = None, consumer: str | None = None,
+                 stop_at_end: bool = False, end_offset: int | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES, ssl: ssl.SSLContext | None = None,
+                 server_hostname: str | None = None) -> None:
+        self.cluster = ClusterClient(sc, ssl_context=ssl, server_hostname=server_hostname)
+        self.topic = topic
+        self.partition = partition
+        self.start = offset or Offset.end()
+        self.consumer = consumer
+        self.stop_at_end = stop_at_end
+        self.end_offset = end_offset
+        self.max_bytes = max_bytes
+        self.positions: dict[int, int] = {}
+        self._limits: dict[int, int | None] = {}
+
+    async def __aenter__(self) -> Consumer:
+        await self.resolve()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.cluster.close()
+
+    async def resolve(self) -> dict[int, int]:
+        """Find the partitions and the starting offset of each."""
+        parts = await self.cluster.partitions(self.topic)
+        indexes = [p.partition for p in parts] if self.partition is None else [self.partition]
+        for i in indexes:
+            if not 0 <= i < len(parts):
+                raise InvalidRequest(f"{self.topic} has {len(parts)} partitions, no {i}")
+            self.positions[i] = await self._start_offset(i)
+            limit = self.end_offset
+            if self.stop_at_end:
+                end = (await self._offsets(i, "end"))["offset"]
+                limit = end if limit is None else min(limit + 1, end)
+            elif limit is not None:
+                limit += 1
+            self._limits[i] = limit
+        return dict(self.positions)
+
+    def __aiter__(self) -> AsyncIterator[Record]:
+        return self._records()
+
+    async def _records(self) -> AsyncIterator[Record]:
+        async for chunk in self.batches():
+            for record in chunk.records:
+                yield record
+
+    async def batches(self) -> AsyncIterator[PartitionRecords]:
+        """Records as they arrive, a batch (or a few) at a time, with their partition."""
+        if not self.positions:
+            await self.resolve()
+        if len(self.positions) == 1:
+            (index,) = self.positions
+            async for chunk in self._partition_stream(index):
+                yield chunk
+            return
+        queue: asyncio.Queue[PartitionRecords | None] = asyncio.Queue(STREAM_QUEUE * 4)
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(self._pump(i, queue), name=f"consume-{self.topic}/{i}")
+                     for i in self.positions]
+            done = 0
+            try:
+                while done < len(tasks):
+                    item = await queue.get()
+                    if item is None:
+                        done += 1
+                    else:
+                        yield item
+            finally:
+                for task in tasks:
+                    task.cancel()
+
+    async def _pump(self, index: int, queue: asyncio.Queue[PartitionRecords | None]) -> None:
+        try:
+            async for chunk in self._partition_stream(index):
+                await queue.put(chunk)
+        finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+    async def fetch_until_end(self) -> list[Record]:
+        """Every record from the start position up to the current end."""
+        self.stop_at_end = True
+        self.positions.clear()
+        await self.resolve()
+        return [r async for r in self]
+
+    async def _partition_stream(self, index: int) -> AsyncIterator[PartitionRecords]:
+        backoff = Backoff()
+        limit = self._limits.get(index)
+        while limit is None or self.positions[index] < limit:
+            conn: ClientConnection | None = None
+            try:
+                conn = await self.cluster.dedicated(self.topic, index)
+                stream = conn.open_stream(ApiKey.STREAM_FETCH, maxsize=STREAM_QUEUE,
+                                          topic=self.topic, partition=index,
+                                          offset=self.positions[index],
+                                          max_bytes=self.max_bytes)
+                while limit is None or self.positions[index] < limit:
+                    item = await stream.next()
+                    if item is None:
+                        break
+                    records = self._decode(index, item[1], limit)
+                    if records:
+                        backoff.reset()
+                        yield PartitionRecords(index, records)
+            except HeadwaterError as exc:
+                if not exc.retriable:
+                    raise
+                log.info("stream of %s/%d interrupted (%s); resuming at %d", self.topic, index,
+                         exc, self.positions[index])
+                await backoff.sleep()
+                with contextlib.suppress(HeadwaterError):
+                    await self.cluster.refresh()
+            finally:
+                if conn is not None:
+                    await conn.close()
+
+    def _decode(self, index: int, blob: bytes, limit: int | None) -> list[Record]:
+        position = self.positions[index]
+        out: list[Record] = []
+        for header, pos in codec.split_batches(blob):
+            if header.next_offset <= position:
+                continue
+            records = codec.decode_records(blob, pos, header)
+            if records[0].offset < position:
+                records = records[position - records[0].offset:]
+            out.extend(records)
+        if limit is not None and out and out[-1].offset >= limit:
+            out = [r for r in out if r.offset < limit]
+        if out:
+            self.positions[index] = out[-1].offset + 1
+        return out
+
+    async def commit(self) -> None:
+        """Store the current positions under the consumer name."""
+        if self.consumer is None:
+            raise InvalidRequest("commit needs a consumer name")
+        for index, offset in self.positions.items():
+            conn = await self.cluster.leader(self.topic, index)
+            await conn.request(ApiKey.OFFSET_COMMIT, consumer=self.consumer, topic=self.topic,
+                               partition=index, offset=offset)
+
+    async def _offsets(self, index: int, kind: str, **extra: Any) -> dict[Any, Any]:
+        conn = await self.cluster.leader(self.topic, index)
+        meta, _ = await conn.request(ApiKey.LIST_OFFSETS, topic=self.topic, partition=index,
+                                     kind=kind, **extra)
+        return meta
+
+    async def _start_offset(self, index: int) -> int:
+        if self.consumer is not None:
+            conn = await self.cluster.leader(self.topic, index)
+            meta, _ = await conn.request(ApiKey.OFFSET_FETCH, consumer=self.consumer,
+                                         topic=self.topic, partition=index)
+            if meta.get("offset") is not None:
+                return int(meta["offset"])
+        kind, value = self.start
+        if kind == "absolute":
+            meta = await self._offsets(index, "end")
+            if not int(meta["start"]) <= value <= int(meta["leo"]):
+                raise OffsetOutOfRange(
+                    f"offset {value} of {self.topic}/{index} is outside "
+                    f"{meta['start']}..{meta['leo']}", offset=value)
+            return value
+        if kind in ("beginning", "end"):
+            return int((await self._offsets(index, kind))["offset"])
+        if kind == "timestamp":
+            return int((await self._offsets(index, "timestamp", timestamp=value))["offset"])
+        meta = await self._offsets(index, "end")
+        return max(int(meta["offset"]) - value, int(meta["start"]))

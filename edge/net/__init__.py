@@ -1,0 +1,1 @@
+"""Socket shells shared by the SC, the SPU and the client."""

@@ -1,0 +1,235 @@
+"""Client side of a Headwater connection: pipelined requests and streams.
+
+One connection multiplexes any number of outstanding requests, matched to
+their responses by correlation id. A *stream* (stream fetch, metadata watch,
+replica assignments) is a request whose id keeps receiving frames until it is
+ended; its frames land in a bounded queue, and when the queue is full the read
+loop stops reading the socket, so TCP carries the back-pressure to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+from edge.protocol import messages
+from edge.protocol.errors import ConnectionLost, HeadwaterError, RequestTimeout
+from edge.protocol.framing import FrameDecoder, encode_frame
+from edge.protocol.messages import ApiKey
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 256 * 1024
+CONNECT_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = 30.0
+
+
+def split_addr(addr: str, default_port: int | None = None) -> tuple[str, int]:
+    """``"host:port"`` (IPv6 as ``[::1]:9003``) → (host, port)."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        if default_port is None:
+            raise ValueError(f"address {addr!r} must be HOST:PORT")
+        return addr.strip("[]"), default_port
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port} out of range in {addr!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    # A failed request whose caller gave up must not log "exception never retrieved".
+    if not fut.cancelled():
+        fut.exception()
+
+
+class Stream:
+    """Frames arriving for one long-lived request."""
+
+    def __init__(self, conn: ClientConnection, cid: int, maxsize: int) -> None:
+        self._conn = conn
+        self.cid = cid
+        self.queue: asyncio.Queue[tuple[dict[Any, Any], bytes] | BaseException] = (
+            asyncio.Queue(maxsize)
+        )
+
+    def __aiter__(self) -> AsyncIterator[tuple[dict[Any, Any], bytes]]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[tuple[dict[Any, Any], bytes]]:
+        while True:
+            item = await self.next()
+            if item is None:
+                return
+            yield item
+
+    async def next(self) -> tuple[dict[Any, Any], bytes] | None:
+        """The next frame, None when the server ended the stream."""
+        item = await self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        meta, blob = item
+        messages.check_response(meta)
+        if meta.get("end"):
+            return None
+        return meta, blob
+
+    def close(self) -> None:
+        self._conn._streams.pop(self.cid, None)
+
+
+class ClientConnection:
+    """A connection to one SC or SPU address."""
+
+    def __init__(self, addr: str, *, ssl_context: ssl.SSLContext | None = None,
+                 server_hostname: str | None = None) -> None:
+        self.addr = addr
+        self._ssl = ssl_context
+        self._server_hostname = server_hostname
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[tuple[dict[Any, Any], bytes]]] = {}
+        self._streams: dict[int, Stream] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.versions: dict[int, tuple[int, int]] = {}
+
+    async def connect(self, *, handshake: bool = True) -> ClientConnection:
+        host, port = split_addr(self.addr)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=self._ssl, limit=READ_CHUNK,
+                    server_hostname=(self._server_hostname or host) if self._ssl else None,
+                )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise ConnectionLost(f"cannot connect to {self.addr}: {exc or 'timed out'}",
+                                 addr=self.addr) from None
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._writer = writer
+        self._reader_task = asyncio.create_task(self._read_loop(reader), name=f"conn-{self.addr}")
+        if handshake:
+            meta, _ = await self.request(ApiKey.API_VERSIONS)
+            raw = meta.get("versions", {})
+            self.versions = {int(k): (int(v[0]), int(v[1])) for k, v in raw.items()}
+        return self
+
+    async def close(self) -> None:
+        self._fail(ConnectionLost(f"connection to {self.addr} closed", addr=self.addr))
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
+
+    async def __aenter__(self) -> ClientConnection:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def send_request(self, api: ApiKey, blob: bytes = b"", /, **fields: Any
+                     ) -> asyncio.Future[tuple[dict[Any, Any], bytes]]:
+        """Write a request now; the future resolves to its (checked) response."""
+        if self.closed or self._writer is None:
+            raise ConnectionLost(f"connection to {self.addr} is closed", addr=self.addr)
+        cid = next(self._ids)
+        fut: asyncio.Future[tuple[dict[Any, Any], bytes]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending[cid] = fut
+        fut.add_done_callback(_retrieve)
+        self._writer.write(encode_frame(messages.request(api, cid, **fields), blob))
+        return fut
+
+    def send_oneway(self, api: ApiKey, blob: bytes = b"", /, **fields: Any) -> None:
+        """Write a request that gets no response (produce with acks=none)."""
+        if self.closed or self._writer is None:
+            raise ConnectionLost(f"connection to {self.addr} is closed", addr=self.addr)
+        self._writer.write(encode_frame(messages.request(api, next(self._ids), **fields), blob))
+
+    async def drain(self) -> None:
+        if self._writer is not None:
+            try:
+                await self._writer.drain()
+            except (ConnectionError, OSError) as exc:
+                raise ConnectionLost(str(exc), addr=self.addr) from None
+
+    async def request(self, api: ApiKey, blob: bytes = b"", /, *,
+                      timeout: float = REQUEST_TIMEOUT_S, **fields: Any
+                      ) -> tuple[dict[Any, Any], bytes]:
+        fut = self.send_request(api, blob, **fields)
+        await self.drain()
+        try:
+            async with asyncio.timeout(timeout):
+                meta, data = await asyncio.shield(fut)
+        except TimeoutError:
+            raise RequestTimeout(f"{api.name} to {self.addr} timed out after {timeout}s",
+                                 addr=self.addr) from None
+        messages.check_response(meta)
+        return meta, data
+
+    def open_stream(self, api: ApiKey, /, *, maxsize: int = 8, **fields: Any) -> Stream:
+        if self.closed or self._writer is None:
+            raise ConnectionLost(f"connection to {self.addr} is closed", addr=self.addr)
+        cid = next(self._ids)
+        stream = Stream(self, cid, maxsize)
+        self._streams[cid] = stream
+        self._writer.write(encode_frame(messages.request(api, cid, **fields)))
+        return stream
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        decoder = FrameDecoder()
+        try:
+            while True:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    raise ConnectionLost(f"{self.addr} closed the connection", addr=self.addr)
+                decoder.feed(data)
+                while (frame := decoder.next_frame()) is not None:
+                    await self._deliver(frame.meta, frame.blob)
+        except asyncio.CancelledError:
+            raise
+        except HeadwaterError as exc:
+            self._fail(exc)
+        except (OSError, ssl.SSLError) as exc:
+            self._fail(ConnectionLost(f"connection to {self.addr} failed: {exc}", addr=self.addr))
+
+    async def _deliver(self, meta: dict[Any, Any], blob: bytes) -> None:
+        cid = meta.get("id")
+        if not isinstance(cid, int):
+            return
+        fut = self._pending.pop(cid, None)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result((meta, blob))
+            return
+        stream = self._streams.get(cid)
+        if stream is not None:
+            # A full queue blocks this loop, which stops reading the socket: TCP back-pressure.
+            await stream.queue.put((meta, blob))
+            if meta.get("end") or meta.get("err"):
+                self._streams.pop(cid, None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._pending.clear()
+        for stream in self._streams.values():
+            # Queued frames are dropped: a stream's reader resumes from what it consumed.
+            while not stream.queue.empty():
+                stream.queue.get_nowait()
+            stream.queue.put_nowait(exc)
+        self._streams.clear()
+        if self._writer is not None:
+            self._writer.transport.abort()

@@ -1,0 +1,61 @@
+"""Replica placement: pure functions, no I/O.
+
+Replicas of a partition go to distinct SPUs; consecutive partitions start on
+consecutive SPUs so leaders spread evenly; SPUs are ordered alternating by
+rack (site) so the replicas of a partition land on different racks when there
+are enough of them (Kafka's rack-aware round robin).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import NamedTuple
+
+
+class SpuSlot(NamedTuple):
+    id: int
+    rack: str | None
+    leaders: int  # partitions it already leads: new topics start on the least loaded
+
+
+def rack_alternating(spus: Sequence[SpuSlot]) -> list[SpuSlot]:
+    """SPUs ordered so that neighbours sit on different racks where possible."""
+    by_rack: dict[str | None, list[SpuSlot]] = defaultdict(list)
+    for spu in sorted(spus, key=lambda s: s.id):
+        by_rack[spu.rack].append(spu)
+    racks = sorted(by_rack, key=lambda r: (r is None, r or ""))
+    out: list[SpuSlot] = []
+    while any(by_rack[r] for r in racks):
+        for r in racks:
+            if by_rack[r]:
+                out.append(by_rack[r].pop(0))
+    return out
+
+
+def assign(partitions: int, replication: int, spus: Sequence[SpuSlot]) -> list[list[int]] | None:
+    """Replica lists (leader first) per partition, or None if there are too few SPUs."""
+    if replication < 1 or partitions < 1:
+        raise ValueError("partitions and replication must be >= 1")
+    if len(spus) < replication:
+        return None
+    order = rack_alternating(spus)
+    n = len(order)
+    least = min(range(n), key=lambda i: (order[i].leaders, i))
+    result = []
+    for p in range(partitions):
+        start = (least + p) % n
+        # Followers are shifted by a per-partition step so that one SPU's loss
+        # spreads its followers' extra load over several others.
+        step = 1 + (p // n) % max(n - 1, 1) if n > 1 else 1
+        replicas = [order[start].id]
+        k = 1
+        while len(replicas) < replication:
+            cand = order[(start + k * step) % n].id
+            if cand not in replicas:
+                replicas.append(cand)
+            else:
+                step = 1
+            k += 1
+        result.append(replicas)
+    return result

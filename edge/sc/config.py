@@ -1,0 +1,60 @@
+"""SC configuration (``headwater run sc --config sc.toml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.config import ConfigError, load_toml, reject_unknown, take, tls_from
+from edge.net.connection import split_addr
+from edge.tls import TlsConfig
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScConfig:
+    """Everything an SC process needs; validated at construction."""
+
+    data_dir: Path
+    public_addr: str = "0.0.0.0:9003"
+    private_addr: str = "0.0.0.0:9004"
+    # An SPU silent this long is offline; 2 s is five missed 1 s heartbeats'
+    # worth of slack minus jitter, and short enough for fast failover.
+    heartbeat_timeout_s: float = 2.0
+    log_level: str = "info"
+    tls: TlsConfig | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("public_addr", "private_addr"):
+            try:
+                split_addr(getattr(self, key))
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+        if self.heartbeat_timeout_s <= 0:
+            raise ConfigError("heartbeat_timeout_s must be > 0")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+
+    @classmethod
+    def from_toml(cls, path: Path, **overrides: Any) -> ScConfig:
+        return cls.from_dict(load_toml(path), **overrides)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], **overrides: Any) -> ScConfig:
+        raw = dict(raw)
+        if "data_dir" not in raw and "data_dir" not in overrides:
+            raise ConfigError("data_dir is required")
+        values: dict[str, Any] = {
+            "data_dir": Path(take(raw, "data_dir", str, ".")),
+            "public_addr": take(raw, "public_addr", str, cls.public_addr),
+            "private_addr": take(raw, "private_addr", str, cls.private_addr),
+            "heartbeat_timeout_s": take(raw, "heartbeat_timeout_s", float,
+                                        cls.heartbeat_timeout_s),
+            "log_level": take(raw, "log_level", str, cls.log_level),
+            "tls": tls_from(raw),
+        }
+        reject_unknown(raw, "sc config")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

@@ -1,0 +1,231 @@
+"""The control plane's state machine: topics, SPUs, placement, metadata.
+
+The controller owns the :class:`MetadataStore` and the soft state of live SPUs.
+Every change bumps ``version`` and notifies subscribers: each registered SPU
+gets its replica list, each metadata watcher the new picture.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.protocol.errors import InvalidConfig, TopicExists, TopicNotFound
+from edge.sc.assignment import SpuSlot, assign
+from edge.sc.store import MetadataStore, PartitionRow, TopicRow
+from edge.storage.config import LogConfig
+
+log = logging.getLogger(__name__)
+
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+MAX_PARTITIONS = 1000
+TOPIC_CONFIG_KEYS = {"retention_ms", "retention_bytes", "segment_bytes", "segment_ms",
+                     "index_interval_bytes", "compression"}
+COMPRESSION = ("none", "zlib")
+
+
+@dataclass
+class SpuState:
+    """What the SC knows about a registered SPU right now."""
+
+    id: int
+    public: str
+    private: str
+    rack: str | None
+    online: bool = False
+    last_heartbeat: float = 0.0
+    health: dict[str, Any] = field(default_factory=dict)
+    partitions: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    push: Callable[[list[dict[str, Any]], int], None] | None = None
+
+
+class Controller:
+    """Topics, partitions and SPUs, kept consistent and pushed to subscribers."""
+
+    def __init__(self, store: MetadataStore, *, heartbeat_timeout_s: float) -> None:
+        self.store = store
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.cluster_id = store.get_meta("cluster_id") or ""
+        self.version = 0
+        self.spus: dict[int, SpuState] = {
+            r.id: SpuState(r.id, r.public, r.private, r.rack) for r in store.spus()
+        }
+        self.watchers: set[Callable[[], None]] = set()
+        self.started = time.time()
+
+    # topics ---------------------------------------------------------------
+
+    def create_topic(self, name: str, partitions: int, replication: int,
+                     config: dict[str, Any]) -> TopicRow:
+        if not TOPIC_NAME.match(name):
+            raise InvalidConfig(f"invalid topic name {name!r}: use letters, digits, '.', '_', "
+                                "'-' (at most 200, starting with a letter or digit)")
+        if not 1 <= partitions <= MAX_PARTITIONS:
+            raise InvalidConfig(f"partitions must be 1..{MAX_PARTITIONS}")
+        if replication < 1:
+            raise InvalidConfig("replication must be >= 1")
+        config = validate_topic_config(config)
+        if self.store.topic(name) is not None:
+            raise TopicExists(f"topic {name!r} already exists", topic=name)
+        placement = assign(partitions, replication, self._slots())
+        status = "ready" if placement else "insufficient-resources"
+        row = TopicRow(name, partitions, replication, config, status, int(time.time() * 1000))
+        self.store.add_topic(row, _partition_rows(name, placement))
+        if placement is None:
+            log.warning("topic %s waits for %d online SPUs (have %d)", name, replication,
+                        len(self._slots()))
+        self._changed()
+        return row
+
+    def delete_topic(self, name: str) -> None:
+        if not self.store.delete_topic(name):
+            raise TopicNotFound(f"topic {name!r} does not exist", topic=name)
+        self._changed()
+
+    def topic(self, name: str) -> TopicRow:
+        row = self.store.topic(name)
+        if row is None:
+            raise TopicNotFound(f"topic {name!r} does not exist", topic=name)
+        return row
+
+    def _place_waiting(self) -> bool:
+        placed = False
+        for t in self.store.topics():
+            if t.status != "insufficient-resources":
+                continue
+            placement = assign(t.partitions, t.replication, self._slots())
+            if placement is not None:
+                self.store.place_topic(t.name, _partition_rows(t.name, placement))
+                log.info("placed waiting topic %s", t.name)
+                placed = True
+        return placed
+
+    def _slots(self) -> list[SpuSlot]:
+        leaders: dict[int, int] = {}
+        for p in self.store.partitions():
+            if p.leader is not None:
+                leaders[p.leader] = leaders.get(p.leader, 0) + 1
+        return [SpuSlot(s.id, s.rack, leaders.get(s.id, 0))
+                for s in self.spus.values() if s.online]
+
+    # SPUs -----------------------------------------------------------------
+
+    def register_spu(self, spu_id: int, public: str, private: str, rack: str | None,
+                     push: Callable[[list[dict[str, Any]], int], None]) -> SpuState:
+        self.store.upsert_spu(spu_id, public, private, rack)
+        state = self.spus.get(spu_id)
+        if state is None:
+            state = self.spus[spu_id] = SpuState(spu_id, public, private, rack)
+        state.public, state.private, state.rack = public, private, rack
+        state.online = True
+        state.last_heartbeat = time.monotonic()
+        state.push = push
+        log.info("SPU %d online (clients: %s, peers: %s)", spu_id, public, private)
+        self._place_waiting()
+        self._changed()
+        return state
+
+    def heartbeat(self, spu_id: int, health: dict[str, Any], partitions: list[dict[str, Any]],
+                  stats: dict[str, Any]) -> None:
+        state = self.spus.get(spu_id)
+        if state is None or state.push is None:
+            return
+        state.last_heartbeat = time.monotonic()
+        state.health, state.partitions, state.stats = health, partitions, stats
+        if not state.online:
+            state.online = True
+            self._changed()
+
+    def spu_disconnected(self, spu_id: int, push: object) -> None:
+        state = self.spus.get(spu_id)
+        if state is not None and state.push is push:
+            state.push = None
+            self._set_offline(state, "connection closed")
+
+    def check_liveness(self) -> None:
+        now = time.monotonic()
+        for state in self.spus.values():
+            if state.online and now - state.last_heartbeat > self.heartbeat_timeout_s:
+                self._set_offline(state, f"no heartbeat for {self.heartbeat_timeout_s}s")
+
+    def _set_offline(self, state: SpuState, why: str) -> None:
+        if state.online:
+            state.online = False
+            log.warning("SPU %d offline: %s", state.id, why)
+            self._changed()
+
+    def replicas_for(self, spu_id: int) -> list[dict[str, Any]]:
+        topics = {t.name: t for t in self.store.topics()}
+        out = []
+        for p in self.store.partitions():
+            if spu_id in p.replicas and p.topic in topics:
+                out.append({"topic": p.topic, "partition": p.index, "leader": p.leader,
+                            "replicas": p.replicas, "epoch": p.epoch, "isr": p.isr,
+                            "config": topics[p.topic].config})
+        return out
+
+    # metadata -------------------------------------------------------------
+
+    def metadata(self) -> dict[str, Any]:
+        """Leaders and SPU addresses: what a client needs to route requests."""
+        topics: dict[str, list[dict[str, Any]]] = {}
+        for t in self.store.topics():
+            topics[t.name] = []
+        for p in self.store.partitions():
+            if p.topic in topics:
+                topics[p.topic].append({"partition": p.index, "leader": p.leader,
+                                        "epoch": p.epoch, "replicas": p.replicas})
+        spus = {str(s.id): {"public": s.public, "online": s.online, "rack": s.rack}
+                for s in self.spus.values()}
+        return {"version": self.version, "topics": topics, "spus": spus,
+                "compression": {t.name: t.config.get("compression", "none")
+                                for t in self.store.topics()}}
+
+    def partition_status(self, p: PartitionRow) -> dict[str, Any]:
+        """A partition row merged with what its leader last reported."""
+        row: dict[str, Any] = {"topic": p.topic, "partition": p.index, "leader": p.leader,
+                               "replicas": p.replicas, "isr": p.isr, "epoch": p.epoch}
+        leader = self.spus.get(p.leader) if p.leader is not None else None
+        row["leader_online"] = bool(leader and leader.online)
+        if leader is not None:
+            for s in leader.partitions:
+                if s.get("topic") == p.topic and s.get("partition") == p.index:
+                    row.update(hw=s.get("hw"), leo=s.get("leo"), start=s.get("start"),
+                               size=s.get("size"))
+        return row
+
+    def _changed(self) -> None:
+        self.version += 1
+        for state in self.spus.values():
+            if state.push is not None:
+                state.push(self.replicas_for(state.id), self.version)
+        for notify in list(self.watchers):
+            notify()
+
+
+def validate_topic_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Check a topic's storage settings with the same rules the SPU applies."""
+    unknown = set(config) - TOPIC_CONFIG_KEYS
+    if unknown:
+        raise InvalidConfig(f"unknown topic setting(s): {', '.join(sorted(unknown))}")
+    compression = config.get("compression", "none")
+    if compression not in COMPRESSION:
+        raise InvalidConfig(f"compression must be one of {', '.join(COMPRESSION)}")
+    storage = {k: v for k, v in config.items() if k != "compression"}
+    try:
+        LogConfig(**storage)
+    except (TypeError, ValueError) as exc:
+        raise InvalidConfig(f"invalid topic setting: {exc}") from None
+    return dict(config)
+
+
+def _partition_rows(topic: str, placement: list[list[int]] | None) -> list[PartitionRow]:
+    if placement is None:
+        return []
+    return [PartitionRow(topic, i, replicas, replicas[0], 0, list(replicas))
+            for i, replicas in enumerate(placement)]

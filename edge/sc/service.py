@@ -1,0 +1,215 @@
+"""The SC process: public (admin, metadata) and private (SPU) listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from edge.net.connection import split_addr
+from edge.net.server import Connection, FrameServer, Response
+from edge.protocol import messages
+from edge.protocol.errors import InvalidRequest
+from edge.protocol.messages import ApiKey, get
+from edge.sc.config import ScConfig
+from edge.sc.controller import Controller
+from edge.sc.store import MetadataStore
+from edge.spu.sc_link import cancel
+from edge.tls import server_context
+
+log = logging.getLogger(__name__)
+
+LIVENESS_CHECK_S = 0.25
+Handler = Callable[[Connection, dict[Any, Any], bytes], Response | Awaitable[Response]]
+
+
+class Sc:
+    """One Streaming Controller."""
+
+    def __init__(self, cfg: ScConfig) -> None:
+        self.cfg = cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = MetadataStore(cfg.data_dir / "metadata.sqlite")
+        self.controller = Controller(self.store, heartbeat_timeout_s=cfg.heartbeat_timeout_s)
+        ctx = server_context(cfg.tls) if cfg.tls and cfg.tls.cert else None
+        self.public = FrameServer("SC public", self._dispatch_public, ssl_context=ctx)
+        self.private = FrameServer("SC private", self._dispatch_private, ssl_context=ctx)
+        self.public_addr = ""
+        self.private_addr = ""
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._public: dict[ApiKey, Handler] = {
+            ApiKey.API_VERSIONS: self.api_versions,
+            ApiKey.CREATE_TOPIC: self.create_topic,
+            ApiKey.DELETE_TOPIC: self.delete_topic,
+            ApiKey.LIST_TOPICS: self.list_topics,
+            ApiKey.DESCRIBE_TOPIC: self.describe_topic,
+            ApiKey.LIST_SPUS: self.list_spus,
+            ApiKey.LIST_PARTITIONS: self.list_partitions,
+            ApiKey.METADATA: self.metadata,
+            ApiKey.WATCH_METADATA: self.watch_metadata,
+            ApiKey.CLUSTER_STATUS: self.cluster_status,
+            ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
+        }
+        self._private: dict[ApiKey, Handler] = {
+            ApiKey.API_VERSIONS: self.api_versions,
+            ApiKey.REGISTER_SPU: self.register_spu,
+            ApiKey.HEARTBEAT: self.heartbeat,
+        }
+
+    async def start(self) -> None:
+        pub = await self.public.start(*split_addr(self.cfg.public_addr))
+        priv = await self.private.start(*split_addr(self.cfg.private_addr))
+        self.public_addr = f"{_host(pub[0])}:{pub[1]}"
+        self.private_addr = f"{_host(priv[0])}:{priv[1]}"
+        self._tasks.append(asyncio.create_task(self._liveness(), name="liveness"))
+        log.info("SC serving clients on %s, SPUs on %s (cluster %s)", self.public_addr,
+                 self.private_addr, self.controller.cluster_id)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            await cancel(task)
+        await self.public.close()
+        await self.private.close()
+        self.store.close()
+        log.info("SC stopped cleanly")
+
+    async def _liveness(self) -> None:
+        while True:
+            await asyncio.sleep(LIVENESS_CHECK_S)
+            self.controller.check_liveness()
+
+    def _dispatch_public(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Any:
+        return _route(self._public, "SC public", conn, meta, blob)
+
+    def _dispatch_private(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Any:
+        return _route(self._private, "SC private", conn, meta, blob)
+
+    # handlers -------------------------------------------------------------
+
+    def api_versions(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        table = self._public if conn.server is self.public else self._private
+        return messages.ok(meta["id"], versions={int(k): list(messages.SUPPORTED[k])
+                                                 for k in table},
+                           role="sc", cluster=self.controller.cluster_id), b""
+
+    def create_topic(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        row = self.controller.create_topic(
+            get(meta, "name", str), get(meta, "partitions", int, 1),
+            get(meta, "replication", int, 1), get(meta, "config", dict, {}))
+        return messages.ok(meta["id"], status=row.status), b""
+
+    def delete_topic(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        self.controller.delete_topic(get(meta, "name", str))
+        return messages.ok(meta["id"]), b""
+
+    def list_topics(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        rows = [{"name": t.name, "partitions": t.partitions, "replication": t.replication,
+                 "config": t.config, "status": t.status, "created_ms": t.created_ms}
+                for t in self.store.topics()]
+        return messages.ok(meta["id"], topics=rows), b""
+
+    def describe_topic(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        t = self.controller.topic(get(meta, "name", str))
+        parts = [self.controller.partition_status(p) for p in self.store.partitions(t.name)]
+        return messages.ok(meta["id"], name=t.name, partitions=t.partitions,
+                           replication=t.replication, config=t.config, status=t.status,
+                           created_ms=t.created_ms, partition_status=parts), b""
+
+    def list_spus(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        now = time.monotonic()
+        rows = [{"id": s.id, "public": s.public, "private": s.private, "rack": s.rack,
+                 "online": s.online, "health": s.health,
+                 "heartbeat_age_s": round(now - s.last_heartbeat, 3) if s.last_heartbeat else None,
+                 "partitions": len(s.partitions)}
+                for s in sorted(self.controller.spus.values(), key=lambda s: s.id)]
+        return messages.ok(meta["id"], spus=rows), b""
+
+    def list_partitions(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        topic = get(meta, "topic", str, None)
+        rows = [self.controller.partition_status(p) for p in self.store.partitions(topic)]
+        return messages.ok(meta["id"], partitions=rows), b""
+
+    def metadata(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        return messages.ok(meta["id"], **self.controller.metadata()), b""
+
+    def watch_metadata(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                       ) -> Awaitable[Response]:
+        return self._watch(conn, meta["id"])
+
+    async def _watch(self, conn: Connection, cid: int) -> Response:
+        changed = asyncio.Event()
+        self.controller.watchers.add(changed.set)
+        try:
+            while not conn.closed:
+                changed.clear()
+                await conn.send(messages.ok(cid, **self.controller.metadata()))
+                await changed.wait()
+        finally:
+            self.controller.watchers.discard(changed.set)
+        return None
+
+    def cluster_status(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        spus = list(self.controller.spus.values())
+        topics = self.store.topics()
+        parts = self.store.partitions()
+        offline_leaders = sum(1 for p in parts
+                              if p.leader is None or not (self.controller.spus.get(p.leader)
+                                                          and self.controller.spus[p.leader].online))
+        return messages.ok(
+            meta["id"], cluster=self.controller.cluster_id,
+            uptime_s=round(time.time() - self.controller.started, 1),
+            version=self.controller.version, public=self.public_addr,
+            private=self.private_addr, spus_total=len(spus),
+            spus_online=sum(1 for s in spus if s.online), topics=len(topics),
+            partitions=len(parts), partitions_offline=offline_leaders,
+            waiting_topics=[t.name for t in topics if t.status != "ready"],
+        ), b""
+
+    def init_producer_id(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                         ) -> Response:
+        return messages.ok(meta["id"], producer_id=self.store.allocate_producer_ids(1),
+                           epoch=0), b""
+
+    def register_spu(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                     ) -> Awaitable[Response]:
+        spu_id = get(meta, "spu", int)
+        public, private = get(meta, "public", str), get(meta, "private", str)
+        rack = get(meta, "rack", str, None)
+        cid = meta["id"]
+        cluster = self.controller.cluster_id
+
+        def push(replicas: list[dict[str, Any]], version: int) -> None:
+            conn.send_soon(messages.ok(cid, replicas=replicas, version=version,
+                                       cluster=cluster))
+
+        state = self.controller.register_spu(spu_id, public, private, rack, push)
+        state.partitions = get(meta, "partitions", list, [])
+        conn.on_close.append(lambda: self.controller.spu_disconnected(spu_id, push))
+        return _hold_open(conn)
+
+    def heartbeat(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        self.controller.heartbeat(get(meta, "spu", int), get(meta, "health", dict, {}),
+                                  get(meta, "partitions", list, []), get(meta, "stats", dict, {}))
+        return messages.ok(meta["id"]), b""
+
+
+def _route(table: dict[ApiKey, Handler], where: str, conn: Connection, meta: dict[Any, Any],
+           blob: bytes) -> Response | Awaitable[Response]:
+    api = messages.api_of(meta)
+    handler = table.get(api)
+    if handler is None:
+        raise InvalidRequest(f"{api.name} is not served on the {where} port")
+    return handler(conn, meta, blob)
+
+
+async def _hold_open(conn: Connection) -> Response:
+    """Keep a registration stream open until the SPU disconnects."""
+    while not conn.closed:
+        await asyncio.sleep(3600)
+    return None
+
+
+def _host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host

@@ -1,0 +1,181 @@
+"""The SC's metadata in SQLite (WAL, synchronous=FULL).
+
+Only durable facts live here: topics, partitions (replicas, leader, ISR,
+leader epoch), registered SPUs and counters. Liveness and health from
+heartbeats are soft state in memory: writing them every second would wear a
+Pi's SD card for nothing, and they are rebuilt within one heartbeat.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Any, NamedTuple
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS topics (
+    name TEXT PRIMARY KEY,
+    partitions INTEGER NOT NULL,
+    replication INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS partitions (
+    topic TEXT NOT NULL REFERENCES topics(name) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    replicas TEXT NOT NULL,
+    leader INTEGER,
+    epoch INTEGER NOT NULL,
+    isr TEXT NOT NULL,
+    PRIMARY KEY (topic, idx)
+);
+CREATE TABLE IF NOT EXISTS spus (
+    id INTEGER PRIMARY KEY,
+    public TEXT NOT NULL,
+    private TEXT NOT NULL,
+    rack TEXT,
+    registered_ms INTEGER NOT NULL
+);
+"""
+
+
+class TopicRow(NamedTuple):
+    name: str
+    partitions: int
+    replication: int
+    config: dict[str, Any]
+    status: str
+    created_ms: int
+
+
+class PartitionRow(NamedTuple):
+    topic: str
+    index: int
+    replicas: list[int]
+    leader: int | None
+    epoch: int
+    isr: list[int]
+
+
+class SpuRow(NamedTuple):
+    id: int
+    public: str
+    private: str
+    rack: str | None
+    registered_ms: int
+
+
+class MetadataStore:
+    """Durable SC metadata."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        if self.get_meta("cluster_id") is None:
+            self.set_meta("cluster_id", uuid.uuid4().hex)
+            self.set_meta("next_producer_id", "1")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def allocate_producer_ids(self, count: int = 1) -> int:
+        """Reserve ``count`` ids; ids are never handed out twice, across restarts too."""
+        with self._tx():
+            first = int(self.get_meta("next_producer_id") or "1")
+            self.set_meta("next_producer_id", str(first + count))
+        return first
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    # topics ---------------------------------------------------------------
+
+    def add_topic(self, topic: TopicRow, partitions: list[PartitionRow]) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO topics VALUES (?, ?, ?, ?, ?, ?)",
+                (topic.name, topic.partitions, topic.replication, json.dumps(topic.config),
+                 topic.status, topic.created_ms))
+            for p in partitions:
+                self._put_partition(p)
+
+    def place_topic(self, name: str, partitions: list[PartitionRow]) -> None:
+        with self._tx():
+            self._db.execute("UPDATE topics SET status='ready' WHERE name=?", (name,))
+            for p in partitions:
+                self._put_partition(p)
+
+    def delete_topic(self, name: str) -> bool:
+        with self._tx():
+            cur = self._db.execute("DELETE FROM topics WHERE name=?", (name,))
+        return cur.rowcount > 0
+
+    def topics(self) -> list[TopicRow]:
+        rows = self._db.execute("SELECT * FROM topics ORDER BY name").fetchall()
+        return [TopicRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+
+    def topic(self, name: str) -> TopicRow | None:
+        r = self._db.execute("SELECT * FROM topics WHERE name=?", (name,)).fetchone()
+        return None if r is None else TopicRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5])
+
+    # partitions -----------------------------------------------------------
+
+    def update_partition(self, p: PartitionRow) -> None:
+        with self._tx():
+            self._put_partition(p)
+
+    def _put_partition(self, p: PartitionRow) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO partitions VALUES (?, ?, ?, ?, ?, ?)",
+            (p.topic, p.index, json.dumps(p.replicas), p.leader, p.epoch, json.dumps(p.isr)))
+
+    def partitions(self, topic: str | None = None) -> list[PartitionRow]:
+        if topic is None:
+            rows = self._db.execute("SELECT * FROM partitions ORDER BY topic, idx").fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM partitions WHERE topic=? ORDER BY idx", (topic,)).fetchall()
+        return [PartitionRow(r[0], r[1], json.loads(r[2]), r[3], r[4], json.loads(r[5]))
+                for r in rows]
+
+    # spus -----------------------------------------------------------------
+
+    def upsert_spu(self, spu_id: int, public: str, private: str, rack: str | None) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO spus VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "public=excluded.public, private=excluded.private, rack=excluded.rack",
+                (spu_id, public, private, rack, int(time.time() * 1000)))
+
+    def spus(self) -> list[SpuRow]:
+        rows = self._db.execute("SELECT * FROM spus ORDER BY id").fetchall()
+        return [SpuRow(*r) for r in rows]
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,107 @@
+"""SPU configuration (``headwater run spu --config spu.toml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.config import ConfigError, load_toml, reject_unknown, take, tls_from
+from edge.net.connection import split_addr
+from edge.tls import TlsConfig
+
+DURABILITY = ("group", "always", "never")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpuConfig:
+    """Everything an SPU process needs; validated at construction."""
+
+    id: int
+    data_dir: Path
+    public_addr: str = "0.0.0.0:9005"
+    private_addr: str = "0.0.0.0:9006"
+    advertise_public: str | None = None
+    advertise_private: str | None = None
+    sc: str = "127.0.0.1:9004"
+    rack: str | None = None
+    durability: str = "group"
+    # Heartbeats carry health and partition status to the SC; 1 s keeps the SC's
+    # view fresh while costing a Pi next to nothing.
+    heartbeat_interval_s: float = 1.0
+    # How often recovery points are checkpointed: bounds the tail scanned at start-up.
+    checkpoint_interval_s: float = 5.0
+    retention_check_interval_s: float = 60.0
+    log_level: str = "info"
+    tls: TlsConfig | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.id < 2**31:
+            raise ConfigError(f"id must be in 0..{2**31 - 1}, not {self.id}")
+        for key in ("public_addr", "private_addr", "sc"):
+            _check_addr(key, getattr(self, key))
+        for key in ("advertise_public", "advertise_private"):
+            if getattr(self, key) is not None:
+                _check_addr(key, getattr(self, key))
+        if self.durability not in DURABILITY:
+            raise ConfigError(f"durability must be one of {', '.join(DURABILITY)}, "
+                              f"not {self.durability!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        for key in ("heartbeat_interval_s", "checkpoint_interval_s",
+                    "retention_check_interval_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be > 0")
+
+    @classmethod
+    def from_toml(cls, path: Path, **overrides: Any) -> SpuConfig:
+        return cls.from_dict(load_toml(path), **overrides)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], **overrides: Any) -> SpuConfig:
+        raw = dict(raw)
+        if "id" not in raw and "id" not in overrides:
+            raise ConfigError("id is required (a unique SPU number, e.g. id = 1)")
+        if "data_dir" not in raw and "data_dir" not in overrides:
+            raise ConfigError("data_dir is required")
+        values: dict[str, Any] = {
+            "id": take(raw, "id", int, None),
+            "data_dir": Path(take(raw, "data_dir", str, ".")),
+            "public_addr": take(raw, "public_addr", str, cls.public_addr),
+            "private_addr": take(raw, "private_addr", str, cls.private_addr),
+            "advertise_public": take(raw, "advertise_public", str, None),
+            "advertise_private": take(raw, "advertise_private", str, None),
+            "sc": take(raw, "sc", str, cls.sc),
+            "rack": take(raw, "rack", str, None),
+            "durability": take(raw, "durability", str, cls.durability),
+            "heartbeat_interval_s": take(raw, "heartbeat_interval_s", float,
+                                         cls.heartbeat_interval_s),
+            "checkpoint_interval_s": take(raw, "checkpoint_interval_s", float,
+                                          cls.checkpoint_interval_s),
+            "retention_check_interval_s": take(raw, "retention_check_interval_s", float,
+                                               cls.retention_check_interval_s),
+            "log_level": take(raw, "log_level", str, cls.log_level),
+            "tls": tls_from(raw),
+        }
+        reject_unknown(raw, "spu config")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _check_addr(key: str, value: str) -> None:
+    try:
+        split_addr(value)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def advertised(bound: tuple[str, int], configured: str | None) -> str:
+    """The address peers should use: the configured one, else the bound one
+    (a wildcard bind is advertised as loopback, which only suits one machine)."""
+    if configured:
+        return configured
+    host, port = bound
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"{host}:{port}"

@@ -1,0 +1,232 @@
+"""The SPU's public API: produce, fetch, stream fetch, offsets, consumers.
+
+Each handler validates its fields, does the synchronous part at once (an
+append happens in arrival order) and returns either a response or an awaitable
+that finishes the request (waiting for the fsync, or streaming batches).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from edge.net.server import Connection, Response
+from edge.protocol import batch as batchcodec
+from edge.protocol import messages
+from edge.protocol.errors import CorruptBatch, CorruptMessage, InvalidRequest, OffsetOutOfRange
+from edge.protocol.messages import Acks, ApiKey, get
+from edge.spu.partition import Partition
+from edge.spu.replicas import ReplicaSet
+from edge.storage.offsets import ConsumerOffsets
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FETCH_BYTES = 1024 * 1024
+MAX_FETCH_BYTES = 8 * 1024 * 1024
+MAX_WAIT_MS = 60_000
+# A stream with nothing new re-checks this often so it notices a closed partition.
+STREAM_IDLE_CHECK_S = 1.0
+
+Handler = Callable[[Connection, dict[Any, Any], bytes], Response | Awaitable[Response]]
+
+
+class PublicApi:
+    """Dispatch for the SPU public port."""
+
+    def __init__(self, replicas: ReplicaSet, offsets: ConsumerOffsets) -> None:
+        self.replicas = replicas
+        self.offsets = offsets
+        self.stats = {"produce_batches": 0, "produce_records": 0, "duplicates": 0,
+                      "corrupt_batches": 0, "fetches": 0, "streams": 0}
+        self._handlers: dict[ApiKey, Handler] = {
+            ApiKey.API_VERSIONS: self.api_versions,
+            ApiKey.PRODUCE: self.produce,
+            ApiKey.FETCH: self.fetch,
+            ApiKey.STREAM_FETCH: self.stream_fetch,
+            ApiKey.LIST_OFFSETS: self.list_offsets,
+            ApiKey.OFFSET_COMMIT: self.offset_commit,
+            ApiKey.OFFSET_FETCH: self.offset_fetch,
+            ApiKey.LIST_CONSUMERS: self.list_consumers,
+            ApiKey.PARTITION_STATUS: self.partition_status,
+        }
+
+    def dispatch(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                 ) -> Response | Awaitable[Response]:
+        api = messages.api_of(meta)
+        handler = self._handlers.get(api)
+        if handler is None:
+            raise InvalidRequest(f"{api.name} is not served on the SPU public port")
+        return handler(conn, meta, blob)
+
+    def api_versions(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        versions = {int(k): list(messages.SUPPORTED[k]) for k in self._handlers}
+        return messages.ok(meta["id"], versions=versions, role="spu",
+                           spu=self.replicas.spu_id), b""
+
+    def produce(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                ) -> Response | Awaitable[Response]:
+        cid = meta["id"]
+        topic, index = get(meta, "topic", str), get(meta, "partition", int)
+        acks = get(meta, "acks", int, int(Acks.LEADER))
+        p = self.replicas.leader(topic, index)
+        try:
+            header = batchcodec.verify(blob)
+        except CorruptBatch as exc:
+            self.stats["corrupt_batches"] += 1
+            raise CorruptMessage(f"rejected batch for {topic}/{index}: {exc}") from None
+        if header.size != len(blob):
+            raise CorruptMessage("a produce request carries exactly one batch")
+        result = p.append(bytearray(blob))
+        self.stats["produce_batches"] += 1
+        if result.duplicate:
+            self.stats["duplicates"] += 1
+        else:
+            self.stats["produce_records"] += header.record_count
+        if acks == Acks.NONE:
+            return None
+        reply = messages.ok(cid, base=result.base_offset, last=result.last_offset,
+                            dup=result.duplicate)
+        pending = p.durable(result.last_offset + 1)
+        if pending is None:
+            return reply, b""
+        return _after(pending, reply)
+
+    def fetch(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Awaitable[Response]:
+        topic, index = get(meta, "topic", str), get(meta, "partition", int)
+        offset = get(meta, "offset", int)
+        max_bytes = _bounded(get(meta, "max_bytes", int, DEFAULT_FETCH_BYTES), MAX_FETCH_BYTES)
+        wait_ms = min(max(get(meta, "max_wait_ms", int, 0), 0), MAX_WAIT_MS)
+        p = self.replicas.leader(topic, index)
+        self.stats["fetches"] += 1
+        return self._fetch(conn, meta["id"], p, offset, max_bytes, wait_ms)
+
+    async def _fetch(self, conn: Connection, cid: int, p: Partition, offset: int,
+                     max_bytes: int, wait_ms: int) -> Response:
+        _check_range(p, offset)
+        if wait_ms and p.high_watermark <= offset:
+            await p.wait_for_data(offset, wait_ms / 1000)
+        await self._send_slice(conn, cid, p, offset, max_bytes)
+        return None
+
+    async def _send_slice(self, conn: Connection, cid: int, p: Partition, offset: int,
+                          max_bytes: int) -> int:
+        """Send the batches at ``offset`` (or an empty frame); return the next offset."""
+        hw = p.high_watermark
+        sl = p.log.read(offset, max_bytes, max_offset=hw)
+        if sl is None:
+            await conn.send(_position(cid, p, offset))
+            return offset
+        meta = _position(cid, p, sl.next_offset)
+        if conn.tls:
+            await conn.send(meta, p.log.read_bytes(offset, max_bytes, max_offset=hw))
+        else:
+            await conn.send_file(meta, sl.fd, sl.position, sl.length)
+        return sl.next_offset
+
+    def stream_fetch(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                     ) -> Awaitable[Response]:
+        topic, index = get(meta, "topic", str), get(meta, "partition", int)
+        offset = get(meta, "offset", int)
+        max_bytes = _bounded(get(meta, "max_bytes", int, DEFAULT_FETCH_BYTES), MAX_FETCH_BYTES)
+        p = self.replicas.leader(topic, index)
+        self.stats["streams"] += 1
+        return self._stream(conn, meta["id"], p, offset, max_bytes)
+
+    async def _stream(self, conn: Connection, cid: int, p: Partition, offset: int,
+                      max_bytes: int) -> Response:
+        """Push batches as the high watermark advances.
+
+        Flow control is TCP's: each push waits until the previous one left the
+        socket buffer, so a slow consumer holds at most one push in memory here.
+        """
+        _check_range(p, offset)
+        while not conn.closed:
+            if p.closed:
+                current = self.replicas.leader(p.topic, p.index)  # raises if gone
+                p = current
+            if p.high_watermark <= offset:
+                await p.wait_for_data(offset, STREAM_IDLE_CHECK_S)
+                continue
+            offset = await self._send_slice(conn, cid, p, offset, max_bytes)
+        return None
+
+    def list_offsets(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        topic, index = get(meta, "topic", str), get(meta, "partition", int)
+        kind = get(meta, "kind", str, "end")
+        p = self.replicas.leader(topic, index)
+        hw, start = p.high_watermark, p.log.log_start_offset
+        if kind == "beginning":
+            offset = start
+        elif kind == "end":
+            offset = hw
+        elif kind == "timestamp":
+            found = p.log.offset_for_timestamp(get(meta, "timestamp", int))
+            offset = hw if found is None else min(max(found, start), hw)
+        else:
+            raise InvalidRequest(f"offset kind must be beginning, end or timestamp, not {kind!r}")
+        return messages.ok(meta["id"], offset=offset, start=start, hw=hw,
+                           leo=p.log.log_end_offset), b""
+
+    def offset_commit(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        consumer = _consumer_name(get(meta, "consumer", str))
+        topic, index = get(meta, "topic", str), get(meta, "partition", int)
+        offset = get(meta, "offset", int)
+        p = self.replicas.leader(topic, index)
+        if not p.log.log_start_offset <= offset <= p.high_watermark:
+            raise OffsetOutOfRange(
+                f"offset {offset} outside {p.log.log_start_offset}..{p.high_watermark}",
+                offset=offset)
+        self.offsets.commit(consumer, topic, index, offset)
+        return messages.ok(meta["id"]), b""
+
+    def offset_fetch(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        consumer = _consumer_name(get(meta, "consumer", str))
+        topic, index = get(meta, "topic", str), get(meta, "partition", int)
+        self.replicas.leader(topic, index)
+        return messages.ok(meta["id"], offset=self.offsets.fetch(consumer, topic, index)), b""
+
+    def list_consumers(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        rows = []
+        for consumer, topic, index, offset, updated in self.offsets.list():
+            p = self.replicas.partitions.get((topic, index))
+            if p is None or not p.is_leader:
+                continue
+            rows.append({"consumer": consumer, "topic": topic, "partition": index,
+                         "offset": offset, "lag": max(p.high_watermark - offset, 0),
+                         "updated_ms": updated})
+        return messages.ok(meta["id"], consumers=rows), b""
+
+    def partition_status(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                         ) -> Response:
+        rows = [p.status() for p in self.replicas.partitions.values()]
+        return messages.ok(meta["id"], partitions=rows, stats=dict(self.stats)), b""
+
+
+async def _after(pending: Awaitable[None], reply: dict[str, Any]) -> Response:
+    await pending
+    return reply, b""
+
+
+def _position(cid: int, p: Partition, next_offset: int) -> dict[str, Any]:
+    return messages.ok(cid, hw=p.high_watermark, leo=p.log.log_end_offset,
+                       start=p.log.log_start_offset, next=next_offset)
+
+
+def _check_range(p: Partition, offset: int) -> None:
+    start, end = p.log.log_start_offset, p.log.log_end_offset
+    if not start <= offset <= end:
+        raise OffsetOutOfRange(f"offset {offset} of {p.name} outside {start}..{end}",
+                               offset=offset, log_start_offset=start, log_end_offset=end)
+
+
+def _bounded(value: int, limit: int) -> int:
+    if value <= 0:
+        raise InvalidRequest("max_bytes must be positive")
+    return min(value, limit)
+
+
+def _consumer_name(name: str) -> str:
+    if not 0 < len(name) <= 200:
+        raise InvalidRequest("consumer name must be 1..200 characters")
+    return name

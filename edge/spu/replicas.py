@@ -1,0 +1,147 @@
+"""The replicas an SPU hosts, as assigned by the SC.
+
+The SC sends the full list of this SPU's replicas whenever it changes. The list
+is saved (atomically) in the data directory, so an SPU restarted while the SC
+is down serves the same partitions: the data plane does not wait for the
+control plane. Data of a replica that is no longer assigned is deleted only
+when the assignment comes from the same cluster (cluster id) that created it:
+a freshly installed SC with an empty database cannot wipe an SPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from edge.protocol.errors import LeaderNotAvailable, NotLeader, PartitionNotFound
+from edge.spu.partition import Partition
+from edge.storage.config import LogConfig
+from edge.storage.log import PartitionLog
+
+log = logging.getLogger(__name__)
+
+ASSIGNMENT_FILE = "assignment.cbor"
+_SAFE_TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def log_config_from(raw: dict[str, Any], durability: str) -> LogConfig:
+    """The storage config of a topic as sent by the SC (unknown keys ignored)."""
+    known = {"segment_bytes", "segment_ms", "retention_ms", "retention_bytes",
+             "index_interval_bytes"}
+    return LogConfig(durability=durability, **{k: v for k, v in raw.items() if k in known})
+
+
+class ReplicaSet:
+    """Partitions hosted by this SPU, keyed by (topic, partition)."""
+
+    def __init__(self, data_dir: Path, *, spu_id: int, durability: str) -> None:
+        self.data_dir = data_dir
+        self.spu_id = spu_id
+        self.durability = durability
+        self.partitions: dict[tuple[str, int], Partition] = {}
+        self.cluster_id: str | None = None
+        self.version = -1
+        (data_dir / "partitions").mkdir(parents=True, exist_ok=True)
+
+    def load_saved(self) -> list[dict[str, Any]] | None:
+        path = self.data_dir / ASSIGNMENT_FILE
+        try:
+            saved = cbor2.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            log.warning("ignoring unreadable %s: %s", path, exc)
+            return None
+        self.cluster_id = saved.get("cluster_id")
+        replicas: list[dict[str, Any]] = saved.get("replicas", [])
+        return replicas
+
+    def leader(self, topic: str, index: int) -> Partition:
+        """The partition this SPU leads, or the error a client can act on."""
+        p = self.partitions.get((topic, index))
+        if p is None:
+            raise PartitionNotFound(f"{topic}/{index} is not hosted by SPU {self.spu_id}",
+                                    topic=topic, partition=index)
+        if not p.is_leader:
+            raise NotLeader(f"SPU {self.spu_id} is not the leader of {topic}/{index}",
+                            topic=topic, partition=index)
+        if p.failed is not None:
+            raise LeaderNotAvailable(str(p.failed), topic=topic, partition=index)
+        return p
+
+    async def apply(self, replicas: list[dict[str, Any]], *, cluster_id: str | None,
+                    version: int, save: bool = True) -> None:
+        """Make the hosted replicas match the SC's list."""
+        wanted: dict[tuple[str, int], dict[str, Any]] = {}
+        for r in replicas:
+            topic, index = str(r["topic"]), int(r["partition"])
+            if not _SAFE_TOPIC.match(topic):
+                log.error("ignoring replica with unsafe topic name %r", topic)
+                continue
+            wanted[(topic, index)] = r
+        same_cluster = self.cluster_id is None or cluster_id == self.cluster_id
+        for key in [k for k in self.partitions if k not in wanted]:
+            await self._remove(key, delete=same_cluster)
+        for key, r in wanted.items():
+            self._open_or_update(key, r)
+        if save:
+            if cluster_id is not None and self.cluster_id is not None and not same_cluster:
+                log.error("SC cluster id %s differs from the one this SPU joined (%s); "
+                          "keeping data of unassigned partitions", cluster_id, self.cluster_id)
+            self.cluster_id = cluster_id or self.cluster_id
+            self.version = version
+            self._save(list(wanted.values()))
+
+    def _open_or_update(self, key: tuple[str, int], r: dict[str, Any]) -> None:
+        is_leader = r.get("leader") == self.spu_id
+        epoch = int(r.get("epoch", 0))
+        p = self.partitions.get(key)
+        if p is None:
+            cfg = log_config_from(r.get("config", {}), self.durability)
+            path = self.partition_dir(*key)
+            plog = PartitionLog.open(path, cfg)
+            p = Partition(key[0], key[1], plog, durability=self.durability,
+                          leader_epoch=epoch, is_leader=is_leader)
+            self.partitions[key] = p
+            log.info("hosting %s (leader=%s epoch=%d, log end %d)", p.name, is_leader, epoch,
+                     plog.log_end_offset)
+        else:
+            p.is_leader = is_leader
+            p.leader_epoch = max(p.leader_epoch, epoch)
+
+    async def _remove(self, key: tuple[str, int], *, delete: bool) -> None:
+        p = self.partitions.pop(key)
+        await p.close()
+        if delete:
+            shutil.rmtree(self.partition_dir(*key), ignore_errors=True)
+            log.info("deleted replica %s", p.name)
+
+    def partition_dir(self, topic: str, index: int) -> Path:
+        return self.data_dir / "partitions" / f"{topic}-{index}"
+
+    def _save(self, replicas: list[dict[str, Any]]) -> None:
+        path = self.data_dir / ASSIGNMENT_FILE
+        tmp = path.with_suffix(".tmp")
+        data = cbor2.dumps({"cluster_id": self.cluster_id, "version": self.version,
+                            "replicas": replicas})
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        dfd = os.open(self.data_dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    async def close(self) -> None:
+        for p in list(self.partitions.values()):
+            await p.close()
+        self.partitions.clear()

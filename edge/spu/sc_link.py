@@ -1,0 +1,115 @@
+"""The SPU's link to the SC: register, receive replica assignments, heartbeat.
+
+The SPU dials the SC's private port (so it works from behind NAT), registers,
+and keeps the registration open as a stream on which the SC pushes this SPU's
+replica list. Heartbeats carry health and per-partition status. When the SC is
+unreachable the SPU keeps serving what it has and redials with jittered
+exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from edge import health
+from edge.net.connection import ClientConnection
+from edge.protocol.errors import HeadwaterError
+from edge.protocol.messages import ApiKey
+from edge.spu.config import SpuConfig
+from edge.spu.replicas import ReplicaSet
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+
+
+class ScLink:
+    """Keeps this SPU registered with the SC."""
+
+    def __init__(self, cfg: SpuConfig, replicas: ReplicaSet, *, public: str, private: str,
+                 ssl_context: ssl.SSLContext | None,
+                 stats: Callable[[], dict[str, Any]]) -> None:
+        self.cfg = cfg
+        self.replicas = replicas
+        self.public = public
+        self.private = private
+        self._ssl = ssl_context
+        self._stats = stats
+        self.connected = asyncio.Event()
+        self.registered_once = asyncio.Event()
+        self.connects = 0
+
+    async def run(self) -> None:
+        """Register and follow assignments until cancelled."""
+        delay = BACKOFF_MIN_S
+        while True:
+            try:
+                await self._session()
+                delay = BACKOFF_MIN_S
+            except (HeadwaterError, OSError) as exc:
+                if self.connected.is_set() or self.connects == 0:
+                    log.warning("SC %s unreachable (%s); serving on, retrying", self.cfg.sc, exc)
+            self.connected.clear()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def _session(self) -> None:
+        conn = ClientConnection(self.cfg.sc, ssl_context=self._ssl)
+        await conn.connect()
+        try:
+            stream = conn.open_stream(
+                ApiKey.REGISTER_SPU, spu=self.cfg.id, public=self.public, private=self.private,
+                rack=self.cfg.rack, partitions=self._status(),
+            )
+            first = await stream.next()
+            if first is None:
+                return
+            self.connects += 1
+            self.connected.set()
+            log.info("registered with SC %s as SPU %d", self.cfg.sc, self.cfg.id)
+            await self._apply(first[0])
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._heartbeats(conn), name="heartbeat")
+                tg.create_task(self._follow(stream), name="assignments")
+        except* HeadwaterError as eg:
+            raise eg.exceptions[0] from None
+        finally:
+            await conn.close()
+
+    async def _follow(self, stream: Any) -> None:
+        while (item := await stream.next()) is not None:
+            await self._apply(item[0])
+        raise ConnectionError("SC ended the assignment stream")
+
+    async def _apply(self, meta: dict[Any, Any]) -> None:
+        replicas = meta.get("replicas")
+        if isinstance(replicas, list):
+            await self.replicas.apply(replicas, cluster_id=meta.get("cluster"),
+                                      version=int(meta.get("version", 0)))
+        self.registered_once.set()
+
+    async def _heartbeats(self, conn: ClientConnection) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_interval_s)
+            await conn.request(
+                ApiKey.HEARTBEAT, spu=self.cfg.id, health=health.snapshot(self.cfg.data_dir),
+                partitions=self._status(), stats=self._stats(), timeout=10.0,
+            )
+
+    def _status(self) -> list[dict[str, Any]]:
+        return [p.status() for p in self.replicas.partitions.values()]
+
+
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

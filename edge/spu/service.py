@@ -1,0 +1,115 @@
+"""The SPU process: listeners, replicas, the SC link and housekeeping tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from edge.net.connection import split_addr
+from edge.net.server import Connection, FrameServer, Response
+from edge.protocol import messages
+from edge.protocol.errors import InvalidRequest
+from edge.protocol.messages import ApiKey
+from edge.spu.config import SpuConfig, advertised
+from edge.spu.handlers import PublicApi
+from edge.spu.replicas import ReplicaSet
+from edge.spu.sc_link import ScLink, cancel
+from edge.storage.offsets import ConsumerOffsets
+from edge.tls import client_context, server_context
+
+log = logging.getLogger(__name__)
+
+
+class Spu:
+    """One Streaming Processing Unit."""
+
+    def __init__(self, cfg: SpuConfig) -> None:
+        self.cfg = cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.replicas = ReplicaSet(cfg.data_dir, spu_id=cfg.id, durability=cfg.durability)
+        self.offsets: ConsumerOffsets | None = None
+        self.api: PublicApi | None = None
+        server_ssl = server_context(cfg.tls) if cfg.tls and cfg.tls.cert else None
+        self._client_ssl = client_context(cfg.tls) if cfg.tls else None
+        self.public = FrameServer(f"SPU {cfg.id} public", self._dispatch_public,
+                                  ssl_context=server_ssl)
+        self.private = FrameServer(f"SPU {cfg.id} private", self._dispatch_private,
+                                   ssl_context=server_ssl)
+        self.public_addr = ""
+        self.private_addr = ""
+        self.link: ScLink | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> None:
+        self.offsets = ConsumerOffsets.open(self.cfg.data_dir / "consumers.sqlite")
+        self.api = PublicApi(self.replicas, self.offsets)
+        saved = self.replicas.load_saved()
+        if saved is not None:
+            # Serve what we hosted before, even if the SC never answers again.
+            await self.replicas.apply(saved, cluster_id=self.replicas.cluster_id, version=-1,
+                                      save=False)
+        self.public_addr = advertised(await self.public.start(*split_addr(self.cfg.public_addr)),
+                                      self.cfg.advertise_public)
+        self.private_addr = advertised(
+            await self.private.start(*split_addr(self.cfg.private_addr)),
+            self.cfg.advertise_private)
+        self.link = ScLink(self.cfg, self.replicas, public=self.public_addr,
+                           private=self.private_addr, ssl_context=self._client_ssl,
+                           stats=lambda: dict(self.api.stats) if self.api else {})
+        self._tasks = [
+            asyncio.create_task(self.link.run(), name="sc-link"),
+            asyncio.create_task(self._checkpoints(), name="checkpoints"),
+            asyncio.create_task(self._retention(), name="retention"),
+        ]
+        log.info("SPU %d serving clients on %s, peers on %s", self.cfg.id, self.public_addr,
+                 self.private_addr)
+
+    async def stop(self) -> None:
+        """Stop listening, flush and close every partition (SIGTERM path)."""
+        for task in self._tasks:
+            await cancel(task)
+        await self.public.close()
+        await self.private.close()
+        await self.replicas.close()
+        if self.offsets is not None:
+            self.offsets.close()
+        log.info("SPU %d stopped cleanly", self.cfg.id)
+
+    def _dispatch_public(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                         ) -> Any:
+        if self.api is None:
+            raise InvalidRequest("SPU is starting")
+        return self.api.dispatch(conn, meta, blob)
+
+    def _dispatch_private(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                          ) -> Response:
+        api = messages.api_of(meta)
+        if api == ApiKey.API_VERSIONS:
+            return messages.ok(meta["id"], versions={int(ApiKey.API_VERSIONS): [0, 0]},
+                               role="spu-private", spu=self.cfg.id), b""
+        if api == ApiKey.PARTITION_STATUS:
+            rows = [p.status() for p in self.replicas.partitions.values()]
+            return messages.ok(meta["id"], partitions=rows), b""
+        raise InvalidRequest(f"{api.name} is not served on the SPU private port")
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.checkpoint_interval_s)
+            for p in list(self.replicas.partitions.values()):
+                if p.failed is None and not p.closed:
+                    try:
+                        p.log.write_checkpoints()
+                    except OSError as exc:
+                        log.error("checkpoint of %s failed: %s", p.name, exc)
+
+    async def _retention(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.retention_check_interval_s)
+            now = int(time.time() * 1000)
+            for p in list(self.replicas.partitions.values()):
+                if p.failed is None and not p.closed:
+                    removed = p.log.apply_retention(now)
+                    if removed:
+                        log.info("retention removed %d bytes from %s", removed, p.name)
