@@ -1,0 +1,206 @@
+"""Runs every configured bridge in one process: one asyncio TaskGroup, one shared Producer.
+
+``Gateway(config).run()`` is what ``headwater gateway run`` does, and what a Python
+program can do the same way. It keeps running while the SC, the SPU or the broker
+are away (the bridges back off and keep data unacknowledged at its source), logs
+the counters periodically, serves them on the status endpoint, and on SIGTERM or
+SIGINT stops the bridges cleanly: the MQTT bridge finishes and acknowledges the
+round it is writing and leaves the rest queued in the broker; serial devices keep
+what the gateway has not acknowledged and send it again to the next gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from edge import sdnotify
+from edge.client import Admin, Producer
+from edge.client.cluster import Backoff
+from edge.protocol.errors import HeadwaterError, TopicExists
+from edge.tls import TlsConfig as EdgeTls
+from edge.tls import client_context
+from gateway.config import GatewayConfig, TlsConfig
+from gateway.mqtt.bridge import MqttBridge
+from gateway.status import STATUS_VERSION, StatusServer
+
+log = logging.getLogger(__name__)
+
+# Time the bridges get after SIGTERM to finish their round; systemd's default
+# TimeoutStopSec is 90 s, so this stays well inside it.
+SHUTDOWN_GRACE_S: Final = 10.0
+
+
+class Bridge(Protocol):
+    async def run(self) -> None: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+@dataclass
+class _Running:
+    name: str
+    kind: str
+    bridge: Bridge
+    stop: Callable[[], None] | None = None
+    task: asyncio.Task[None] | None = None
+
+    def request_stop(self) -> None:
+        if self.stop is not None:
+            self.stop()
+        elif self.task is not None:
+            self.task.cancel()
+
+
+def tls_context(tls: TlsConfig | None) -> ssl.SSLContext | None:
+    """A client TLS context from the config (None: plain TCP)."""
+    if tls is None:
+        return None
+    return client_context(EdgeTls(cert=tls.cert, key=tls.key, ca=tls.ca))
+
+
+class Gateway:
+    """The gateway process: ``await Gateway(config).run()`` until ``stop()`` or a signal."""
+
+    def __init__(self, config: GatewayConfig, *, shutdown_grace_s: float = SHUTDOWN_GRACE_S):
+        self.config = config
+        self._grace = shutdown_grace_s
+        self._stop = asyncio.Event()
+        self._started = time.monotonic()
+        self._bridges: list[_Running] = []
+        self.status_address: str | None = None
+
+    def stop(self) -> None:
+        """Begin a clean shutdown (what SIGTERM and SIGINT do)."""
+        self._stop.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters of every bridge, as served on the status endpoint."""
+        bridges: dict[str, Any] = {}
+        for running in self._bridges:
+            per_port = getattr(running.bridge, "port_stats", None)
+            if callable(per_port):
+                for port, counters in per_port().items():
+                    bridges[f"{running.name}:{port}"] = {"kind": running.kind,
+                                                         "counters": dict(counters)}
+            else:
+                bridges[running.name] = {"kind": running.kind, "counters": running.bridge.stats()}
+        return {
+            "version": STATUS_VERSION, "pid": os.getpid(), "sc": self.config.sc,
+            "uptime_s": round(time.monotonic() - self._started, 1), "bridges": bridges,
+        }
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Run until stopped; raises only for what no retry can cure (a bug, a bad port)."""
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        tls = self.config.tls
+        # Not entered with ``async with``: that connects to the SC at once, and the
+        # gateway must start (and keep its data at the source) while the SC is away.
+        producer = Producer(
+            self.config.sc, linger_ms=self.config.producer.linger_ms,
+            batch_bytes=self.config.producer.batch_bytes, ssl=tls_context(tls),
+            server_hostname=tls.server_name if tls else None,
+        )
+        try:
+            self._bridges = self._build(producer)
+            await self._serve()
+        finally:
+            with contextlib.suppress(HeadwaterError, TimeoutError):
+                async with asyncio.timeout(self._grace):
+                    await producer.close()
+            log.info("gateway stopped")
+
+    def _build(self, producer: Producer) -> list[_Running]:
+        bridges: list[_Running] = []
+        if self.config.serial:
+            # Imported here: a gateway with only MQTT must not need the serial stack.
+            from gateway.serial.bridge import SerialBridge, SerialPortConfig
+
+            ports = [
+                SerialPortConfig(path=p.path, baudrate=p.baud, topic_map=dict(p.topics),
+                                 default_topic=p.default_topic)
+                for p in self.config.serial
+            ]
+            bridges.append(_Running("serial", "serial", SerialBridge(ports=ports,
+                                                                     producer=producer)))
+        mqtt = self.config.mqtt
+        if mqtt is not None:
+            bridge = MqttBridge(
+                mqtt, producer=producer, dead_letter_topic=self.config.dead_letter_topic,
+                max_batch_bytes=self.config.producer.batch_bytes,
+                send_timeout_s=self.config.producer.send_timeout_s,
+                tls_context=tls_context(mqtt.tls),
+            )
+            bridges.append(_Running("mqtt", "mqtt", bridge, stop=bridge.stop))
+        return bridges
+
+    async def _serve(self) -> None:
+        async with StatusServer(self.config.status, self.snapshot) as status, \
+                asyncio.TaskGroup() as tg:
+            self.status_address = status.address
+            for running in self._bridges:
+                running.task = tg.create_task(running.bridge.run(), name=f"bridge-{running.name}")
+            helpers = [tg.create_task(self._log_counters(), name="gateway-counters")]
+            if self.config.create_topics:
+                helpers.append(tg.create_task(self._create_topics(), name="gateway-topics"))
+            log.info("gateway running: %s; status on %s",
+                     ", ".join(r.name for r in self._bridges), status.address)
+            sdnotify.ready(f"bridging {', '.join(r.name for r in self._bridges)}")
+            await self._stop.wait()
+            sdnotify.stopping()
+            log.info("stopping: bridges finish their round (at most %.0f s)", self._grace)
+            for running in self._bridges:
+                running.request_stop()
+            tasks = [r.task for r in self._bridges if r.task is not None]
+            _, late = await asyncio.wait(tasks, timeout=self._grace)
+            for task in [*late, *helpers]:
+                task.cancel()
+        self._log_once_now()
+
+    async def _log_counters(self) -> None:
+        last = ""
+        while True:
+            await asyncio.sleep(self.config.status.log_interval_s)
+            line = self._counter_line()
+            if line != last:  # an idle gateway does not write the same line all day
+                log.info("counters: %s", line)
+                last = line
+
+    def _log_once_now(self) -> None:
+        log.info("counters: %s", self._counter_line())
+
+    def _counter_line(self) -> str:
+        parts = []
+        for name, bridge in self.snapshot()["bridges"].items():
+            counters = " ".join(f"{k}={v}" for k, v in sorted(bridge["counters"].items()))
+            parts.append(f"[{name}] {counters}")
+        return " ".join(parts)
+
+    async def _create_topics(self) -> None:
+        """Create the topics the gateway writes to, once the SC answers."""
+        backoff = Backoff(initial=0.5, maximum=30.0)
+        tls = self.config.tls
+        while True:
+            try:
+                async with Admin(self.config.sc, ssl=tls_context(tls),
+                                 server_hostname=tls.server_name if tls else None) as admin:
+                    for topic in self.config.topics():
+                        with contextlib.suppress(TopicExists):
+                            await admin.create_topic(topic, partitions=1, replication=1)
+                            log.info("created topic %s", topic)
+            except (HeadwaterError, OSError) as exc:
+                log.debug("creating topics: %s (retrying)", exc)
+                await backoff.sleep()
+            else:
+                return
