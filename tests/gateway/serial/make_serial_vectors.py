@@ -116,6 +116,40 @@ def streams() -> list[dict[str, Any]]:
     ]
 
 
+# Record payloads the devices encode (firmware/headwater/cbor.py): value in tagged
+# JSON, CBOR as the device writes it (float32 where exact, never float16).
+CBOR_CASES: list[tuple[str, Any, str]] = [
+    ("uint_small", {"int": 23}, "17"),
+    ("uint_8", {"int": 24}, "1818"),
+    ("uint_16", {"int": 256}, "190100"),
+    ("uint_32", {"int": 65536}, "1a00010000"),
+    ("uint_64", {"int": 2**64 - 1}, "1bffffffffffffffff"),
+    ("nint", {"int": -25}, "3818"),
+    ("nint_64", {"int": -(2**64)}, "3bffffffffffffffff"),
+    ("float32", {"float": 21.5}, "fa41ac0000"),
+    ("float64", {"float": 1.1}, "fb3ff199999999999a"),
+    ("neg_zero", {"float": -0.0}, "fa80000000"),
+    ("true", {"bool": True}, "f5"),
+    ("false", {"bool": False}, "f4"),
+    ("null", {"null": True}, "f6"),
+    ("bytes", {"bytes": "0001ff"}, "430001ff"),
+    ("text", {"text": "h\u00e9llo"}, "6668c3a96c6c6f"),
+    ("array", {"array": [{"int": 1}, {"array": [{"int": 2}, {"int": 3}]}]}, "8201820203"),
+    ("map", {"map": [[{"text": "t"}, {"float": 21.5}]]}, "a16174fa41ac0000"),
+]
+CBOR_INVALID: list[tuple[str, str]] = [
+    ("float16", "f93c00"),
+    ("tag", "c11a514b67b0"),
+    ("indefinite_array", "9f01ff"),
+    ("nan32", "fa7fc00000"),
+    ("inf64", "fb7ff0000000000000"),
+    ("undefined", "f7"),
+    ("truncated", "1a0001"),
+    ("bad_utf8", "61ff"),
+    ("trailing", "0000"),
+]
+
+
 def build() -> dict[str, Any]:
     identities = [
         ("pi-sensor-01", "temp", 7),
@@ -139,6 +173,8 @@ def build() -> dict[str, Any]:
             for k, f in FRAMES.items()
         ],
         "streams": streams(),
+        "cbor": [{"name": n, "value": v, "hex": h} for n, v, h in CBOR_CASES],
+        "cbor_invalid": [{"name": n, "hex": h} for n, h in CBOR_INVALID],
         "producer_identity": [
             dict(zip(("device_id", "stream", "boot_epoch"), i, strict=True))
             | dict(zip(("producer_id", "producer_epoch"), producer_identity(*i), strict=True))
