@@ -166,11 +166,14 @@ class FlushTracker:
     def truncated(self, leo: int, active: Segment) -> None:
         """The log was cut (and fsynced) at ``leo``, now the end of ``active``."""
         self.flushed = min(self.flushed, leo)
+        point = (leo, active.base_offset, active.size)
         if self.recovery[0] > leo or self.recovery[1] > active.base_offset:
-            self.recovery = (leo, active.base_offset, active.size)
+            self.recovery = point
         for ticket in self.outstanding:
+            # It syncs everything that was written below ``leo``; data appended
+            # from now on reuses those offsets and is not covered.
             if ticket.offset > leo:
-                ticket.offset, ticket.segment_base, ticket.position = self.recovery
+                ticket.offset, ticket.segment_base, ticket.position = point
         if active in self.rolled:
             self.rolled.remove(active)
 

@@ -212,7 +212,8 @@ class Segment:
         if self.index_loaded:
             return
         self.next_offset = self.restore_index(self.size)
-        if self._index_file_len != ENTRY_SIZE * len(self.index):
+        idx = self.index
+        if idx.written != len(idx) or self._index_file_len != ENTRY_SIZE * idx.written:
             log.info("rebuilt index %s", self.index_path)
             self.write_index(sync=True)
             self.close_index()

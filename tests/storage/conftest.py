@@ -1,0 +1,11 @@
+"""Storage tests share builders in ``storage_helpers``; make them importable in any
+pytest import mode (``importlib`` does not put test directories on ``sys.path``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = str(Path(__file__).parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
