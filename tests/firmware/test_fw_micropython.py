@@ -66,7 +66,9 @@ def _cases() -> list[tuple[str, str]]:
     out = []
     for module in MODULES:
         src = (MP / f"{module}.py").read_text()
-        names = [line[4:].split("(")[0] for line in src.splitlines() if line.startswith("def test_")]
+        names = [
+            line[4:].split("(")[0] for line in src.splitlines() if line.startswith("def test_")
+        ]
         out += [(module, n) for n in names]
     return out
 

@@ -3,14 +3,15 @@
 #   micropython runner.py MODULE --list                 print the test names
 # Prints "PASS name" / "FAIL name: error" lines; exits 1 if any test failed.
 import gc
-import sys
-
 import os
+import sys
 
 _here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 # HW_MP_PATH: directories of precompiled .mpy files (compiling the sources
 # inside a 64 KB heap would not fit: devices run precompiled code too).
-for _p in reversed((os.getenv("HW_MP_PATH") or (_here + ":" + _here + "/../../../firmware")).split(":")):
+for _p in reversed(
+    (os.getenv("HW_MP_PATH") or (_here + ":" + _here + "/../../../firmware")).split(":")
+):
     sys.path.insert(0, _p)
 
 

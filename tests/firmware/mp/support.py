@@ -1,7 +1,6 @@
 # Helpers for the MicroPython tests: vectors, a fake UART, a fake clock.
 import gc
 import json
-
 import os
 
 _here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."

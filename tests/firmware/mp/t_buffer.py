@@ -112,7 +112,7 @@ def test_spool_torn_tail_is_ignored():
     with open(path, "rb") as f:
         data = f.read()
     with open(path, "wb") as f:
-        f.write(data[:size - 3])
+        f.write(data[: size - 3])
     b = Buffer(spool=path)
     eq(len(b), 1)
     eq(b.record(0), b"kept")

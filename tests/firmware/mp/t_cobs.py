@@ -10,7 +10,7 @@ def test_cobs_vectors():
         eq(bytes(out[:n]), enc)
         back = bytearray(len(raw) + 1)
         eq(cobs.decode_into(bytearray(enc), len(enc), back), len(raw))
-        eq(bytes(back[:len(raw)]), raw)
+        eq(bytes(back[: len(raw)]), raw)
 
 
 def test_cobs_rejects_malformed():

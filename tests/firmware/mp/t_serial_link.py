@@ -10,8 +10,9 @@ T0 = 1000
 
 def _link(stream="temp", epoch=7, first=0, window=4, delivered=None):
     uart = FakeUart()
-    link = SerialLink(uart, "pi-sensor-01", epoch, fw_version="0.1.0", window=window,
-                      on_delivered=delivered)
+    link = SerialLink(
+        uart, "pi-sensor-01", epoch, fw_version="0.1.0", window=window, on_delivered=delivered
+    )
     buf = Buffer(max_count=64, max_bytes=4096)
     buf.first_seq = buf.next_seq = first
     link.add_stream(stream, buf)
@@ -192,6 +193,7 @@ def test_many_records_within_a_64k_heap():
             nxt = buf.next_seq
             ack = bytearray(b"\x04\x01" + struct.pack(">II", 7, nxt) + b"\x04temp")
             from binascii import crc32
+
             from headwater import cobs
 
             ack += struct.pack(">I", crc32(ack) & 0xFFFFFFFF)

@@ -50,7 +50,10 @@ FRAMES: dict[str, Frame] = {
     "welcome": Welcome(7, 1024, 4),
     "records_one": Records(7, 0, 0, "temp", (DeviceRecord(0, b"\xa1at\xfa\x41\xac\x00\x00"),)),
     "records_three": Records(
-        7, 41, 37, "env",
+        7,
+        41,
+        37,
+        "env",
         (
             DeviceRecord(1_700_000_000_000, b"\x01"),
             DeviceRecord(1_700_000_000_500, b""),

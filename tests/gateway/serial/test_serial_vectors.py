@@ -92,7 +92,7 @@ def test_stream_vectors_whole_and_bytewise(case: dict[str, Any]) -> None:
 
 
 def untag(v: dict[str, Any]) -> Any:
-    (kind, x), = v.items()
+    ((kind, x),) = v.items()
     if kind == "bytes":
         return bytes.fromhex(x)
     if kind == "null":

@@ -1,0 +1,130 @@
+"""End to end, all real processes: MicroPython firmware <-> pty pair <-> gateway
+(``python -m gateway.serial``) <-> SPU, read back with ``headwater consume``.
+
+While records flow the line gets garbage and flipped bits, the gateway is
+SIGKILLed and restarted, the SPU is killed and restarted and the port is
+unplugged; afterwards every record the device was told is safe is in the topic
+exactly once, in device order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from ptyline import PtyLine
+from serial_harness import (
+    Device,
+    build_firmware,
+    consume_all,
+    kill,
+    last_stats,
+    reading_index,
+    start_gateway,
+    tool,
+)
+
+from edge.client import Admin
+from edge.testing import LocalCluster
+
+TOPIC = "readings"
+
+
+async def _setup(tmp_path: Path) -> tuple[Path, PtyLine]:
+    build = build_firmware(tmp_path / "mpy")
+    line = PtyLine(tmp_path)
+    line.start()
+    return build, line
+
+
+async def _create_topic(sc: str) -> None:
+    async with Admin(sc) as admin:
+        await admin.create_topic(TOPIC, partitions=1, replication=1)
+
+
+def _assert_exactly_once(rows: list[dict[str, object]], device: Device, total: int) -> None:
+    got = [reading_index(r) for r in rows]
+    delivered = device.delivered_seqs()
+    assert delivered == list(range(len(delivered))), "device acknowledged out of order"
+    assert len(got) == len(set(got)), f"duplicates in the topic: {len(got) - len(set(got))}"
+    assert got == sorted(got), "topic is not in device order"
+    assert set(delivered) <= set(got), "an acknowledged record is missing"
+    assert got == list(range(total))
+
+
+async def test_records_flow_end_to_end(tmp_path: Path) -> None:
+    build, line = await _setup(tmp_path)
+    log = tmp_path / "gateway.log"
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        await _create_topic(cluster.sc_addr)
+        gw = start_gateway(line.gateway_path, cluster.sc_addr, TOPIC, log)
+        dev = await Device.start(build, line.device_path, count=300, rate=0, workdir=tmp_path)
+        try:
+            await asyncio.wait_for(dev.done.wait(), 60)
+            await asyncio.sleep(1.5)
+            stats = last_stats(log)
+            rows = await consume_all(cluster.sc_addr, TOPIC)
+        finally:
+            await dev.stop()
+            await kill(gw)
+            line.close()
+    _assert_exactly_once(rows, dev, 300)
+    assert rows[0]["key"] == "dev-1"
+    assert stats["produced"] == 300
+    assert stats["bad_frames"] == 0
+
+
+async def test_exactly_once_through_noise_crashes_and_unplug(tmp_path: Path) -> None:
+    total = 1500
+    build, line = await _setup(tmp_path)
+    log = tmp_path / "gateway.log"
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        await _create_topic(cluster.sc_addr)
+        gw = start_gateway(line.gateway_path, cluster.sc_addr, TOPIC, log)
+        dev = await Device.start(build, line.device_path, count=total, rate=150, workdir=tmp_path)
+        try:
+            await dev.wait_delivered(150, 30)
+            line.garbage_rate, line.flip_rate = 0.05, 0.05  # noise both ways
+            await dev.wait_delivered(400, 60)
+            await kill(gw)  # SIGKILL while frames are in flight
+            await asyncio.sleep(0.5)
+            gw = start_gateway(line.gateway_path, cluster.sc_addr, TOPIC, log)
+            await dev.wait_delivered(650, 60)
+            await cluster.kill_spu()
+            await asyncio.sleep(1.0)  # the device keeps buffering, the gateway NAKs busy
+            await cluster.start_spu()
+            await dev.wait_delivered(900, 90)
+            line.unplug()  # USB cable out and in again: the gateway reopens the port
+            await dev.wait_delivered(1100, 60)
+            await kill(gw)
+            gw = start_gateway(line.gateway_path, cluster.sc_addr, TOPIC, log)
+            await dev.wait_delivered(1300, 60)
+            line.garbage_rate = line.flip_rate = 0.0
+            await asyncio.wait_for(dev.done.wait(), 90)
+            rows = await consume_all(cluster.sc_addr, TOPIC)
+        finally:
+            await dev.stop()
+            await kill(gw)
+            line.close()
+    assert line.damaged > 0
+    text = log.read_text()
+    assert "port went away" in text  # the unplug was seen and survived
+    assert max(last_stats_all(log, "duplicates")) > 0  # retransmits were deduplicated
+    _assert_exactly_once(rows, dev, total)
+
+
+def last_stats_all(log: Path, key: str) -> list[int]:
+    import json
+
+    return [
+        json.loads(line.split(" stats ", 1)[1])[key]
+        for line in log.read_text().splitlines()
+        if " stats {" in line
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    tool("micropython")
+    tool("headwater")
