@@ -73,10 +73,11 @@ def _cases() -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize(("module", "name"), _cases(), ids=lambda v: str(v))
+@pytest.mark.parametrize(("module", "name"), _cases(), ids=str)
 def test_micropython(mp_build: tuple[Path, Path], module: str, name: str) -> None:
     proc = run_mp(mp_build, module, name)
-    assert proc.returncode == 0 and f"PASS {name}" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"PASS {name}" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_runner_lists_what_the_driver_expects(mp_build: tuple[Path, Path]) -> None:

@@ -1,3 +1,4 @@
+# ruff: noqa: SIM115 -- MicroPython dialect: no contextlib, no pairwise, %-format is smallest
 # A device for the end-to-end tests and the benchmark, run by the MicroPython
 # unix port on one end of a pty. Configuration from the environment:
 #   HW_TTY      serial device path          HW_COUNT   records to send

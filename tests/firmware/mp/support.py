@@ -1,3 +1,4 @@
+# ruff: noqa: UP031, RET503 -- MicroPython dialect: no contextlib, no pairwise, %-format is smallest
 # Helpers for the MicroPython tests: vectors, a fake UART, a fake clock.
 import gc
 import json

@@ -1,3 +1,4 @@
+# ruff: noqa: UP031, SIM105 -- MicroPython dialect: no contextlib, no pairwise, %-format is smallest
 import os
 
 from headwater.buffer import SEQ_MASK, Buffer

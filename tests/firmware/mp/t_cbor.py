@@ -1,3 +1,4 @@
+# ruff: noqa: UP031 -- MicroPython dialect: no contextlib, no pairwise, %-format is smallest
 from headwater import cbor
 from support import eq, unhex, untag, vectors
 

@@ -1,3 +1,4 @@
+# ruff: noqa: UP031, RUF007, B905 -- MicroPython dialect: no contextlib, no pairwise, %-format is smallest
 from headwater.buffer import Buffer
 from headwater.mqtt_link import MqttLink, topic_for
 from support import check, eq
@@ -75,7 +76,7 @@ def test_failed_publish_keeps_the_record_and_backs_off():
 
 
 def test_reconnect_backoff_grows_and_is_capped():
-    link, buf = _link(min_backoff_ms=100, max_backoff_ms=400)
+    link, _buf = _link(min_backoff_ms=100, max_backoff_ms=400)
     FakeClient.fail_connect = 10
     now = 0
     times = []
@@ -93,7 +94,7 @@ def test_reconnect_backoff_grows_and_is_capped():
 
 
 def test_tls_on_port_8883():
-    link, buf = _link()
+    link, _buf = _link()
     check(not link.tls)
     link = MqttLink("dev-1", "b", port=8883, client_factory=FakeClient)
     check(link.tls)

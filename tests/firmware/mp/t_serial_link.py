@@ -1,3 +1,4 @@
+# ruff: noqa: UP031 -- MicroPython dialect: no contextlib, no pairwise, %-format is smallest
 import gc
 import struct
 
@@ -51,7 +52,7 @@ def test_records_frame_is_byte_exact():
 
 def test_records_frame_with_resume_point_is_byte_exact():
     v = frame_vector("records_three")["fields"]
-    uart, link, buf = _link(stream="env", first=37)
+    uart, link, _buf = _link(stream="env", first=37)
     _welcome(uart, link)
     for i in range(4):
         link.push("env", b"old%d" % i)
@@ -95,7 +96,7 @@ def test_ack_vector_confirms_records():
 
 
 def test_nak_vectors_rewind_hold_and_rehello():
-    uart, link, buf = _link(first=37)
+    uart, link, _buf = _link(first=37)
     _welcome(uart, link)
     for i in range(6):
         link.push("temp", b"v%d" % i)
@@ -118,7 +119,7 @@ def test_nak_vectors_rewind_hold_and_rehello():
 
 
 def test_busy_nak_holds_the_stream():
-    uart, link, buf = _link(stream="env", first=41)
+    uart, link, _buf = _link(stream="env", first=41)
     _welcome(uart, link)
     link.push("env", b"a")
     link.poll(T0)
@@ -132,7 +133,7 @@ def test_busy_nak_holds_the_stream():
 
 
 def test_retransmit_after_timeout_is_identical():
-    uart, link, buf = _link()
+    uart, link, _buf = _link()
     _welcome(uart, link)
     link.push("temp", b"a")
     link.push("temp", b"b")
@@ -148,9 +149,9 @@ def test_retransmit_after_timeout_is_identical():
 
 
 def test_window_limits_frames_in_flight():
-    uart, link, buf = _link(window=2)
+    uart, link, _buf = _link(window=2)
     _welcome(uart, link)
-    for i in range(5):
+    for _ in range(5):
         link.push("temp", b"x")
         link.poll(T0)
     eq(uart.take().count(b"\x00"), 2)
@@ -165,7 +166,7 @@ def _decode(wire):
 
 
 def test_stream_vectors_resync_on_the_device():
-    uart, link, buf = _link()
+    uart, link, _buf = _link()
     link.welcomed = True
     for v in vectors("streams"):
         link.stats["bad_frames"] = 0

@@ -59,7 +59,7 @@ FRAMES: dict[str, Frame] = {
             DeviceRecord(1_700_000_000_500, b""),
             DeviceRecord(1_700_000_001_000, b"\x00\x00\xff"),
         ),
-    ),  # fmt: skip
+    ),
     "records_wrap": Records(3, 0x7FFFFFFF, 0x7FFFFFFE, "temp", (DeviceRecord(0, b"\x00"),)),
     "ack": Ack(7, 42, "temp"),
     "nak_bad_crc": Nak(NakReason.BAD_CRC, 0, NO_SEQ, ""),

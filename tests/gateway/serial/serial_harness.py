@@ -47,7 +47,7 @@ def build_firmware(out: Path) -> Path:
 
 
 class Device:
-    """The firmware running under ``micropython -X heapsize=64k``; tracks what it was told is safe."""
+    """The firmware under ``micropython -X heapsize=64k``; tracks what it was told is safe."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
