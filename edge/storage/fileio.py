@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from contextlib import suppress
 from pathlib import Path
 from typing import Final
 
@@ -80,4 +81,5 @@ class DirLock:
             self.fd = -1
 
     def __del__(self) -> None:
-        self.close()
+        with suppress(OSError):
+            self.close()

@@ -178,5 +178,10 @@ class FlushTracker:
             self.rolled.remove(active)
 
     def log_start_moved(self, log_start: int, first: Segment) -> None:
+        """Retention deleted the segments before ``first``: no point may refer to them."""
+        point = (log_start, first.base_offset, 0)
         if self.recovery[0] < log_start:
-            self.recovery = (log_start, first.base_offset, 0)
+            self.recovery = point
+        for ticket in self.outstanding:
+            if ticket.segment_base < first.base_offset:
+                ticket.offset, ticket.segment_base, ticket.position = point

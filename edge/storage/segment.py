@@ -211,7 +211,11 @@ class Segment:
         """Load (and if needed repair) the index of a segment that was not recovered."""
         if self.index_loaded:
             return
-        self.next_offset = self.restore_index(self.size)
+        end = self.restore_index(self.size)
+        if end != self.next_offset:
+            # Reads of the missing offsets fail with StorageError; nothing else is served.
+            log.error("%s ends at offset %d, the next segment starts at %d",
+                      self.log_path, end, self.next_offset)
         idx = self.index
         if idx.written != len(idx) or self._index_file_len != ENTRY_SIZE * idx.written:
             log.info("rebuilt index %s", self.index_path)

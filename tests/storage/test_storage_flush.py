@@ -14,6 +14,7 @@ from storage_helpers import SMALL, batch, read_everything
 from edge.protocol.errors import DiskFull, StorageError
 from edge.storage import LogConfig, PartitionLog
 from edge.storage.checkpoint import read_checkpoint
+from edge.storage.log import RETIRED_FD_GRACE_MS
 
 
 def eio(*_: Any) -> None:
@@ -207,4 +208,37 @@ def test_other_write_errors_fail_the_partition(
     assert log.log_end_offset == 0
     with pytest.raises(StorageError):
         log.append(batch(3), leader_epoch=0)
+    log.close()
+
+
+def test_an_older_ticket_completing_late_never_moves_flushed_back(tmp_path: Path) -> None:
+    log = PartitionLog.open(tmp_path / "p", SMALL)
+    log.append(batch(3), leader_epoch=0)
+    older = log.prepare_flush()
+    log.append(batch(3), leader_epoch=0)
+    newer = log.prepare_flush()
+    assert older is not None
+    assert newer is not None
+    newer.run()
+    older.run()
+    assert log.complete_flush(newer) == 6
+    assert log.complete_flush(older) == 6
+    assert log.flushed_offset == 6
+    log.close()
+
+
+def test_descriptors_of_deleted_segments_outlive_a_running_fetch(tmp_path: Path) -> None:
+    cfg = LogConfig(segment_bytes=600, retention_ms=None, retention_bytes=1)
+    log = PartitionLog.open(tmp_path / "p", cfg)
+    for _ in range(10):
+        log.append(batch(2), leader_epoch=0)
+    piece = log.read(0, 1 << 20)
+    assert piece is not None
+    expected = log.read_bytes(0, 1 << 20)
+    log.apply_retention(now_ms=1_000_000)
+    assert log.log_start_offset > 0
+    assert os.pread(piece.fd, piece.length, piece.position) == expected  # still readable
+    log.apply_retention(now_ms=1_000_000 + RETIRED_FD_GRACE_MS)
+    with pytest.raises(OSError):
+        os.fstat(piece.fd)
     log.close()

@@ -295,18 +295,20 @@ def test_truncate_to_drops_the_tail_and_continues(tmp_path: Path) -> None:
 def test_truncate_then_crash_does_not_trust_new_data(tmp_path: Path) -> None:
     """Bytes appended after a truncation lie where flushed bytes were: recovery re-verifies."""
     log = PartitionLog.open(tmp_path / "p", SMALL)
-    fill(log, 5)
+    fill(log, 5)  # equal-sized batches: the old recovery point stays on a batch boundary
     log.flush()
     log.write_checkpoints()
+    flushed_end = log.size_bytes
     log.truncate_to(6)
-    log.append(batch(3, tag=99), leader_epoch=8)
+    fill(log, 4)
+    assert log.size_bytes > flushed_end
     seg = tmp_path / "p" / log_name(0)
     data = bytearray(seg.read_bytes())
-    data[-1] ^= 0xFF  # the new, unflushed batch is torn
+    data[flushed_end - 10] ^= 0xFF  # inside new, unflushed data, below the old point
     crash(log)
     seg.write_bytes(bytes(data))
     log = PartitionLog.open(tmp_path / "p", SMALL)
-    assert log.log_end_offset == 6
+    assert log.log_end_offset == 12
     log.close()
 
 

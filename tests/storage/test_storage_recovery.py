@@ -199,13 +199,19 @@ def test_missing_or_short_index_of_an_old_segment_is_rebuilt(tmp_path: Path) -> 
     index = first.with_suffix(".index")
     original = index.read_bytes()
     assert len(original) >= 16
-    for damage in ("missing", "short", "garbage"):
+    shifted = b"".join(
+        (int.from_bytes(original[i : i + 8], "big") + 1).to_bytes(8, "big")
+        for i in range(0, len(original), 8)
+    )  # plausible (increasing, in range) but every position is off by one
+    for damage in ("missing", "short", "garbage", "shifted"):
         if damage == "missing":
             index.unlink()
         elif damage == "short":
             index.write_bytes(original[:-8])
-        else:
+        elif damage == "garbage":
             index.write_bytes(original[:8] + b"\x00" * (len(original) - 8))
+        else:
+            index.write_bytes(shifted)
         log = PartitionLog.open(tmp_path / "p", SMALL)
         everything = read_everything(log)
         assert [h.base_offset for h in everything] == list(range(0, 180, 3))
@@ -270,3 +276,60 @@ def test_stray_files_are_cleaned_up(tmp_path: Path) -> None:
     PartitionLog.open(tmp_path / "p", CFG).close()
     names = sorted(os.listdir(tmp_path / "p"))
     assert names == [log_name(0).replace(".log", ".index"), log_name(0), CHECKPOINT_NAME]
+
+
+def test_a_wrong_base_offset_is_caught_though_the_crc_skips_it(tmp_path: Path) -> None:
+    """The CRC leaves the base offset out (the leader patches it): continuity checks it."""
+    bases, sizes = build(tmp_path / "p", flushed=10, unflushed=3)
+    seg = active_segment(tmp_path / "p")
+    data = bytearray(seg.read_bytes())
+    victim = len(data) - sizes[-1] - sizes[-2]
+    data[victim + 7] ^= 0x04  # base offset of the second-last batch
+    seg.write_bytes(bytes(data))
+    log = PartitionLog.open(tmp_path / "p", CFG)
+    assert log.log_end_offset == bases[-2]
+    log.close()
+
+
+def test_the_verified_tail_is_fsynced_before_it_counts_as_flushed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a process crash the tail may live only in the page cache."""
+    build(tmp_path / "p", flushed=5, unflushed=3)
+    synced: list[int] = []
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    log = PartitionLog.open(tmp_path / "p", CFG)
+    assert active_segment(tmp_path / "p").stat().st_ino in synced
+    assert log.flushed_offset == log.log_end_offset
+    log.close()
+
+
+def test_unflushed_segments_are_verified_when_the_recovery_segment_is_gone(
+    tmp_path: Path,
+) -> None:
+    """Retention may delete the checkpoint's segment before the next checkpoint is written."""
+    cfg = LogConfig(segment_bytes=600, retention_ms=None, retention_bytes=1800)
+    log = PartitionLog.open(tmp_path / "p", cfg)
+    for i in range(3):
+        log.append(batch(2, tag=i), leader_epoch=0)
+    log.flush()
+    log.write_checkpoints()
+    for i in range(30):  # unflushed, over many segments
+        log.append(batch(2, tag=i), leader_epoch=0)
+    log.apply_retention(now_ms=0)
+    assert not (tmp_path / "p" / log_name(0)).exists()
+    crash(log)
+    oldest = min((tmp_path / "p").glob("*.log"))
+    data = bytearray(oldest.read_bytes())
+    data[-3] ^= 0x01
+    oldest.write_bytes(bytes(data))
+    log = PartitionLog.open(tmp_path / "p", cfg)
+    assert [p.name for p in (tmp_path / "p").glob("*.log")] == [oldest.name]
+    assert read_everything(log)[-1].next_offset == log.log_end_offset
+    log.close()
