@@ -242,3 +242,26 @@ def test_descriptors_of_deleted_segments_outlive_a_running_fetch(tmp_path: Path)
     with pytest.raises(OSError):
         os.fstat(piece.fd)
     log.close()
+
+
+def test_a_segment_rolled_during_a_flush_waits_for_the_next_one(tmp_path: Path) -> None:
+    log = PartitionLog.open(tmp_path / "p", SMALL)
+    log.append(batch(3), leader_epoch=0)
+    pending = log.prepare_flush()
+    assert pending is not None
+    old = log._segs.active
+    while log.segment_count == 1:  # roll while the ticket waits for its thread
+        log.append(batch(3), leader_epoch=0)
+    assert old.fd in pending.fds  # still a valid descriptor for the running fsync
+    pending.run()
+    log.complete_flush(pending)
+    assert log.flushed_offset == 3
+    assert old.index_fd is not None  # its tail is not synced yet: kept for the next ticket
+    covering = log.prepare_flush()
+    assert covering is not None
+    assert old.fd in covering.fds
+    assert old.index_fd in covering.fds
+    covering.run()
+    assert log.complete_flush(covering) == log.log_end_offset
+    assert old.index_fd is None
+    log.close()
