@@ -1,0 +1,168 @@
+"""Session fixtures for the deployment tests: a wheelhouse and a converged edge root."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# The suite imports with --import-mode=importlib and only tests/ on sys.path:
+# make this directory's helpers importable by the test modules.
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from deploy_harness import (  # noqa: E402 - after the path fix
+    CACHE_ROOT,
+    EDGE_HOST,
+    REPO,
+    EdgeRoot,
+    cached_tree,
+    copy_tree,
+    free_port_block,
+    remove_tree,
+    require_tools,
+    run_playbook,
+)
+
+# What the wheel is built from: the distribution's own files only, copied, so
+# that the build never writes into the work tree.
+PACKAGING_INPUTS = ("pyproject.toml", "README.md", "edge", "gateway")
+
+
+def _project() -> dict[str, object]:
+    with (REPO / "pyproject.toml").open("rb") as f:
+        project = tomllib.load(f)["project"]
+    assert isinstance(project, dict)
+    return project
+
+
+def _dependency_wheels(deps: list[str], dest: Path) -> None:
+    """The dependencies' wheels, cached by the dependency list (they change rarely)."""
+    key = hashlib.sha256(json.dumps([sorted(deps), sys.version_info[:2]]).encode()).hexdigest()
+    cache = CACHE_ROOT / f"wheels-{key[:16]}"
+    if not Path(f"{cache}.complete").exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+             "-w", str(cache), *deps],
+            check=True, timeout=900,
+        )
+        Path(f"{cache}.complete").touch()
+    for wheel in cache.glob("*.whl"):
+        shutil.copy2(wheel, dest)
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """headwater built from this tree, and every dependency, as wheels."""
+    require_tools("debootstrap", "ansible-playbook")
+    house = tmp_path_factory.mktemp("wheelhouse")
+    src = tmp_path_factory.mktemp("src")
+    for name in PACKAGING_INPUTS:
+        path = REPO / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif path.exists():
+            shutil.copy2(path, src / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+         "--no-deps", "-w", str(house), str(src)],
+        check=True, timeout=600,
+    )
+    deps = _project()["dependencies"]
+    assert isinstance(deps, list)
+    _dependency_wheels([str(d) for d in deps], house)
+    return house
+
+
+def edge_host_vars(wheelhouse: Path, ports: dict[str, int], version: str) -> dict[str, object]:
+    """One host that is a site controller, an SPU node and a gateway, on loopback ports."""
+    return {
+        "headwater_common_version": version,
+        "headwater_common_wheelhouse": str(wheelhouse),
+        "headwater_common_pip_offline": True,
+        "headwater_sc_public_addr": f"127.0.0.1:{ports['sc']}",
+        "headwater_sc_private_addr": f"127.0.0.1:{ports['sc'] + 1}",
+        "headwater_spu_id_base": 7,
+        "headwater_spu_count": 2,
+        "headwater_spu_bind_host": "127.0.0.1",
+        "headwater_spu_public_port_base": ports["spu"],
+        "headwater_spu_private_port_base": ports["spu"] + 1,
+        "headwater_spu_port_stride": 10,
+        "headwater_spu_advertise_host": "127.0.0.1",
+        "headwater_spu_sc": f"127.0.0.1:{ports['sc'] + 1}",
+        "headwater_spu_rack": "test-site",
+        "headwater_spu_cluster_check_sc": f"127.0.0.1:{ports['sc']}",
+        "headwater_gateway_sc": f"127.0.0.1:{ports['sc']}",
+        "headwater_gateway_status_listen": f"127.0.0.1:{ports['status']}",
+        "headwater_gateway_create_topics": True,
+        "headwater_gateway_mqtt_enabled": True,
+        "headwater_gateway_mqtt_port": ports["mqtt"],
+        "headwater_gateway_mqtt_rules": [
+            {"filter": "headwater/+/temperature", "topic": "temperature", "format": "cbor"},
+        ],
+        "mosquitto_listener_address": "127.0.0.1",
+        "mosquitto_listener_port": ports["mqtt"],
+        "mosquitto_allow_anonymous": True,
+    }
+
+
+def write_inventory(path: Path, root: Path, host_vars: dict[str, object],
+                    connection: dict[str, object]) -> Path:
+    groups = {name: {"hosts": {EDGE_HOST: None}}
+              for name in ("edge_sc", "edge_spu", "edge_gateway")}
+    inventory = {
+        "all": {
+            "hosts": {EDGE_HOST: {"ansible_host": str(root), **connection, **host_vars}},
+            "children": {"edge": {"children": groups}},
+        }
+    }
+    # JSON is YAML: Ansible's yaml inventory plugin reads it.
+    path.write_text(json.dumps(inventory, indent=2))
+    return path
+
+
+CHROOT_CONNECTION = {
+    "ansible_connection": "community.general.chroot",
+    "ansible_python_interpreter": "/usr/bin/python3",
+    # The playbooks say become: true (sudo on a Pi); in the chroot we are root.
+    "ansible_become": False,
+}
+
+
+@pytest.fixture(scope="session")
+def edge_root(wheelhouse: Path) -> Iterator[EdgeRoot]:
+    """A fresh bookworm root that the edge playbook converged twice through chroot."""
+    require_tools("debootstrap", "ansible-playbook", "unshare", "chroot")
+    start = time.monotonic()
+    tree, built = cached_tree()
+    tree_seconds = time.monotonic() - start
+    work = Path(tempfile.mkdtemp(prefix="headwater-edge-", dir="/var/tmp"))
+    root = work / "root"
+    try:
+        start = time.monotonic()
+        copy_tree(tree, root)
+        copy_seconds = time.monotonic() - start
+        ports = {"sc": free_port_block(1), "spu": free_port_block(2, stride=10),
+                 "status": free_port_block(1), "mqtt": free_port_block(1)}
+        version = str(_project()["version"])
+        inventory = write_inventory(work / "hosts.yml", root,
+                                    edge_host_vars(wheelhouse, ports, version), CHROOT_CONNECTION)
+        first = run_playbook("edge.yml", inventory, tmp=work, mount_root=root)
+        if first.returncode != 0:
+            pytest.fail(f"first edge.yml run failed:\n{first.output[-12000:]}")
+        second = run_playbook("edge.yml", inventory, tmp=work, mount_root=root)
+        yield EdgeRoot(root, inventory, work, ports, [7, 8], first, second, built,
+                       tree_seconds, copy_seconds)
+    finally:
+        remove_tree(work)
