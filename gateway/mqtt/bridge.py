@@ -6,7 +6,8 @@ broker keeps every QoS 1 message the gateway has not acknowledged — across
 reconnects, gateway crashes and gateway restarts. Per connection two tasks run:
 
 * the *reader* decodes each message (``decode.decode``) into the FIFO of the
-  connection and pauses the socket when the FIFO is full;
+  connection (the client stops reading from the socket while ``in_flight``
+  messages are unacknowledged);
 * the *sender* writes the FIFO in rounds (``writer.RoundWriter``) and sends the
   PUBACKs of the finished head of the FIFO, in arrival order
   (``pipeline`` explains why).
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 STAT_KEYS: Final = (
     "received", "produced", "duplicates", "bad_frames", "dead_lettered", "reconnects",
-    "spu_retries", "sequence_gaps", "in_flight", "connected",
+    "spu_retries", "sequence_gaps", "in_flight", "in_flight_peak", "connected",
 )  # fmt: skip
 
 
@@ -93,7 +94,8 @@ class MqttBridge:
         self._bad_logged: set[tuple[str, str]] = set()
 
     def stats(self) -> dict[str, int]:
-        """Counters since start (``in_flight`` and ``connected`` are current values)."""
+        """Counters since start (``in_flight`` and ``connected`` are current values,
+        ``in_flight_peak`` the most messages held unacknowledged at once)."""
         out = dict.fromkeys(STAT_KEYS, 0)
         out.update(self._counters)
         out["in_flight"] = len(self._fifo) if self._fifo is not None else 0
@@ -110,11 +112,12 @@ class MqttBridge:
             try:
                 client = self._client()
                 async with client:
+                    await self._subscribe(client)
+                    client.enforce_limit()
                     self._counters["connected"] = 1
                     self._problems.clear("broker", "connected to the MQTT broker again")
                     log.info("connected to mqtt://%s:%d as %s", self.config.host,
                              self.config.effective_port, self.config.client_id)
-                    await self._subscribe(client)
                     backoff.reset()
                     await self._session(client)
             except aiomqtt.MqttError as exc:
@@ -134,7 +137,7 @@ class MqttBridge:
         common: dict[str, Any] = {
             "identifier": cfg.client_id, "keepalive": cfg.keepalive_s,
             "username": cfg.username, "password": cfg.password(),
-            "tls_context": self._tls_context, "timeout": 10.0,
+            "tls_context": self._tls_context, "timeout": 10.0, "max_unacked": cfg.in_flight,
         }
         if cfg.protocol is MqttProtocol.V311:
             return AckingClient(cfg.host, cfg.effective_port, clean_session=False, **common)
@@ -160,7 +163,7 @@ class MqttBridge:
         ])
 
     async def _session(self, client: AckingClient) -> None:
-        fifo = self._fifo = InFlight(limit=self.config.in_flight)
+        fifo = self._fifo = InFlight()
         wake = asyncio.Event()
         lost: aiomqtt.MqttError | None = None
         try:
@@ -171,6 +174,7 @@ class MqttBridge:
                 await asyncio.wait({reader, stop}, return_when=asyncio.FIRST_COMPLETED)
                 if reader.done():
                     lost = reader.result()
+                    self._counters["connected"] = 0
                 reader.cancel()
                 stop.cancel()
                 # The sender finishes its round and acknowledges it, then returns.
@@ -188,8 +192,8 @@ class MqttBridge:
         try:
             async for message in client.messages:
                 self._accept(message, fifo)
-                if fifo.full:
-                    client.pause_reading()
+                peak = self._counters["in_flight_peak"]
+                self._counters["in_flight_peak"] = max(peak, len(fifo))
                 wake.set()
         except aiomqtt.MqttError as exc:
             return exc
@@ -236,19 +240,18 @@ class MqttBridge:
             entries = fifo.take_round(
                 max_records=self.config.in_flight, max_bytes=self._max_round_bytes
             )
-            await self._write_round(entries)
+            if not await self._write_round(entries):
+                return  # stopping while the SPU is away: the broker keeps the round
             self._ack(client, fifo)
             if fifo.closing:
                 return
 
     def _ack(self, client: AckingClient, fifo: InFlight) -> None:
-        for entry in fifo.ackable():
-            client.ack(entry.mid, entry.qos)
-        if client.reading_paused and not fifo.full:
-            client.resume_reading()
+        fifo.release(lambda entry: client.ack(entry.mid, entry.qos))
 
-    async def _write_round(self, entries: list[Entry]) -> None:
-        """Write a round until every entry is done, backing off while the SPU refuses."""
+    async def _write_round(self, entries: list[Entry]) -> bool:
+        """Write a round until every entry is done, backing off while the SPU refuses;
+        False if ``stop()`` came first."""
         plan = plan_round(entries)
         backoff = Backoff(initial=0.1, maximum=self._backoff_max_s)
         failing: str | None = None
@@ -267,11 +270,13 @@ class MqttBridge:
                     "messages stay unacknowledged in the broker)", type(exc).__name__, exc,
                 )
                 await self._sleep(backoff)
+                if self._stopping.is_set():
+                    return False
                 continue
             self._add(counts)
             if failing is not None:
                 self._problems.clear(failing, "writing to the SPU works again")
-            return
+            return True
 
     def _add(self, counts: Counts) -> None:
         self._counters["produced"] += counts.produced

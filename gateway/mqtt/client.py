@@ -8,9 +8,12 @@ Two things the bridge needs that aiomqtt 2.x does not offer in its public API:
 * **Read pausing.** The bridge bounds the messages it holds unacknowledged. MQTT 5's
   Receive Maximum should make the broker do that, but mosquitto 2.0.11 (Debian
   bookworm, Raspberry Pi OS) releases a whole window of queued messages for every
-  PUBACK of the oldest in-flight message (mosquitto issue #2301), so with in-order
-  acknowledgements it does not bound anything. Pausing the socket reader pushes
-  back through TCP instead: the broker keeps the messages queued.
+  PUBACK of the oldest in-flight message (mosquitto issue #2301: it counts the
+  in-flight messages only up to the acknowledged one), so with in-order PUBACKs it
+  bounds nothing: measured, 8 PUBACKs with Receive Maximum 5 brought 40 messages.
+  Pausing the socket reader pushes back through TCP instead: the broker keeps the
+  messages queued. paho reads one packet per readable event, so the bound holds to
+  within the packets of one read.
 
 Both touch aiomqtt internals (``_client``, ``_on_socket_open``); they are kept in this
 one module and covered by tests against a real mosquitto.
@@ -42,11 +45,24 @@ class DeliveredMessage(aiomqtt.Message):
 
 
 class AckingClient(aiomqtt.Client):
-    """``aiomqtt.Client`` with manual PUBACK (``ack``) and ``pause_reading``/``resume_reading``."""
+    """``aiomqtt.Client`` with manual PUBACK that holds at most ``max_unacked`` messages.
 
-    def __init__(self, hostname: str, port: int = 1883, **kwargs: Any) -> None:
+    Every delivered message (any QoS) counts until ``ack()`` is called for it; at
+    ``max_unacked`` the socket reader is paused, and ``ack()`` resumes it. The count
+    is kept where paho hands messages over, so messages still waiting in aiomqtt's
+    queue count too. The limit applies from ``enforce_limit()`` on: until the SUBACK
+    is read the reader must not pause (the broker sends a persistent session's
+    queued messages right after CONNACK), and until then nothing is acknowledged,
+    so the broker's own window (Receive Maximum) still bounds what arrives.
+    """
+
+    def __init__(self, hostname: str, port: int = 1883, *, max_unacked: int,
+                 **kwargs: Any) -> None:
         super().__init__(hostname, port, **kwargs)
         self._client.manual_ack_set(True)
+        self._max_unacked = max_unacked
+        self._enforced = False
+        self._unacked = 0
         self._reader_fd: int | None = None
         self._reader: Any = None
         self._paused = False
@@ -55,27 +71,44 @@ class AckingClient(aiomqtt.Client):
     def reading_paused(self) -> bool:
         return self._paused
 
+    @property
+    def unacked(self) -> int:
+        """Messages delivered and not yet passed to ``ack()``."""
+        return self._unacked
+
+    def enforce_limit(self) -> None:
+        """Start pausing at ``max_unacked`` (call once subscribed)."""
+        self._enforced = True
+        if self._unacked >= self._max_unacked and not self._paused:
+            self._pause_reading()
+
     def ack(self, mid: int, qos: int) -> bool:
-        """Send PUBACK for a QoS 1 message; False if the connection is gone (the broker
-        will then deliver it again on the next connection)."""
+        """Release a message; for QoS 1, send its PUBACK. False if the connection is gone
+        (the broker then delivers the message again on the next connection)."""
+        if self._disconnected.done():
+            return False
+        self._unacked -= 1
+        if self._paused and self._unacked < self._max_unacked:
+            self._resume_reading()
         if qos == 0:
             return True
         return self._client.ack(mid, qos) == paho.MQTT_ERR_SUCCESS
 
-    def pause_reading(self) -> None:
-        """Stop reading from the socket; the broker's writes back up in TCP."""
-        if not self._paused:
-            self._paused = True
-            if self._reader_fd is not None:
-                self._loop.remove_reader(self._reader_fd)
+    def _pause_reading(self) -> None:
+        # The broker's writes back up in TCP and it keeps the messages queued.
+        self._paused = True
+        if self._reader_fd is not None:
+            self._loop.remove_reader(self._reader_fd)
 
-    def resume_reading(self) -> None:
-        if self._paused:
-            self._paused = False
-            if self._reader_fd is not None and self._reader is not None:
-                self._loop.add_reader(self._reader_fd, self._reader)
+    def _resume_reading(self) -> None:
+        self._paused = False
+        if self._reader_fd is not None and self._reader is not None:
+            self._loop.add_reader(self._reader_fd, self._reader)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self._unacked += 1
+        if self._enforced and self._unacked >= self._max_unacked and not self._paused:
+            self._pause_reading()
         try:
             self._queue.put_nowait(DeliveredMessage(message))
         except asyncio.QueueFull:  # pragma: no cover - the queue is unbounded

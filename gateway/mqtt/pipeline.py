@@ -13,15 +13,15 @@ SPU. One round at a time keeps the in-flight set the bridge could have written b
 not acknowledged to one round, so a crash can duplicate at most that round, and
 the idempotent producer recognises exactly that.
 
-The FIFO is bounded (``limit``): once full, the bridge stops reading from the
-broker, which keeps the rest queued.
+The FIFO is bounded by the client (``client.AckingClient``): at ``in_flight``
+messages it stops reading from the broker, which keeps the rest queued.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.mqtt.decode import DeviceSequence, Reading, Rejected
@@ -54,7 +54,6 @@ class Entry:
 class InFlight:
     """The FIFO of one connection: arrival order in, PUBACK order out."""
 
-    limit: int
     entries: deque[Entry] = field(default_factory=deque)
     unsent: deque[Entry] = field(default_factory=deque)
     # Set when the connection ends: no new round starts.
@@ -62,10 +61,6 @@ class InFlight:
 
     def __len__(self) -> int:
         return len(self.entries)
-
-    @property
-    def full(self) -> bool:
-        return len(self.entries) >= self.limit
 
     def add(self, entry: Entry) -> None:
         self.entries.append(entry)
@@ -84,10 +79,18 @@ class InFlight:
             size += entry.size
         return out
 
-    def ackable(self) -> Iterator[Entry]:
-        """Pop and yield entries from the head while they are done (PUBACK order)."""
-        while self.entries and self.entries[0].done:
-            yield self.entries.popleft()
+    def release(self, ack: Callable[[Entry], bool]) -> int:
+        """Acknowledge done entries from the head, in arrival order (PUBACK order).
+
+        Stops at the first entry that is not done, or whose ``ack`` fails (the
+        connection is gone: the entry stays, to be recognised when redelivered).
+        Returns how many left the FIFO.
+        """
+        released = 0
+        while self.entries and self.entries[0].done and ack(self.entries[0]):
+            self.entries.popleft()
+            released += 1
+        return released
 
     def written_unacked(self) -> list[Entry]:
         """Entries that are in the log but were never acknowledged to the broker."""

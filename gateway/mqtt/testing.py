@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -47,6 +48,9 @@ def broker_config(*, port: int, data_dir: Path, extra: str = "") -> str:
     return "\n".join(
         [
             f"listener {port} 127.0.0.1",
+            # Started as root, mosquitto switches to the user "mosquitto", which could not
+            # write the persistence directory of the test: stay the user that started it.
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",
             "allow_anonymous true",
             "persistence true",
             f"persistence_location {data_dir}/",

@@ -17,6 +17,9 @@ import pytest
 ROOT = str(Path(__file__).resolve().parents[2])
 if ROOT not in sys.path[:1]:
     sys.path.insert(0, ROOT)
+HELPERS = str(Path(__file__).resolve().parent / "mqtt")
+if HELPERS not in sys.path:
+    sys.path.append(HELPERS)  # gateway_memlog and friends, imported by the MQTT tests
 for _name in [m for m in sys.modules if m == "gateway" or m.startswith("gateway.")]:
     if getattr(sys.modules[_name], "__file__", None) is None:
         del sys.modules[_name]

@@ -1,0 +1,105 @@
+"""Shared pieces of the MQTT bridge tests: publishing, waiting, reading topics back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
+
+import aiomqtt
+import cbor2
+
+from edge.client import Admin, Consumer, Offset, Producer, Record
+from gateway.config import MqttConfig, MqttRule, PayloadFormat
+from gateway.mqtt.bridge import MqttBridge
+from gateway.mqtt.testing import Mosquitto
+
+TOPIC = "readings"
+DLQ = "dead-letters"
+RULES = (
+    MqttRule(filter="headwater/+/temperature", topic=TOPIC, format=PayloadFormat.CBOR),
+    MqttRule(filter="legacy/+/json", topic=TOPIC, format=PayloadFormat.JSON),
+)
+
+
+def device_payload(device: str, seq: int, *, epoch: int = 1) -> bytes:
+    """What the firmware's MQTT link publishes (see firmware/headwater/mqtt_link.py)."""
+    return cbor2.dumps({"d": device, "e": epoch, "s": seq, "t": 1_700_000_000_000 + seq,
+                        "v": seq * 0.5})
+
+
+def bridge_config(broker: Mosquitto, **overrides: object) -> MqttConfig:
+    settings: dict[str, object] = {
+        "host": broker.host, "port": broker.port, "client_id": "headwater-gateway-test",
+        "keepalive_s": 5, "in_flight": 100, "rules": RULES,
+    }
+    settings.update(overrides)
+    return MqttConfig(**settings)  # type: ignore[arg-type]
+
+
+async def create_topics(sc: str, *names: str) -> None:
+    async with Admin(sc) as admin:
+        for name in names:
+            await admin.create_topic(name, partitions=1, replication=1)
+        for name in names:
+            await admin.wait_ready(name)
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(config: MqttConfig, sc: str) -> AsyncIterator[MqttBridge]:
+    """A bridge task with its own producer; stopped cleanly at the end."""
+    producer = Producer(sc)
+    bridge = MqttBridge(config, producer=producer, dead_letter_topic=DLQ, send_timeout_s=2.0,
+                        backoff_max_s=1.0)
+    task = asyncio.create_task(bridge.run(), name="test-bridge")
+    try:
+        await wait_until(lambda: bridge.stats()["connected"] == 1, what="bridge subscribed")
+        yield bridge
+    finally:
+        bridge.stop()
+        async with asyncio.timeout(30):
+            await task
+        await producer.close()
+
+
+async def publish(broker: Mosquitto, messages: Iterable[tuple[str, bytes]], *,
+                  client_id: str = "test-publisher") -> int:
+    """Publish with QoS 1, each one PUBACKed by the broker before the next."""
+    count = 0
+    async with aiomqtt.Client(broker.host, broker.port, identifier=client_id) as client:
+        for topic, payload in messages:
+            await client.publish(topic, payload, qos=1)
+            count += 1
+    return count
+
+
+async def subscribe_session(broker: Mosquitto, config: MqttConfig) -> None:
+    """Create the bridge's persistent session (subscriptions) without consuming anything."""
+    bridge = MqttBridge(config, producer=None, dead_letter_topic=DLQ)  # type: ignore[arg-type]
+    client = bridge._client()  # the same session settings as the bridge
+    async with client:
+        await bridge._subscribe(client)
+
+
+async def wait_until(predicate: Callable[[], bool], *, timeout: float = 60.0,
+                     what: str = "condition") -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def read_topic(sc: str, topic: str) -> list[Record]:
+    async with Consumer(sc, topic, partition=None, offset=Offset.beginning()) as consumer:
+        return await consumer.fetch_until_end()
+
+
+def by_device(records: list[Record]) -> dict[str, list[dict[str, object]]]:
+    """Decoded device payloads per device, in log order."""
+    out: dict[str, list[dict[str, object]]] = {}
+    for record in records:
+        doc = cbor2.loads(record.value)
+        out.setdefault(str(doc["d"]), []).append(doc)
+    return out
