@@ -76,6 +76,9 @@ class PartitionLog:
         self._flush = FlushTracker(self._health, (self._leo, active.base_offset, active.size))
         self._producers = state.producers
         self._closed = False
+        # The recovered state is fsynced: record it, so a crash soon after (or a new
+        # partition that never reaches its first checkpoint) is not verified again.
+        self.write_checkpoints()
         log.info(
             "opened %s: offsets %d..%d, %d segments, verified %d bytes",
             directory, self._log_start, self._leo, len(self._segs), state.scanned_bytes,

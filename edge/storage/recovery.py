@@ -7,8 +7,9 @@ is cut at the first bad byte and segments that start beyond the cut are
 deleted. The index tail and the producer state are rebuilt from the scanned
 batches, so start-up costs O(segments) plus the unflushed tail.
 
-Without a usable checkpoint the whole last segment is scanned, and the one
-before it too whenever a segment turns out to hold no valid batch at all.
+Every open ends by writing a checkpoint, so a partition lacks one only when the
+file was lost or damaged. Then the last segment is verified whole and earlier
+ones get a structural check of their tail (see ``plan_without_checkpoint``).
 """
 
 from __future__ import annotations
@@ -81,8 +82,7 @@ class _Recovery:
         """``(segment index, position)`` where verification starts."""
         ck = self.ckpt
         if ck is None:
-            log.warning("%s: no usable checkpoint, verifying the last segment", self.directory)
-            return len(segs) - 1, 0
+            return self.plan_without_checkpoint(segs), 0
         if ck.recovery_segment < segs[0].base_offset:
             return 0, 0  # the recovery point's segment is gone: verify what is left
         i = max(j for j, s in enumerate(segs) if s.base_offset <= ck.recovery_segment)
@@ -94,6 +94,25 @@ class _Recovery:
             )
             return i, 0
         return i, ck.recovery_position
+
+    def plan_without_checkpoint(self, segs: list[Segment]) -> int:
+        """Index of the first segment to verify when nothing says what was fsynced.
+
+        The last segment is verified whole. Earlier ones get a structural check
+        (index loaded, headers walked from its last entry to the end of the file,
+        offsets continuing into the next segment), which finds a torn tail at the
+        cost of a pread or two per segment; the first that fails is verified whole.
+        """
+        log.warning("%s: no usable checkpoint, checking every segment's tail", self.directory)
+        for i, seg in enumerate(segs[:-1]):
+            try:
+                if seg.load_index() == seg.next_offset:
+                    continue
+            except StorageError:
+                pass
+            log.warning("%s: tail does not add up, verifying from here", seg.log_path)
+            return i
+        return len(segs) - 1
 
     def start(self, seg: Segment, position: int) -> tuple[int, int]:
         """Load ``seg``'s index up to ``position``; ``(position, offset)`` to verify from."""
@@ -187,9 +206,6 @@ def recover(directory: Path, config: LogConfig, dir_fd: int, now_ms: int) -> Rec
         return Recovered(segs, start, start, ProducerStateTable())
     first, position = run.plan(segs)
     keep = run.verify(segs, first, position)
-    while ckpt is None and first > 0 and segs[keep].size == 0 and keep == first:
-        first, position = first - 1, 0  # nothing valid in it: the one before may be torn too
-        keep = run.verify(segs, first, position)
     for seg in segs[keep + 1 :]:
         run.dropped += seg.size
         seg.close()

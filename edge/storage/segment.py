@@ -207,20 +207,26 @@ class Segment:
             PREFIX.unpack(head)[0] == self.base_offset + index.relatives[i]
         )
 
-    def ensure_index(self) -> None:
-        """Load (and if needed repair) the index of a segment that was not recovered."""
-        if self.index_loaded:
-            return
+    def load_index(self) -> int:
+        """Load the index of a whole (trusted) segment, repairing the file if needed;
+        returns the offset after its last batch."""
         end = self.restore_index(self.size)
-        if end != self.next_offset:
-            # Reads of the missing offsets fail with StorageError; nothing else is served.
-            log.error("%s ends at offset %d, the next segment starts at %d",
-                      self.log_path, end, self.next_offset)
         idx = self.index
         if idx.written != len(idx) or self._index_file_len != ENTRY_SIZE * idx.written:
             log.info("rebuilt index %s", self.index_path)
             self.write_index(sync=True)
             self.close_index()
+        return end
+
+    def ensure_index(self) -> None:
+        """Load the index of a segment that recovery did not touch, on first use."""
+        if self.index_loaded:
+            return
+        end = self.load_index()
+        if end != self.next_offset:
+            # Reads of the missing offsets fail with StorageError; nothing else is served.
+            log.error("%s ends at offset %d, the next segment starts at %d",
+                      self.log_path, end, self.next_offset)
 
     def open_index(self) -> int:
         if self._index_fd is None:

@@ -152,19 +152,17 @@ def test_corrupt_checkpoint_is_ignored_with_a_fallback(tmp_path: Path) -> None:
     log.close()
 
 
-def test_empty_last_segment_without_checkpoint_scans_the_one_before(tmp_path: Path) -> None:
+def test_without_checkpoint_a_torn_earlier_segment_is_found(tmp_path: Path) -> None:
     log = PartitionLog.open(tmp_path / "p", CFG)
-    while log.segment_count < 3:
+    while log.segment_count < 4:
         log.append(batch(2), leader_epoch=0)
     crash(log)
-    (tmp_path / "p" / CHECKPOINT_NAME).unlink(missing_ok=True)
-    last = active_segment(tmp_path / "p")
-    before = sorted((tmp_path / "p").glob("*.log"))[-2]
-    os.truncate(last, 0)
-    os.truncate(before, before.stat().st_size - 5)  # torn while the roll was in flight
+    (tmp_path / "p" / CHECKPOINT_NAME).unlink()
+    segs = sorted((tmp_path / "p").glob("*.log"))
+    os.truncate(segs[1], segs[1].stat().st_size - 5)  # rolled, never fsynced, torn
     log = PartitionLog.open(tmp_path / "p", CFG)
-    assert not last.exists()
-    assert log.log_end_offset < int(last.stem)
+    assert [p.exists() for p in segs] == [True, True, False, False]
+    assert int(segs[1].stem) < log.log_end_offset < int(segs[2].stem)
     assert read_everything(log)[-1].next_offset == log.log_end_offset
     log.close()
 
