@@ -27,7 +27,14 @@ from edge.storage.config import LogConfig
 from edge.storage.fileio import TMP_SUFFIX
 from edge.storage.producer_state import ProducerStateTable
 from edge.storage.scan import scan
-from edge.storage.segment import INDEX_SUFFIX, LOG_SUFFIX, NO_TIMESTAMP, Segment, parse_log_name
+from edge.storage.segment import (
+    INDEX_SUFFIX,
+    LOG_SUFFIX,
+    NO_TIMESTAMP,
+    Segment,
+    log_name,
+    parse_log_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +72,7 @@ class _Recovery:
     def segments(self) -> list[Segment]:
         bases = list_segments(self.directory)
         segs = [
-            Segment(self.directory, b, size=os.stat(self.directory / _name(b)).st_size,
+            Segment(self.directory, b, size=os.stat(self.directory / log_name(b)).st_size,
                     interval=self.interval)
             for b in bases
         ]
@@ -169,10 +176,6 @@ class _Visit:
                 h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
                 base_offset=h.base_offset, last_offset=h.last_offset,
             )
-
-
-def _name(base: int) -> str:
-    return f"{base:020d}{LOG_SUFFIX}"
 
 
 def list_segments(directory: Path) -> list[int]:
