@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import cbor2
@@ -103,3 +109,101 @@ def by_device(records: list[Record]) -> dict[str, list[dict[str, object]]]:
         doc = cbor2.loads(record.value)
         out.setdefault(str(doc["d"]), []).append(doc)
     return out
+
+
+def write_gateway_toml(path: Path, *, sc: str, broker: Mosquitto, status_port: int,
+                       client_id: str = "headwater-gateway-e2e", extra_mqtt: str = "") -> Path:
+    path.write_text(f"""
+sc = "{sc}"
+dead_letter_topic = "{DLQ}"
+
+[status]
+listen = "127.0.0.1:{status_port}"
+log_interval_s = 1
+
+[producer]
+send_timeout_s = 2
+
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+client_id = "{client_id}"
+keepalive_s = 5
+in_flight = 200
+{extra_mqtt}
+
+[[mqtt.rules]]
+filter = "headwater/+/temperature"
+topic = "{TOPIC}"
+format = "cbor"
+
+[[mqtt.rules]]
+filter = "legacy/+/json"
+topic = "{TOPIC}"
+format = "json"
+""")
+    return path
+
+
+class GatewayProcess:
+    """``python -m gateway run --config ...`` as a child process (SIGKILL-able)."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "--config", str(self.config),
+                 "--log-level", "info"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    async def status(self) -> dict[str, Any]:
+        from gateway.config import load_config
+        from gateway.status import read_status
+
+        return await read_status(load_config(self.config).status.listen, timeout_s=2)
+
+    async def wait_status(self, predicate: Callable[[dict[str, Any]], bool], *,
+                          timeout: float = 60.0, what: str = "gateway status") -> dict[str, Any]:
+        last: dict[str, Any] = {}
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if self.process is not None and self.process.poll() is not None:
+                        raise AssertionError(f"gateway exited: {self.log_tail()}")
+                    with contextlib.suppress(OSError, TimeoutError, ValueError):
+                        last = await self.status()
+                        if predicate(last):
+                            return last
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}; last status {last}") from None
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=30)
+        self.process = None
+        return code
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+
+def mqtt_counters(status: dict[str, Any]) -> dict[str, int]:
+    counters: dict[str, int] = status["bridges"]["mqtt"]["counters"]
+    return counters
+
+
+def consume_cli(sc: str, topic: str) -> list[dict[str, Any]]:
+    """``headwater --sc SC consume TOPIC -B -d --output json``, one object per record."""
+    out = subprocess.run(
+        [sys.executable, "-m", "edge.cli.main", "--sc", sc, "consume", topic, "-B", "-d",
+         "--output", "json"],
+        capture_output=True, check=True, timeout=120,
+    )
+    return [json.loads(line) for line in out.stdout.decode().splitlines() if line.strip()]

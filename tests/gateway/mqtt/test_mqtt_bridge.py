@@ -24,6 +24,7 @@ from mqtt_helpers import (
 )
 
 from edge.testing import LocalCluster
+from gateway.mqtt.client import AckingClient
 from gateway.mqtt.testing import Mosquitto
 
 DEVICES = ("dev1", "dev2", "dev3")
@@ -178,3 +179,29 @@ async def test_long_spu_outage_drops_the_connection_and_nothing_doubles(
     for device in ("dev0", "dev1"):
         got = [r.value for r in records if r.key == device.encode()]
         assert got == [p for t, p in plain if t == f"legacy/{device}/json"]
+
+
+async def test_crash_after_the_spu_ack_before_the_pubacks(
+    broker: Mosquitto, cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worst moment for a crash: every record is in the log, no PUBACK left. The
+    # broker sends everything again to the next gateway; sequenced payloads end as one
+    # copy each, plain JSON (no sequence fields) is at-least-once and comes twice.
+    await create_topics(cluster.sc_addr, TOPIC, DLQ)
+    config = bridge_config(broker, in_flight=1000)
+    plain = [(f"legacy/dev{i}/json", f'{{"n": {i}}}'.encode()) for i in range(3)]
+    with monkeypatch.context() as patch:
+        patch.setattr(AckingClient, "ack", lambda self, mid, qos: True)  # PUBACKs lost
+        async with running_bridge(config, cluster.sc_addr) as bridge:
+            await publish(broker, [*stream(100), *plain])
+            await wait_until(lambda: bridge.stats()["produced"] == 303, what="all written")
+    async with running_bridge(config, cluster.sc_addr) as bridge:  # a fresh gateway
+        await wait_until(lambda: bridge.stats()["received"] == 303, what="redelivery")
+        await wait_until(lambda: bridge.stats()["in_flight"] == 0, what="acknowledged")
+        stats = bridge.stats()
+    assert (stats["duplicates"], stats["produced"]) == (300, 3)
+    records = await read_topic(cluster.sc_addr, TOPIC)
+    assert_exactly_once_in_order([r for r in records if r.value[:1] != b"{"], 100)
+    assert sorted(r.value for r in records if r.value[:1] == b"{") == sorted(
+        [p for _, p in plain] * 2
+    )
