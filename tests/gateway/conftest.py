@@ -7,7 +7,6 @@ root first and forget any namespace module already imported under that name.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,20 +23,9 @@ for _name in [m for m in sys.modules if m == "gateway" or m.startswith("gateway.
     if getattr(sys.modules[_name], "__file__", None) is None:
         del sys.modules[_name]
 
-from gateway.mqtt.testing import Mosquitto, find_mosquitto  # noqa: E402 - after the path fix
+from mqtt_helpers import require_mosquitto  # noqa: E402 - after the path fix
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require_mosquitto() -> str:
-    """The broker binary; a missing one skips locally and FAILS in CI (``CI=true``)."""
-    path = find_mosquitto()
-    if path is None:
-        reason = "mosquitto is not installed (Debian package: mosquitto)"
-        if IN_CI:
-            pytest.fail(f"CI requires it: {reason}")
-        pytest.skip(reason)
-    return path
+from gateway.mqtt.testing import Mosquitto  # noqa: E402
 
 
 @pytest.fixture
