@@ -23,6 +23,7 @@ from mqtt_helpers import (
     wait_until,
 )
 
+from edge.client import Record
 from edge.testing import LocalCluster
 from gateway.mqtt.client import AckingClient
 from gateway.mqtt.testing import Mosquitto
@@ -39,8 +40,8 @@ def stream(count: int, *, start: int = 0) -> list[tuple[str, bytes]]:
     ]
 
 
-def assert_exactly_once_in_order(records: list[object], count: int) -> None:
-    per_device = by_device(records)  # type: ignore[arg-type]
+def assert_exactly_once_in_order(records: list[Record], count: int) -> None:
+    per_device = by_device(records)
     assert sorted(per_device) == list(DEVICES)
     for device in DEVICES:
         assert [doc["s"] for doc in per_device[device]] == list(range(count)), device

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import cbor2
@@ -30,6 +31,10 @@ from gateway.mqtt.testing import Mosquitto
 
 DEVICES = ("dev1", "dev2", "dev3")
 PER_DEVICE = 400
+
+
+def connected(status: dict[str, Any]) -> bool:
+    return mqtt_counters(status)["connected"] == 1
 
 
 class Publisher:
@@ -70,7 +75,6 @@ async def test_gateway_and_spu_crashes_lose_and_duplicate_nothing(
     assert "OK" in check.stdout
     gateway = GatewayProcess(config, tmp_path / "gateway.log")
     gateway.start()
-    connected = lambda s: mqtt_counters(s)["connected"] == 1  # noqa: E731
     await gateway.wait_status(connected, what="gateway connected")
 
     publisher = Publisher(broker)

