@@ -75,6 +75,8 @@ class Device:
         self.bytes_sent = 0
         self.decoder = FrameDecoder()
         self.limit = count
+        self.last_progress = 0.0
+        self.retransmits = 0
 
     def on_readable(self) -> None:
         try:
@@ -89,6 +91,7 @@ class Device:
                 self.welcomed.set()
             elif isinstance(f, Ack) and f.next_seq > self.acked:
                 self.acked = f.next_seq
+                self.last_progress = time.monotonic()
                 self.inflight = [x for x in self.inflight if x[0] + x[1] > self.acked]
                 self.send = max(self.send, self.acked)
             elif isinstance(f, Nak) and f.stream:
@@ -144,15 +147,17 @@ class Device:
         start = time.monotonic()
         await self._pump()
         loop.remove_reader(self.fd)
-        return time.monotonic() - start
+        # A record cannot be delivered before its last byte has crossed the line.
+        return max(time.monotonic(), self.line_free) - start
 
     async def _pump(self) -> None:
-        last_progress = time.monotonic()
+        self.last_progress = time.monotonic()
         while self.acked < self.limit:
             now = time.monotonic()
-            if self.inflight and now - last_progress > RTO_S:
+            if self.inflight and now - self.last_progress > RTO_S:
+                self.retransmits += 1
                 self.rewind(self.acked)
-                last_progress = now
+                self.last_progress = now
             if now >= self.hold_until and len(self.inflight) < WINDOW and self.send < self.limit:
                 data, n = self.frame()
                 self.inflight.append((self.send, n))
@@ -160,11 +165,8 @@ class Device:
                 await self.write(data)
                 continue
             self.progress.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.progress.wait(), 0.05)
-                last_progress = time.monotonic()
-            except TimeoutError:
-                pass
 
 
 def line_capacity(baud: int) -> float:

@@ -101,10 +101,13 @@ class Device:
         self._task.cancel()
 
 
-def start_gateway(tty: str, sc: str, topic: str, log: Path) -> subprocess.Popen[bytes]:
+def start_gateway(tty: str | list[str], sc: str, topic: str, log: Path,
+                  maps: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:  # fmt: skip
+    ports = [tty] if isinstance(tty, str) else tty
+    args = [a for p in ports for a in ("--port", p)] + [a for m in maps for a in ("--map", m)]
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.serial", "--port", tty, "--baud", "115200",
+            [sys.executable, "-m", "gateway.serial", *args, "--baud", "115200",
              "--sc", sc, "--topic", topic, "--stats-every", "1"],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip

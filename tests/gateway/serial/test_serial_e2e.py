@@ -124,6 +124,43 @@ def last_stats_all(log: Path, key: str) -> list[int]:
     ]
 
 
+async def test_two_ports_in_one_gateway_with_a_topic_map(tmp_path: Path) -> None:
+    build = build_firmware(tmp_path / "mpy")
+    lines = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        lines.append(PtyLine(tmp_path / name))
+        lines[-1].start()
+    log = tmp_path / "gateway.log"
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        async with Admin(cluster.sc_addr) as admin:
+            await admin.create_topic("env-readings", partitions=1, replication=1)
+            await admin.create_topic(TOPIC, partitions=1, replication=1)
+        gw = start_gateway([ln.gateway_path for ln in lines], cluster.sc_addr, TOPIC, log,
+                           maps=("env=env-readings",))  # fmt: skip
+        devs = [
+            await Device.start(
+                build, ln.device_path, count=200, rate=0, workdir=tmp_path, device_id=f"dev-{i}"
+            )
+            for i, ln in enumerate(lines)
+        ]
+        try:
+            for dev in devs:
+                await asyncio.wait_for(dev.done.wait(), 60)
+            rows = await consume_all(cluster.sc_addr, "env-readings")
+            default_rows = await consume_all(cluster.sc_addr, TOPIC)
+        finally:
+            for dev in devs:
+                await dev.stop()
+            await kill(gw)
+            for line in lines:
+                line.close()
+    assert default_rows == []
+    for i, dev in enumerate(devs):
+        mine = [r for r in rows if r["key"] == f"dev-{i}"]
+        _assert_exactly_once(mine, dev, 200)
+
+
 @pytest.fixture(autouse=True)
 def _tools() -> None:
     tool("micropython")
