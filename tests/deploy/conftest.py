@@ -11,6 +11,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,10 @@ if HERE not in sys.path:
 
 from deploy_harness import (  # noqa: E402 - after the path fix
     CACHE_ROOT,
+    CLOUD_HOST,
     EDGE_HOST,
     REPO,
+    CloudRoot,
     EdgeRoot,
     cached_tree,
     copy_tree,
@@ -118,13 +121,15 @@ def edge_host_vars(wheelhouse: Path, ports: dict[str, int], version: str) -> dic
 
 
 def write_inventory(path: Path, root: Path, host_vars: dict[str, object],
-                    connection: dict[str, object]) -> Path:
-    groups = {name: {"hosts": {EDGE_HOST: None}}
-              for name in ("edge_sc", "edge_spu", "edge_gateway")}
+                    connection: dict[str, object], *, host: str = EDGE_HOST,
+                    parent: str = "edge",
+                    groups: tuple[str, ...] = ("edge_sc", "edge_spu", "edge_gateway")) -> Path:
+    """One host, in ``groups`` below ``parent``, reached through ``connection``."""
+    children = {name: {"hosts": {host: None}} for name in groups}
     inventory = {
         "all": {
-            "hosts": {EDGE_HOST: {"ansible_host": str(root), **connection, **host_vars}},
-            "children": {"edge": {"children": groups}},
+            "hosts": {host: {"ansible_host": str(root), **connection, **host_vars}},
+            "children": {parent: {"children": children}},
         }
     }
     # JSON is YAML: Ansible's yaml inventory plugin reads it.
@@ -140,19 +145,26 @@ CHROOT_CONNECTION = {
 }
 
 
-@pytest.fixture(scope="session")
-def edge_root(wheelhouse: Path) -> Iterator[EdgeRoot]:
-    """A fresh bookworm root that the edge playbook converged twice through chroot."""
+@contextmanager
+def _fresh_root(prefix: str) -> Iterator[tuple[Path, Path, bool, float, float]]:
+    """(work dir, root copied from the cached tree, tree built now?, seconds, seconds)."""
     require_tools("debootstrap", "ansible-playbook", "unshare", "chroot")
     start = time.monotonic()
     tree, built = cached_tree()
     tree_seconds = time.monotonic() - start
-    work = Path(tempfile.mkdtemp(prefix="headwater-edge-", dir="/var/tmp"))
-    root = work / "root"
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     try:
         start = time.monotonic()
-        copy_tree(tree, root)
-        copy_seconds = time.monotonic() - start
+        copy_tree(tree, work / "root")
+        yield work, work / "root", built, tree_seconds, time.monotonic() - start
+    finally:
+        remove_tree(work)
+
+
+@pytest.fixture(scope="session")
+def edge_root(wheelhouse: Path) -> Iterator[EdgeRoot]:
+    """A fresh bookworm root that the edge playbook converged twice through chroot."""
+    with _fresh_root("headwater-edge-") as (work, root, built, tree_seconds, copy_seconds):
         ports = {"sc": free_port_block(1), "spu": free_port_block(2, stride=10),
                  "status": free_port_block(1), "mqtt": free_port_block(1)}
         version = str(_project()["version"])
@@ -164,5 +176,61 @@ def edge_root(wheelhouse: Path) -> Iterator[EdgeRoot]:
         second = run_playbook("edge.yml", inventory, tmp=work, mount_root=root)
         yield EdgeRoot(root, inventory, work, ports, [7, 8], first, second, built,
                        tree_seconds, copy_seconds)
-    finally:
-        remove_tree(work)
+
+
+def make_pki(directory: Path, host: str) -> dict[str, Path]:
+    """A CA and one node certificate (server and client use, the host and 127.0.0.1)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
+    key, csr, crt = directory / "node.key", directory / "node.csr", directory / "node.crt"
+    ext = directory / "node.ext"
+    ext.write_text(f"subjectAltName=DNS:{host},IP:127.0.0.1\n"
+                   "extendedKeyUsage=serverAuth,clientAuth\n"
+                   "basicConstraints=CA:FALSE\n")
+    openssl = ["openssl"]
+    subprocess.run([*openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj",
+                    "/CN=headwater-test-ca", "-keyout", str(ca_key), "-out", str(ca_crt)],
+                   check=True, capture_output=True, timeout=60)
+    subprocess.run([*openssl, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-subj", f"/CN={host}", "-keyout", str(key), "-out", str(csr)],
+                   check=True, capture_output=True, timeout=60)
+    subprocess.run([*openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey",
+                    str(ca_key), "-CAcreateserial", "-days", "2", "-extfile", str(ext),
+                    "-out", str(crt)], check=True, capture_output=True, timeout=60)
+    return {"ca": ca_crt, "cert": crt, "key": key}
+
+
+@pytest.fixture(scope="session")
+def cloud_root(wheelhouse: Path) -> Iterator[CloudRoot]:
+    """A fresh root that cloud.yml converged twice, with mutual TLS on."""
+    require_tools("openssl")
+    with _fresh_root("headwater-cloud-") as (work, root, _built, _tree_s, _copy_s):
+        pki = make_pki(work / "pki", CLOUD_HOST)
+        ports = {"sc": free_port_block(1), "spu": free_port_block(1)}
+        host_vars = {
+            "headwater_common_version": str(_project()["version"]),
+            "headwater_common_wheelhouse": str(wheelhouse),
+            "headwater_common_pip_offline": True,
+            "headwater_common_tls_enabled": True,
+            "headwater_common_tls_cert_src": str(pki["cert"]),
+            "headwater_common_tls_key_src": str(pki["key"]),
+            "headwater_common_tls_ca_src": str(pki["ca"]),
+            "headwater_sc_public_addr": f"127.0.0.1:{ports['sc']}",
+            "headwater_sc_private_addr": f"127.0.0.1:{ports['sc'] + 1}",
+            "headwater_spu_id_base": 1000,
+            "headwater_spu_count": 1,
+            "headwater_spu_bind_host": "127.0.0.1",
+            "headwater_spu_public_port_base": ports["spu"],
+            "headwater_spu_private_port_base": ports["spu"] + 1,
+            "headwater_spu_advertise_host": "127.0.0.1",
+            "headwater_spu_sc": f"127.0.0.1:{ports['sc'] + 1}",
+        }
+        inventory = write_inventory(work / "hosts.yml", root, host_vars, CHROOT_CONNECTION,
+                                    host=CLOUD_HOST, parent="cloud",
+                                    groups=("cloud_sc", "cloud_spu"))
+        first = run_playbook("cloud.yml", inventory, tmp=work, mount_root=root)
+        if first.returncode != 0:
+            pytest.fail(f"first cloud.yml run failed:\n{first.output[-12000:]}")
+        second = run_playbook("cloud.yml", inventory, tmp=work, mount_root=root)
+        yield CloudRoot(root, work, ports, pki, first, second)

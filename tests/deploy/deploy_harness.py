@@ -446,6 +446,7 @@ def host_user_exists(name: str) -> bool:
 
 
 EDGE_HOST = "edge-node"
+CLOUD_HOST = "cloud-node"
 
 
 @dataclass
@@ -462,6 +463,19 @@ class EdgeRoot:
     tree_built: bool
     tree_seconds: float
     copy_seconds: float
+
+
+
+@dataclass
+class CloudRoot:
+    """A cloud node's root (SC and one SPU, mutual TLS) after cloud.yml."""
+
+    root: Path
+    work: Path
+    ports: dict[str, int]
+    pki: dict[str, Path]
+    first: PlaybookRun
+    second: PlaybookRun
 
 
 __all__ = ["IN_CI"]
