@@ -161,6 +161,38 @@ async def test_two_ports_in_one_gateway_with_a_topic_map(tmp_path: Path) -> None
         _assert_exactly_once(mine, dev, 200)
 
 
+async def test_device_reset_with_flash_spool_keeps_exactly_once(tmp_path: Path) -> None:
+    """SIGKILL the device twice mid-stream: a new boot epoch resends its spooled,
+    unacknowledged records in the same frames, and the SPU keeps one copy."""
+    total = 900
+    build, line = await _setup(tmp_path)
+    log = tmp_path / "gateway.log"
+    spool = str(tmp_path / "device.spool")
+    delivered: list[int] = []
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        await _create_topic(cluster.sc_addr)
+        gw = start_gateway(line.gateway_path, cluster.sc_addr, TOPIC, log)
+        try:
+            for stop_at in (200, 550, None):
+                dev = await Device.start(build, line.device_path, count=total, rate=200,
+                                         workdir=tmp_path, spool=spool)  # fmt: skip
+                try:
+                    if stop_at is None:
+                        await asyncio.wait_for(dev.done.wait(), 90)
+                    else:
+                        await dev.wait_delivered(stop_at - len(delivered), 60)
+                finally:
+                    await dev.stop()  # SIGKILL: a reset in the middle of whatever it did
+                delivered += dev.delivered_seqs()
+            rows = await consume_all(cluster.sc_addr, TOPIC)
+        finally:
+            await kill(gw)
+            line.close()
+    got = [reading_index(r) for r in rows]
+    assert delivered == list(range(len(delivered)))
+    assert got == list(range(total)), f"{len(got)} rows, {len(got) - len(set(got))} duplicates"
+
+
 @pytest.fixture(autouse=True)
 def _tools() -> None:
     tool("micropython")
