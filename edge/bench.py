@@ -8,6 +8,8 @@ medians and percentiles of what one client process achieved.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import struct
 import time
@@ -39,10 +41,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 async def ensure_topic(sc: str, topic: str, partitions: int = 1) -> None:
     async with Admin(sc) as admin:
-        try:
+        with contextlib.suppress(TopicExists):
             await admin.create_topic(topic, partitions=partitions)
-        except TopicExists:
-            pass
         await admin.wait_ready(topic)
 
 
@@ -58,9 +58,8 @@ async def produce(sc: str, topic: str, *, records: int, size: int = 100,
         for i in range(records):
             fut = await p.send(topic, payload)
             if i % sample_every == 0:
-                sent = time.perf_counter()
-                fut.add_done_callback(
-                    lambda _f, sent=sent: latencies.append(time.perf_counter() - sent))
+                fut.add_done_callback(functools.partial(_elapsed, latencies,
+                                                        time.perf_counter()))
             if progress is not None and i % 10_000 == 0:
                 progress(10_000 if i else 0)
         await p.flush()
@@ -115,6 +114,10 @@ async def end_to_end(sc: str, topic: str, *, rate: int = 1000, seconds: float = 
             await reader
     return BenchResult(total, elapsed, total / elapsed, total * size / elapsed / 1e6,
                        percentile(latencies, 0.5), percentile(latencies, 0.99))
+
+
+def _elapsed(out: list[float], sent: float, _fut: object) -> None:
+    out.append(time.perf_counter() - sent)
 
 
 def _result(records: int, size: int, seconds: float, latencies: list[float]) -> BenchResult:

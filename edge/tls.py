@@ -25,7 +25,7 @@ class TlsConfig:
         if (self.cert is None) != (self.key is None):
             raise ValueError("tls: cert and key must be given together")
         if self.verify_client and self.ca is None:
-            raise ValueError("tls: verify_client needs ca (the bundle client certificates chain to)")
+            raise ValueError("tls: verify_client needs ca (the CA client certificates chain to)")
         for name in ("cert", "key", "ca"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():

@@ -10,10 +10,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from edge.cli.common import fail, setup_logging
+
+if TYPE_CHECKING:
+    from edge.client import Consumer, Offset, Producer
 
 
 def demo(
@@ -22,7 +26,7 @@ def demo(
     burst: int = typer.Option(200_000, help="Records to send in the throughput burst."),
 ) -> None:
     """Start an SC and an SPU, stream sensor readings through a topic, then a burst."""
-    setup_logging("warning")
+    setup_logging("error")
     try:
         asyncio.run(_demo(data_dir, readings, burst))
     except KeyboardInterrupt:
@@ -47,6 +51,9 @@ async def _demo(data_dir: Path | None, readings: int, burst: int) -> None:
                         private_addr="127.0.0.1:0", sc=sc.private_addr))
     await spu.start()
     try:
+        assert spu.link is not None
+        async with asyncio.timeout(10):
+            await spu.link.registered_once.wait()
         typer.secho(f"1. SC listening on {sc.public_addr}, SPU 1 on {spu.public_addr} "
                     f"(data in {data_dir})", bold=True)
         async with Admin(sc.public_addr) as admin:
@@ -70,8 +77,8 @@ async def _demo(data_dir: Path | None, readings: int, burst: int) -> None:
             tmp.cleanup()
 
 
-async def _live(sc: str, count: int, producer_cls: type, consumer_cls: type,
-                offset_cls: type) -> None:
+async def _live(sc: str, count: int, producer_cls: type[Producer],
+                consumer_cls: type[Consumer], offset_cls: type[Offset]) -> None:
     async with consumer_cls(sc, "sensors", offset=offset_cls.beginning()) as consumer:
 
         async def show() -> None:
@@ -79,7 +86,7 @@ async def _live(sc: str, count: int, producer_cls: type, consumer_cls: type,
             async for r in consumer:
                 reading = json.loads(r.value)
                 lag_ms = time.time() * 1000 - reading["t"]
-                typer.echo(f"   offset {r.offset:>3}  {r.key.decode():<8} "
+                typer.echo(f"   offset {r.offset:>3}  {(r.key or b'?').decode():<8} "
                            f"{reading['celsius']:6.2f} C   delivered {lag_ms:5.1f} ms after "
                            "the reading")
                 seen += 1
@@ -99,8 +106,8 @@ async def _live(sc: str, count: int, producer_cls: type, consumer_cls: type,
             await reader
 
 
-async def _burst(sc: str, count: int, producer_cls: type, consumer_cls: type,
-                 offset_cls: type) -> None:
+async def _burst(sc: str, count: int, producer_cls: type[Producer],
+                 consumer_cls: type[Consumer], offset_cls: type[Offset]) -> None:
     payload = b"x" * 100
     start = time.perf_counter()
     with typer.progressbar(length=count, label="   producing", file=sys.stderr) as bar:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import sys
 import time
@@ -43,13 +44,13 @@ def produce(
     sep = key_separator.encode() if key_separator else None
     if file is not None and not file.is_file():
         fail(f"{file} is not a readable file")
+    size = file.stat().st_size if file is not None else 0
 
     async def main() -> int:
         async with Producer(t.sc, acks=acks_value, linger_ms=linger_ms,
                             batch_bytes=batch_bytes, compression=compression, ssl=t.ssl(),
                             server_hostname=t.server_name) as producer:
             if file is not None:
-                size = file.stat().st_size
                 with file.open("rb") as f, typer.progressbar(
                         length=size, label=f"producing {file.name}", file=sys.stderr) as bar:
                     count = await _produce_lines(producer, topic, f, sep, partition, bar.update)
@@ -80,12 +81,12 @@ async def _produce_lines(producer: Producer, topic: str, f: IO[bytes], sep: byte
         else:
             lines = (carry + chunk).split(b"\n")
             carry = lines.pop()
-        for line in lines:
-            line = line.removesuffix(b"\r")
+        for raw in lines:
+            value = raw.removesuffix(b"\r")
             key = None
-            if sep is not None and sep in line:
-                key, line = line.split(sep, 1)
-            await producer.send(topic, line, key=key, partition=partition)
+            if sep is not None and sep in value:
+                key, value = value.split(sep, 1)
+            await producer.send(topic, value, key=key, partition=partition)
             count += 1
         if not chunk:
             return count
@@ -139,10 +140,8 @@ def consume(
                 if consumer_name:
                     await consumer.commit()
 
-    try:
+    with contextlib.suppress(BrokenPipeError):  # `| head` closed the pipe: done
         run(main, what=f"consume {topic}", target_=t)
-    except BrokenPipeError:
-        pass
 
 
 def _text(data: bytes | None) -> str:

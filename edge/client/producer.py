@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 import time
@@ -272,7 +273,7 @@ class Producer:
         self.stats["batches"] += 1
         b.records = []
         self._outstanding.add(b.future)
-        b.future.add_done_callback(lambda f, b=b: self._batch_done(b, f))
+        b.future.add_done_callback(functools.partial(self._batch_done, b))
         sender.enqueue(b)
 
     def _batch_done(self, b: _Batch, fut: asyncio.Future[int]) -> None:
@@ -303,7 +304,6 @@ class Producer:
                 meta, _ = await conn.request(ApiKey.PRODUCE, data, topic=topic,
                                              partition=partition, acks=int(self.acks),
                                              timeout=self.request_timeout_s)
-                return meta
             except HeadwaterError as exc:
                 if not exc.retriable or time.monotonic() > deadline:
                     raise
@@ -311,6 +311,8 @@ class Producer:
                 await backoff.sleep()
                 with contextlib.suppress(HeadwaterError):
                     await self.cluster.refresh()
+            else:
+                return meta
 
 
 class _Sender:

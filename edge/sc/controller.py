@@ -164,7 +164,7 @@ class Controller:
         out = []
         for p in self.store.partitions():
             if spu_id in p.replicas and p.topic in topics:
-                out.append({"topic": p.topic, "partition": p.index, "leader": p.leader,
+                out.append({"topic": p.topic, "partition": p.idx, "leader": p.leader,
                             "replicas": p.replicas, "epoch": p.epoch, "isr": p.isr,
                             "config": topics[p.topic].config})
         return out
@@ -178,7 +178,7 @@ class Controller:
             topics[t.name] = []
         for p in self.store.partitions():
             if p.topic in topics:
-                topics[p.topic].append({"partition": p.index, "leader": p.leader,
+                topics[p.topic].append({"partition": p.idx, "leader": p.leader,
                                         "epoch": p.epoch, "replicas": p.replicas})
         spus = {str(s.id): {"public": s.public, "online": s.online, "rack": s.rack}
                 for s in self.spus.values()}
@@ -188,13 +188,13 @@ class Controller:
 
     def partition_status(self, p: PartitionRow) -> dict[str, Any]:
         """A partition row merged with what its leader last reported."""
-        row: dict[str, Any] = {"topic": p.topic, "partition": p.index, "leader": p.leader,
+        row: dict[str, Any] = {"topic": p.topic, "partition": p.idx, "leader": p.leader,
                                "replicas": p.replicas, "isr": p.isr, "epoch": p.epoch}
         leader = self.spus.get(p.leader) if p.leader is not None else None
         row["leader_online"] = bool(leader and leader.online)
         if leader is not None:
             for s in leader.partitions:
-                if s.get("topic") == p.topic and s.get("partition") == p.index:
+                if s.get("topic") == p.topic and s.get("partition") == p.idx:
                     row.update(hw=s.get("hw"), leo=s.get("leo"), start=s.get("start"),
                                size=s.get("size"))
         return row

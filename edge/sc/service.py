@@ -154,9 +154,8 @@ class Sc:
         spus = list(self.controller.spus.values())
         topics = self.store.topics()
         parts = self.store.partitions()
-        offline_leaders = sum(1 for p in parts
-                              if p.leader is None or not (self.controller.spus.get(p.leader)
-                                                          and self.controller.spus[p.leader].online))
+        online = {s.id for s in spus if s.online}
+        offline_leaders = sum(1 for p in parts if p.leader not in online)
         return messages.ok(
             meta["id"], cluster=self.controller.cluster_id,
             uptime_s=round(time.time() - self.controller.started, 1),
@@ -205,11 +204,11 @@ def _route(table: dict[ApiKey, Handler], where: str, conn: Connection, meta: dic
 
 
 async def _hold_open(conn: Connection) -> Response:
-    """Keep a registration stream open until the SPU disconnects."""
-    while not conn.closed:
-        await asyncio.sleep(3600)
+    """Keep a registration stream open until the SPU disconnects (the connection
+    cancels its tasks when it closes)."""
+    await asyncio.Event().wait()
     return None
 
 
 def _host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104

@@ -55,7 +55,7 @@ class TopicRow(NamedTuple):
 
 class PartitionRow(NamedTuple):
     topic: str
-    index: int
+    idx: int
     replicas: list[int]
     leader: int | None
     epoch: int
@@ -143,7 +143,7 @@ class MetadataStore:
     def _put_partition(self, p: PartitionRow) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO partitions VALUES (?, ?, ?, ?, ?, ?)",
-            (p.topic, p.index, json.dumps(p.replicas), p.leader, p.epoch, json.dumps(p.isr)))
+            (p.topic, p.idx, json.dumps(p.replicas), p.leader, p.epoch, json.dumps(p.isr)))
 
     def partitions(self, topic: str | None = None) -> list[PartitionRow]:
         if topic is None:

@@ -99,9 +99,9 @@ class PublicApi:
         wait_ms = min(max(get(meta, "max_wait_ms", int, 0), 0), MAX_WAIT_MS)
         p = self.replicas.leader(topic, index)
         self.stats["fetches"] += 1
-        return self._fetch(conn, meta["id"], p, offset, max_bytes, wait_ms)
+        return self._fetch(conn, meta["id"], p, offset, max_bytes=max_bytes, wait_ms=wait_ms)
 
-    async def _fetch(self, conn: Connection, cid: int, p: Partition, offset: int,
+    async def _fetch(self, conn: Connection, cid: int, p: Partition, offset: int, *,
                      max_bytes: int, wait_ms: int) -> Response:
         _check_range(p, offset)
         if wait_ms and p.high_watermark <= offset:

@@ -73,9 +73,9 @@ class Partition:
                             partition=self.index)
         try:
             result = self.log.append(batch, leader_epoch=self.leader_epoch)
-        except OSError as exc:
+        except StorageError as exc:
             self._fail(exc)
-            raise self.failed from None  # type: ignore[misc]
+            raise
         if result.duplicate:
             return result
         if self.durability == "never":
@@ -122,7 +122,7 @@ class Partition:
                 try:
                     await asyncio.to_thread(ticket.run)
                     flushed = self.log.complete_flush(ticket)
-                except OSError as exc:
+                except (OSError, StorageError) as exc:
                     self._fail(exc)
                     return
                 self._flushed(flushed)
@@ -132,7 +132,7 @@ class Partition:
     def _flush_now(self) -> None:
         try:
             flushed = self.log.flush()
-        except OSError as exc:
+        except (OSError, StorageError) as exc:
             self._fail(exc)
             raise self.failed from None  # type: ignore[misc]
         self._flushed(flushed)
@@ -173,7 +173,7 @@ class Partition:
         if self.failed is None:
             try:
                 self._flushed(self.log.flush())
-            except OSError as exc:
+            except (OSError, StorageError) as exc:
                 self._fail(exc)
         with contextlib.suppress(OSError, StorageError):
             self.log.close()

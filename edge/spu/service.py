@@ -10,7 +10,7 @@ from typing import Any
 from edge.net.connection import split_addr
 from edge.net.server import Connection, FrameServer, Response
 from edge.protocol import messages
-from edge.protocol.errors import InvalidRequest
+from edge.protocol.errors import InvalidRequest, StorageError
 from edge.protocol.messages import ApiKey
 from edge.spu.config import SpuConfig, advertised
 from edge.spu.handlers import PublicApi
@@ -101,8 +101,8 @@ class Spu:
                 if p.failed is None and not p.closed:
                     try:
                         p.log.write_checkpoints()
-                    except OSError as exc:
-                        log.error("checkpoint of %s failed: %s", p.name, exc)
+                    except (OSError, StorageError) as exc:
+                        log.error("checkpoint of %s failed: %s", p.name, exc)  # noqa: TRY400
 
     async def _retention(self) -> None:
         while True:
@@ -110,6 +110,10 @@ class Spu:
             now = int(time.time() * 1000)
             for p in list(self.replicas.partitions.values()):
                 if p.failed is None and not p.closed:
-                    removed = p.log.apply_retention(now)
+                    try:
+                        removed = p.log.apply_retention(now, max_offset=p.high_watermark)
+                    except StorageError as exc:
+                        log.error("retention of %s failed: %s", p.name, exc)  # noqa: TRY400
+                        continue
                     if removed:
                         log.info("retention removed %d bytes from %s", removed, p.name)
