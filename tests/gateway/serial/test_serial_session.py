@@ -159,9 +159,11 @@ def test_sequence_wraps() -> None:
 
 def test_bad_frame_is_counted_and_nakked() -> None:
     s = session()
-    assert s.on_bad_frame() == [Nak(NakReason.BAD_CRC, 0, NO_SEQ, "")]
-    assert s.stats["bad_frames"] == 1
-    assert s.stats["naks"] == 1
+    assert s.on_bad_frame(0.0) == [Nak(NakReason.BAD_CRC, 0, NO_SEQ, "")]
+    assert s.on_bad_frame(0.1) == []  # a burst of noise: one NAK
+    assert s.on_bad_frame(0.6) == [Nak(NakReason.BAD_CRC, 0, NO_SEQ, "")]
+    assert s.stats["bad_frames"] == 3
+    assert s.stats["naks"] == 2
 
 
 def test_streams_are_independent() -> None:
