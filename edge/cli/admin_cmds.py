@@ -37,13 +37,13 @@ def topic_create(
     partitions: int = typer.Option(1, "--partitions", "-p", help="Number of partitions."),
     replication: int = typer.Option(1, "--replication", "-r", help="Replicas per partition."),
     retention_time: str | None = typer.Option(None, help="Keep data this long (e.g. 7d, 12h); "
-                                              "'forever' keeps it [default 7d]."),
+                                              "'forever' keeps it (default 7d)."),
     retention_bytes: str | None = typer.Option(None, help="Keep at most this much per "
                                                "partition (e.g. 1GiB)."),
     segment_bytes: str | None = typer.Option(None, help="Roll segments at this size "
-                                             "[default 64MiB]."),
+                                             "(default 64MiB)."),
     segment_time: str | None = typer.Option(None, help="Roll segments after this long "
-                                            "[default 7d]."),
+                                            "(default 7d)."),
     compression: str | None = typer.Option(None, help="none or zlib (applied by producers)."),
 ) -> None:
     """Create a topic."""

@@ -29,10 +29,10 @@ def _default_data_dir(name: str) -> Path:
 def run_sc(
     config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     data_dir: Path | None = typer.Option(None, help="Where the metadata database lives."),
-    public_addr: str | None = typer.Option(None, help="Client listener [default 0.0.0.0:9003]."),
-    private_addr: str | None = typer.Option(None, help="SPU listener [default 0.0.0.0:9004]."),
+    public_addr: str | None = typer.Option(None, help="Client listener (default 0.0.0.0:9003)."),
+    private_addr: str | None = typer.Option(None, help="SPU listener (default 0.0.0.0:9004)."),
     heartbeat_timeout_s: float | None = typer.Option(
-        None, help="Seconds of SPU silence before it counts as offline [default 2]."),
+        None, help="Seconds of SPU silence before it counts as offline (default 2)."),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
     check_config: bool = typer.Option(False, "--check-config", help=CHECK_HELP),
 ) -> None:
@@ -67,11 +67,11 @@ def run_spu(
     config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     spu_id: int | None = typer.Option(None, "--id", help="Unique SPU number."),
     data_dir: Path | None = typer.Option(None, help="Where partitions and offsets live."),
-    public_addr: str | None = typer.Option(None, help="Client listener [default 0.0.0.0:9005]."),
-    private_addr: str | None = typer.Option(None, help="Peer listener [default 0.0.0.0:9006]."),
-    sc: str | None = typer.Option(None, "--sc", help="SC private address [default "
-                                  "127.0.0.1:9004]."),
-    durability: str | None = typer.Option(None, help="group, always or never [default group]."),
+    public_addr: str | None = typer.Option(None, help="Client listener (default 0.0.0.0:9005)."),
+    private_addr: str | None = typer.Option(None, help="Peer listener (default 0.0.0.0:9006)."),
+    sc: str | None = typer.Option(None, "--sc", help="SC private address (default "
+                                  "127.0.0.1:9004)."),
+    durability: str | None = typer.Option(None, help="group, always or never (default group)."),
     rack: str | None = typer.Option(None, help="Rack or site label used for placement."),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
     check_config: bool = typer.Option(False, "--check-config", help=CHECK_HELP),
@@ -155,7 +155,7 @@ def local(
 
 def ping(
     ctx: typer.Context,
-    addr: str | None = typer.Argument(None, help="HOST:PORT of an SC or SPU [default: the SC]."),
+    addr: str | None = typer.Argument(None, help="HOST:PORT of an SC or SPU (default the SC)."),
     count: int = typer.Option(1, "--count", "-n", help="Round trips to time."),
     timeout: float = typer.Option(5.0, help="Seconds to wait for an answer."),
 ) -> None:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def demo(
-    data_dir: Path | None = typer.Option(None, help="Keep the data here [default: a temp dir]."),
+    data_dir: Path | None = typer.Option(None, help="Keep the data here (default a temp dir)."),
     readings: int = typer.Option(40, help="Sensor readings to stream live."),
     burst: int = typer.Option(200_000, help="Records to send in the throughput burst."),
 ) -> None:

@@ -31,7 +31,7 @@ def _root(
     tls_cert: Path | None = typer.Option(None, help="Client certificate (mutual TLS)."),
     tls_key: Path | None = typer.Option(None, help="Key of the client certificate."),
     tls_server_name: str | None = typer.Option(None, help="Name expected in the server "
-                                               "certificate [default: the host]."),
+                                               "certificate (default the host)."),
 ) -> None:
     ctx.obj = resolve_target(sc, tls_ca, tls_cert, tls_key, tls_server_name)
 

@@ -29,11 +29,11 @@ def produce(
     key_separator: str | None = typer.Option(None, help="Split each line at the first SEP "
                                              "into key and value."),
     partition: int | None = typer.Option(None, "--partition", "-p", help="Write to this "
-                                         "partition [default: by key, else spread]."),
+                                         "partition (default by key, else spread)."),
     acks: str = typer.Option("leader", help="none, leader or all."),
     linger_ms: float = typer.Option(5.0, help="Wait up to this long to fill a batch."),
     batch_bytes: int = typer.Option(64 * 1024, help="Send a batch at this size."),
-    compression: str | None = typer.Option(None, help="none or zlib [default: the topic's]."),
+    compression: str | None = typer.Option(None, help="none or zlib (default the topic's)."),
 ) -> None:
     """Write one record per line of stdin (or --file) to TOPIC."""
     try:
@@ -103,7 +103,7 @@ def consume(
     disable_continuous: bool = typer.Option(False, "--disable-continuous", "-d",
                                             help="Stop at the current end instead of following."),
     partition: int | None = typer.Option(None, "--partition", "-p",
-                                         help="Only this partition [default: all]."),
+                                         help="Only this partition (default all)."),
     show_keys: bool = typer.Option(False, "--key-value", "-k", help="Print keys too."),
     fmt: str | None = typer.Option(None, "--format", help="Template with {offset} {partition} "
                                    "{key} {value} {timestamp} {time}."),
