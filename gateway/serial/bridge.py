@@ -52,7 +52,7 @@ class SerialPortConfig:
 
     path: str
     baudrate: int = 115200
-    topic_map: Mapping[str, str] = field(default_factory=dict)
+    topic_map: Mapping[str, str] = field(default_factory=dict, hash=False)
     default_topic: str
 
     def __post_init__(self) -> None:

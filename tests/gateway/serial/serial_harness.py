@@ -98,7 +98,11 @@ class Device:
         if self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
-        self._task.cancel()
+        try:
+            # Read what it printed before it died: those records were acknowledged.
+            await asyncio.wait_for(self._task, 5)
+        except TimeoutError:
+            self._task.cancel()
 
 
 def start_gateway(tty: str | list[str], sc: str, topic: str, log: Path,

@@ -189,7 +189,10 @@ async def test_device_reset_with_flash_spool_keeps_exactly_once(tmp_path: Path) 
             await kill(gw)
             line.close()
     got = [reading_index(r) for r in rows]
-    assert delivered == list(range(len(delivered)))
+    # A reset can fall between the spool write of an ACK and the line that reports
+    # it, so the report may miss a record; it never reports one that is not safe.
+    assert set(delivered) <= set(got)
+    assert delivered == sorted(delivered)
     assert got == list(range(total)), f"{len(got)} rows, {len(got) - len(set(got))} duplicates"
 
 
