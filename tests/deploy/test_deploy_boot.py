@@ -132,10 +132,7 @@ def booted(edge_root: EdgeRoot) -> Iterator[Booted]:
         host.update(NSENTER_CONNECTION, ansible_nsenter_pid=leader, ansible_host=EDGE_HOST)
         inventory.write_text(json.dumps(data, indent=2))
         booted = Booted(edge_root, root, work, leader, inventory)
-        state = booted.run("systemctl", "is-system-running", "--wait", timeout=BOOT_TIMEOUT_S)
-        if state.stdout.strip() not in ("running", "degraded"):
-            pytest.fail(f"container did not boot: {state.stdout}{state.stderr}\n"
-                        f"{(work / 'console.log').read_text(errors='replace')[-4000:]}")
+        _wait_for_boot(booted, work / "console.log")
         yield booted
     finally:
         nspawn.send_signal(signal.SIGTERM)  # nspawn powers the container off
@@ -146,6 +143,22 @@ def booted(edge_root: EdgeRoot) -> Iterator[Booted]:
             nspawn.wait(10)
         log.close()
         remove_tree(work)
+
+
+def _wait_for_boot(booted: Booted, console: Path) -> None:
+    """Until systemd in the container has finished starting up (or gave up on a unit)."""
+    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    state = None
+    while time.monotonic() < deadline:
+        # Until systemd has made its private socket, systemctl cannot connect at all.
+        state = booted.run("systemctl", "is-system-running", "--wait",
+                           timeout=max(1.0, deadline - time.monotonic()))
+        if state.stdout.strip() in ("running", "degraded"):
+            return
+        time.sleep(0.5)
+    detail = f"{state.stdout}{state.stderr}" if state is not None else ""
+    pytest.fail(f"container did not boot: {detail}\n"
+                f"{console.read_text(errors='replace')[-4000:]}")
 
 
 def _units(edge: EdgeRoot) -> list[str]:
