@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 import tomllib
@@ -85,9 +86,10 @@ def _check_topic(key: str, value: str) -> None:
         raise ConfigError(key, f"{value!r} is not a topic name (a-z, 0-9, '-', 1-63 characters)")
 
 
-def _check_address(key: str, value: str) -> None:
+def _check_address(key: str, value: str, *, any_port: bool = False) -> None:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    lowest = 0 if any_port else 1
+    if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
         raise ConfigError(key, f"{value!r} is not host:port")
 
 
@@ -132,7 +134,7 @@ class StatusConfig:
             if len(self.listen) == len("unix:"):
                 raise ConfigError("listen", "unix: needs a socket path")
         else:
-            _check_address("listen", self.listen)
+            _check_address("listen", self.listen, any_port=True)  # 0: any free port
             if self.host not in ("127.0.0.1", "localhost", "::1"):
                 # The endpoint has no authentication: it must not face the LAN.
                 raise ConfigError("listen", f"must be a loopback address (got {self.host!r})")
@@ -200,7 +202,7 @@ class MqttRule:
             if self.key >= len(levels) and not open_ended:
                 raise ConfigError("key", f"level {self.key} is past the end of {self.filter!r}")
 
-    @property
+    @functools.cached_property
     def key_level(self) -> int | None:
         """The MQTT topic level that holds the record key, if any."""
         if self.key is not None:

@@ -22,7 +22,9 @@ jittered exponential backoff and recognises the messages whose PUBACK was lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import ssl
 import time
 from collections import Counter
@@ -35,8 +37,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.client.cluster import Backoff
 from gateway.config import MqttConfig, MqttProtocol
-from gateway.mqtt.client import AckingClient, DeliveredMessage
-from gateway.mqtt.decode import Rejected, decode
+from gateway.mqtt.client import AckingClient, Incoming
+from gateway.mqtt.decode import Decoder, Rejected
 from gateway.mqtt.pipeline import Entry, InFlight, Redeliveries, plan_round
 from gateway.mqtt.writer import Counts, ProducerLike, RoundWriter
 
@@ -75,16 +77,19 @@ class MqttBridge:
         self, config: MqttConfig, *, producer: ProducerLike, dead_letter_topic: str,
         max_batch_bytes: int = 64 * 1024, send_timeout_s: float = 10.0,
         tls_context: ssl.SSLContext | None = None, backoff_max_s: float = 30.0,
-        name: str = "mqtt",
+        linger_ms: float = 5.0, name: str = "mqtt",
     ) -> None:
         self.config = config
         self.name = name
+        self._decode = Decoder(config.rules, max_payload_bytes=config.max_payload_bytes)
         self._tls_context = tls_context
         self._writer = RoundWriter(
             producer, dead_letter_topic=dead_letter_topic, max_batch_bytes=max_batch_bytes,
             timeout_s=send_timeout_s, max_payload_bytes=config.max_payload_bytes,
         )
         self._max_round_bytes = max_batch_bytes * 8
+        # A round waits this long for company: fewer, fuller batches under load.
+        self._linger_s = linger_ms / 1000
         self._backoff_max_s = backoff_max_s
         self._counters: Counter[str] = Counter()
         self._fifo: InFlight | None = None
@@ -112,9 +117,6 @@ class MqttBridge:
             try:
                 client = self._client()
                 async with client:
-                    await self._subscribe(client)
-                    client.enforce_limit()
-                    self._counters["connected"] = 1
                     self._problems.clear("broker", "connected to the MQTT broker again")
                     log.info("connected to mqtt://%s:%d as %s", self.config.host,
                              self.config.effective_port, self.config.client_id)
@@ -152,15 +154,20 @@ class MqttBridge:
         )
 
     async def _subscribe(self, client: AckingClient) -> None:
+        """(Re)subscribe every rule; it waits for the SUBACK as long as it takes,
+        because a persistent session's messages flow before it, and while the
+        bridge holds ``in_flight`` of them the SUBACK waits unread in the socket."""
         if self.config.protocol is MqttProtocol.V311:
-            await client.subscribe([(rule.filter, 1) for rule in self.config.rules])
-            return
-        # retainHandling=1: retained messages only for a new subscription, not again at
-        # every reconnect (they would be written again each time).
-        await client.subscribe([
-            (rule.filter, SubscribeOptions(qos=1, retainHandling=1))
-            for rule in self.config.rules
-        ])
+            await client.subscribe([(rule.filter, 1) for rule in self.config.rules],
+                                   timeout=math.inf)
+        else:
+            # retainHandling=1: retained messages only for a new subscription, not
+            # again at every reconnect (they would be written again each time).
+            await client.subscribe([
+                (rule.filter, SubscribeOptions(qos=1, retainHandling=1))
+                for rule in self.config.rules
+            ], timeout=math.inf)
+        self._counters["connected"] = 1
 
     async def _session(self, client: AckingClient) -> None:
         fifo = self._fifo = InFlight()
@@ -171,12 +178,19 @@ class MqttBridge:
                 tg.create_task(self._send_loop(client, fifo, wake), name="mqtt-sender")
                 reader = tg.create_task(self._read_loop(client, fifo, wake), name="mqtt-reader")
                 stop = tg.create_task(self._stopping.wait(), name="mqtt-stop")
-                await asyncio.wait({reader, stop}, return_when=asyncio.FIRST_COMPLETED)
+                subscribe = tg.create_task(self._subscribe_or_fail(client), name="mqtt-subscribe")
+                waiting: set[asyncio.Task[Any]] = {reader, stop, subscribe}
+                while not (reader.done() or stop.done()):
+                    _, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    if subscribe.done() and subscribe.result() is not None:
+                        break  # the broker refused the subscription
                 if reader.done():
                     lost = reader.result()
-                    self._counters["connected"] = 0
-                reader.cancel()
-                stop.cancel()
+                elif subscribe.done():
+                    lost = subscribe.result()
+                self._counters["connected"] = 0
+                for task in (reader, stop, subscribe):
+                    task.cancel()
                 # The sender finishes its round and acknowledges it, then returns.
                 fifo.closing = True
                 wake.set()
@@ -186,32 +200,36 @@ class MqttBridge:
         if lost is not None:
             raise lost
 
+    async def _subscribe_or_fail(self, client: AckingClient) -> aiomqtt.MqttError | None:
+        try:
+            await self._subscribe(client)
+        except aiomqtt.MqttError as exc:
+            return exc
+        return None
+
     async def _read_loop(
         self, client: AckingClient, fifo: InFlight, wake: asyncio.Event
     ) -> aiomqtt.MqttError:
         try:
-            async for message in client.messages:
-                self._accept(message, fifo)
+            while True:
+                received_ms = int(time.time() * 1000)
+                for message in await client.receive():
+                    self._accept(message, fifo, received_ms)
                 peak = self._counters["in_flight_peak"]
                 self._counters["in_flight_peak"] = max(peak, len(fifo))
                 wake.set()
         except aiomqtt.MqttError as exc:
             return exc
-        return aiomqtt.MqttError("message stream ended")
 
-    def _accept(self, message: aiomqtt.Message, fifo: InFlight) -> None:
-        topic = message.topic.value
-        payload = message.payload if isinstance(message.payload, bytes) else b""
-        outcome = decode(
-            self.config.rules, topic, payload, max_payload_bytes=self.config.max_payload_bytes
-        )
+    def _accept(self, message: Incoming, fifo: InFlight, received_ms: int) -> None:
+        topic, payload = message.topic, message.payload
+        outcome = self._decode(topic, payload)
         entry = Entry(
             mid=message.mid, qos=message.qos, topic=topic, payload=payload, outcome=outcome,
-            received_ms=int(time.time() * 1000),
+            received_ms=received_ms,
         )
         self._counters["received"] += 1
-        dup = isinstance(message, DeliveredMessage) and message.dup
-        if self._redeliveries.seen_before(entry, dup=dup):
+        if self._redeliveries.seen_before(entry, dup=message.dup):
             entry.done = True
             self._counters["duplicates"] += 1
         elif isinstance(outcome, Rejected):
@@ -230,21 +248,35 @@ class MqttBridge:
 
     async def _send_loop(self, client: AckingClient, fifo: InFlight, wake: asyncio.Event) -> None:
         while True:
-            if not fifo.unsent:
-                self._ack(client, fifo)
-                if fifo.closing:
-                    return
-                wake.clear()
-                await wake.wait()
-                continue
-            entries = fifo.take_round(
-                max_records=self.config.in_flight, max_bytes=self._max_round_bytes
-            )
+            entries = await self._next_round(client, fifo, wake)
+            if not entries:
+                return
             if not await self._write_round(entries):
                 return  # stopping while the SPU is away: the broker keeps the round
             self._ack(client, fifo)
             if fifo.closing:
                 return
+
+    async def _next_round(
+        self, client: AckingClient, fifo: InFlight, wake: asyncio.Event
+    ) -> list[Entry]:
+        """The next round: waits for a first message, then up to ``linger_s`` for the
+        round to fill half the window (the other half fills while it is written).
+        Empty when the connection is closing."""
+        while not fifo.unsent:
+            # Recognised redeliveries are done on arrival: acknowledge them meanwhile.
+            self._ack(client, fifo)
+            if fifo.closing:
+                return []
+            wake.clear()
+            await wake.wait()
+        target = max(1, self.config.in_flight // 2)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._linger_s):
+                while len(fifo.unsent) < target and not fifo.closing:
+                    wake.clear()
+                    await wake.wait()
+        return fifo.take_round(max_records=self.config.in_flight, max_bytes=self._max_round_bytes)
 
     def _ack(self, client: AckingClient, fifo: InFlight) -> None:
         fifo.release(lambda entry: client.ack(entry.mid, entry.qos))

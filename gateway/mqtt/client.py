@@ -5,6 +5,9 @@ Two things the bridge needs that aiomqtt 2.x does not offer in its public API:
 * **Manual PUBACK.** paho-mqtt has ``manual_ack`` (paho PR #753); aiomqtt does not
   expose it yet (aiomqtt issue #345, PR #346), so this class switches it on in the
   wrapped paho client and sends PUBACK through ``paho.Client.ack``.
+* **Bursts.** ``async for`` over aiomqtt's ``messages`` costs a task, an
+  ``asyncio.wait`` and a validated ``Topic`` per message; ``receive()`` hands over
+  everything that arrived since the last call in one list instead.
 * **Read pausing.** The bridge bounds the messages it holds unacknowledged. MQTT 5's
   Receive Maximum should make the broker do that, but mosquitto 2.0.11 (Debian
   bookworm, Raspberry Pi OS) releases a whole window of queued messages for every
@@ -22,6 +25,7 @@ one module and covered by tests against a real mosquitto.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
@@ -29,19 +33,23 @@ import paho.mqtt.client as paho
 from aiomqtt.types import PahoSocket
 
 
-class DeliveredMessage(aiomqtt.Message):
-    """An aiomqtt message that keeps paho's DUP flag (set on a broker's redelivery)."""
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A received PUBLISH, with the DUP flag a broker sets on a redelivery."""
 
-    def __init__(self, message: paho.MQTTMessage) -> None:
-        super().__init__(
-            topic=message.topic,
-            payload=bytes(message.payload),
-            qos=message.qos,
-            retain=message.retain,
-            mid=message.mid,
-            properties=getattr(message, "properties", None),
-        )
-        self.dup = bool(message.dup)
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    dup: bool
+
+    @classmethod
+    def from_paho(cls, message: paho.MQTTMessage) -> Incoming:
+        # Brokers check that topics are UTF-8; should one slip through, the message
+        # still reaches the dead-letter topic instead of failing the connection.
+        raw: bytes = message._topic
+        return cls(raw.decode("utf-8", "replace"), bytes(message.payload), message.qos,
+                   message.mid, bool(message.dup))
 
 
 class AckingClient(aiomqtt.Client):
@@ -49,11 +57,10 @@ class AckingClient(aiomqtt.Client):
 
     Every delivered message (any QoS) counts until ``ack()`` is called for it; at
     ``max_unacked`` the socket reader is paused, and ``ack()`` resumes it. The count
-    is kept where paho hands messages over, so messages still waiting in aiomqtt's
-    queue count too. The limit applies from ``enforce_limit()`` on: until the SUBACK
-    is read the reader must not pause (the broker sends a persistent session's
-    queued messages right after CONNACK), and until then nothing is acknowledged,
-    so the broker's own window (Receive Maximum) still bounds what arrives.
+    is kept where paho hands messages over, so messages not yet taken by
+    ``receive()`` count too. The limit holds from the CONNACK on: after a
+    reconnect mosquitto sends every message it counts as in flight at once,
+    Receive Maximum or not, so even the SUBACK may have to wait behind them.
     """
 
     def __init__(self, hostname: str, port: int = 1883, *, max_unacked: int,
@@ -61,8 +68,9 @@ class AckingClient(aiomqtt.Client):
         super().__init__(hostname, port, **kwargs)
         self._client.manual_ack_set(True)
         self._max_unacked = max_unacked
-        self._enforced = False
         self._unacked = 0
+        self._incoming: list[Incoming] = []
+        self._arrived: asyncio.Future[None] | None = None
         self._reader_fd: int | None = None
         self._reader: Any = None
         self._paused = False
@@ -76,11 +84,18 @@ class AckingClient(aiomqtt.Client):
         """Messages delivered and not yet passed to ``ack()``."""
         return self._unacked
 
-    def enforce_limit(self) -> None:
-        """Start pausing at ``max_unacked`` (call once subscribed)."""
-        self._enforced = True
-        if self._unacked >= self._max_unacked and not self._paused:
-            self._pause_reading()
+    async def receive(self) -> list[Incoming]:
+        """Every message received since the last call, waiting for at least one;
+        raises ``aiomqtt.MqttError`` once the connection is gone."""
+        while not self._incoming:
+            if self._disconnected.done():
+                cause = None if self._disconnected.cancelled() else self._disconnected.exception()
+                raise aiomqtt.MqttError("disconnected") from cause
+            self._arrived = self._loop.create_future()
+            await asyncio.wait({self._arrived, self._disconnected},
+                               return_when=asyncio.FIRST_COMPLETED)
+        batch, self._incoming = self._incoming, []
+        return batch
 
     def ack(self, mid: int, qos: int) -> bool:
         """Release a message; for QoS 1, send its PUBACK. False if the connection is gone
@@ -107,12 +122,11 @@ class AckingClient(aiomqtt.Client):
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self._unacked += 1
-        if self._enforced and self._unacked >= self._max_unacked and not self._paused:
+        if self._unacked >= self._max_unacked and not self._paused:
             self._pause_reading()
-        try:
-            self._queue.put_nowait(DeliveredMessage(message))
-        except asyncio.QueueFull:  # pragma: no cover - the queue is unbounded
-            self._logger.warning("incoming queue full: message %d dropped", message.mid)
+        self._incoming.append(Incoming.from_paho(message))
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: PahoSocket) -> None:
         # The same reader as aiomqtt's, but kept so that it can be removed and re-added.

@@ -36,6 +36,8 @@ MAX_SEQUENCE: Final = 2**31 - 1
 MAX_EPOCH: Final = 2**32 - 1
 MAX_DEVICE_ID_BYTES: Final = 128
 PRODUCER_ID_MASK: Final = 2**63 - 1
+# Topics whose rule is remembered; past this the memory starts afresh.
+ROUTE_CACHE: Final = 4096
 _PRODUCER_ID_DOMAIN: Final = b"headwater/mqtt-device\0"
 
 
@@ -99,11 +101,35 @@ def find_rule(rules: tuple[MqttRule, ...], topic: str) -> MqttRule | None:
     return next((rule for rule in rules if matches(rule.filter, topic)), None)
 
 
+class Decoder:
+    """``decode`` with the rules bound, remembering the rule of recent topics
+    (a fleet publishes on the same few topics over and over)."""
+
+    def __init__(self, rules: tuple[MqttRule, ...], *, max_payload_bytes: int) -> None:
+        self._rules = rules
+        self._max_payload_bytes = max_payload_bytes
+        self._routes: dict[str, MqttRule | None] = {}
+
+    def __call__(self, topic: str, payload: bytes) -> Reading | Rejected:
+        try:
+            rule = self._routes[topic]
+        except KeyError:
+            if len(self._routes) >= ROUTE_CACHE:
+                self._routes.clear()
+            rule = self._routes[topic] = find_rule(self._rules, topic)
+        return _decode(rule, topic, payload, self._max_payload_bytes)
+
+
 def decode(
     rules: tuple[MqttRule, ...], topic: str, payload: bytes, *, max_payload_bytes: int
 ) -> Reading | Rejected:
     """Route and decode one MQTT message; never raises."""
-    rule = find_rule(rules, topic)
+    return _decode(find_rule(rules, topic), topic, payload, max_payload_bytes)
+
+
+def _decode(
+    rule: MqttRule | None, topic: str, payload: bytes, max_payload_bytes: int
+) -> Reading | Rejected:
     if rule is None:
         return Rejected(Reason.NO_RULE, f"no rule matches {topic!r}")
     if len(payload) > max_payload_bytes:
