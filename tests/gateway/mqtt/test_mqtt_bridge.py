@@ -206,3 +206,22 @@ async def test_crash_after_the_spu_ack_before_the_pubacks(
     assert sorted(r.value for r in records if r.value[:1] == b"{") == sorted(
         [p for _, p in plain] * 2
     )
+
+
+async def test_bound_holds_when_the_broker_resends_its_in_flight_set(
+    broker: Mosquitto, cluster: LocalCluster
+) -> None:
+    # mosquitto counts far more than Receive Maximum as in flight (its 2.0.11
+    # overshoot) and resends all of them right after CONNACK, ahead of the SUBACK.
+    await create_topics(cluster.sc_addr, TOPIC, DLQ)
+    config = bridge_config(broker, in_flight=50)
+    await subscribe_session(broker, config)
+    await publish(broker, stream(500))
+    async with running_bridge(config, cluster.sc_addr) as bridge:
+        await wait_until(lambda: bridge.stats()["produced"] >= 300, what="part of the backlog")
+    async with running_bridge(config, cluster.sc_addr) as bridge:
+        await wait_until(lambda: bridge.stats()["produced"] + bridge.stats()["duplicates"]
+                         >= bridge.stats()["received"] > 0 and bridge.stats()["in_flight"] == 0
+                         and bridge.stats()["connected"] == 1, what="the rest")
+        assert bridge.stats()["in_flight_peak"] <= config.in_flight + 20
+    assert_exactly_once_in_order(await read_topic(cluster.sc_addr, TOPIC), 500)
