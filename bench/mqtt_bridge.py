@@ -19,8 +19,11 @@ its own, alternating which goes first:
   fairer baseline for the bridge's own MQTT side.
 
 They drain one after the other rather than at once, so none takes CPU from the
-others on a 2-core machine. Prints every round and the medians; the goal is a
-bridge rate of at least 90 % of the bare subscriber's.
+others on a 2-core machine. Besides the rates it prints the CPU time per message
+of this process (the consumer under test), of the SPU and of mosquitto: unlike
+rates, those hardly move when other work shares the machine. Prints every round
+and the medians; the goal is a bridge rate of at least 90 % of the bare
+subscriber's.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiomqtt
 import cbor2
+import psutil
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -136,6 +141,30 @@ async def drain_bridge(broker: Mosquitto, sc: str, messages: int, linger_ms: flo
     return messages / elapsed
 
 
+class Cpu:
+    """CPU seconds of this process, the SPU and the broker between two points."""
+
+    def __init__(self, spu_pid: int, broker_pid: int) -> None:
+        self._others = {"spu": psutil.Process(spu_pid), "broker": psutil.Process(broker_pid)}
+
+    def now(self) -> dict[str, float]:
+        times = {"own": time.process_time()}
+        for name, proc in self._others.items():
+            cpu = proc.cpu_times()
+            times[name] = cpu.user + cpu.system
+        return times
+
+
+async def measure(cpu: Cpu, messages: int, drain: Awaitable[float]) -> dict[str, float]:
+    """Rate and CPU microseconds per message of one drain."""
+    before = cpu.now()
+    rate = await drain
+    after = cpu.now()
+    sample = {f"{k}_us": (after[k] - before[k]) * 1e6 / messages for k in before}
+    sample["rate"] = rate
+    return sample
+
+
 async def main(runs: int, messages: int, devices: int, linger_ms: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with LocalCluster(Path(tmp) / "cluster") as cluster, \
@@ -145,22 +174,32 @@ async def main(runs: int, messages: int, devices: int, linger_ms: float) -> None
                 await admin.create_topic("dead-letters", partitions=1, replication=1)
                 await admin.wait_ready(TOPIC)
             await subscribe_sessions(broker)
+            assert broker.pid is not None
+            cpu = Cpu(cluster.spu_procs[1].pid, broker.pid)
             size = len(payload(0, 0))
             print(f"{messages} messages of {size} bytes from {devices} devices per round; "
                   f"mosquitto, 1 SPU (group commit), in_flight {IN_FLIGHT}, "
                   f"linger {linger_ms:g} ms")
-            rates: dict[str, list[float]] = {"bridge": [], "bare": [], "burst": []}
+            samples: dict[str, list[dict[str, float]]] = {"bridge": [], "bare": [], "burst": []}
             for round_no in range(runs):
                 await preload(broker, messages, devices, round_no)
-                order = list(rates) if round_no % 2 == 0 else list(reversed(rates))
+                order = list(samples) if round_no % 2 == 0 else list(reversed(samples))
                 for who in order:
-                    if who == "bridge":
-                        rate = await drain_bridge(broker, cluster.sc_addr, messages, linger_ms)
-                    else:
-                        rate = await drain_bare(broker, messages, burst=who == "burst")
-                    rates[who].append(rate)
-                print(f"round {round_no + 1}: " + _line({k: v[-1] for k, v in rates.items()}))
-            print("median:  " + _line({k: statistics.median(v) for k, v in rates.items()}))
+                    drain = (drain_bridge(broker, cluster.sc_addr, messages, linger_ms)
+                             if who == "bridge"
+                             else drain_bare(broker, messages, burst=who == "burst"))
+                    samples[who].append(await measure(cpu, messages, drain))
+                print(f"round {round_no + 1}: " + _line(
+                    {k: v[-1]["rate"] for k, v in samples.items()}))
+            print("median:  " + _line({k: _median(v, "rate") for k, v in samples.items()}))
+            print("median CPU per message (us): this process / SPU / mosquitto")
+            for who, rows in samples.items():
+                print(f"  {who:6s} {_median(rows, 'own_us'):6.1f} / {_median(rows, 'spu_us'):5.1f}"
+                      f" / {_median(rows, 'broker_us'):5.1f}")
+
+
+def _median(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.median(row[key] for row in rows)
 
 
 def _line(rate: dict[str, float]) -> str:

@@ -81,6 +81,11 @@ class Mosquitto:
         self._process: asyncio.subprocess.Process | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def config_path(self) -> Path:
         return self.directory / "mosquitto.conf"
 
