@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge.client import Admin, Producer  # noqa: E402
 from edge.testing import LocalCluster  # noqa: E402
-from gateway.config import MqttConfig, MqttRule, ProducerConfig  # noqa: E402
+from gateway.config import MqttConfig, MqttRule  # noqa: E402
 from gateway.mqtt.bridge import MqttBridge  # noqa: E402
 from gateway.mqtt.testing import Mosquitto  # noqa: E402
 
@@ -65,9 +65,11 @@ def payload(device: int, seq: int) -> bytes:
     return cbor2.dumps(doc)
 
 
-def bridge_config(broker: Mosquitto) -> MqttConfig:
+def bridge_config(broker: Mosquitto, linger_ms: float | None = None) -> MqttConfig:
+    extra = {} if linger_ms is None else {"linger_ms": linger_ms}
     return MqttConfig(host=broker.host, port=broker.port, client_id="bench-bridge",
-                      in_flight=IN_FLIGHT, rules=(MqttRule(filter=FILTER, topic=TOPIC),))
+                      in_flight=IN_FLIGHT, rules=(MqttRule(filter=FILTER, topic=TOPIC),),
+                      **extra)
 
 
 def bare_client(broker: Mosquitto, client_id: str) -> aiomqtt.Client:
@@ -125,8 +127,8 @@ async def drain_bare(broker: Mosquitto, messages: int, *, burst: bool) -> float:
 async def drain_bridge(broker: Mosquitto, sc: str, messages: int, linger_ms: float) -> float:
     producer = Producer(sc)
     await producer.__aenter__()  # connect before the clock starts, as a running gateway is
-    bridge = MqttBridge(bridge_config(broker), producer=producer,
-                        dead_letter_topic="dead-letters", linger_ms=linger_ms)
+    bridge = MqttBridge(bridge_config(broker, linger_ms), producer=producer,
+                        dead_letter_topic="dead-letters")
     started = time.perf_counter()
     task = asyncio.create_task(bridge.run())
     while bridge.stats()["produced"] + bridge.stats()["duplicates"] < messages:
@@ -213,7 +215,7 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--devices", type=int, default=10)
-    parser.add_argument("--linger-ms", type=float, default=ProducerConfig().linger_ms,
-                        help="how long a round waits to fill ([producer] linger_ms)")
+    parser.add_argument("--linger-ms", type=float, default=MqttConfig.linger_ms,
+                        help="how long a round waits to fill ([mqtt] linger_ms)")
     args = parser.parse_args()
     asyncio.run(main(args.runs, args.messages, args.devices, args.linger_ms))

@@ -140,7 +140,7 @@ class Gateway:
                 mqtt, producer=producer, dead_letter_topic=self.config.dead_letter_topic,
                 max_batch_bytes=self.config.producer.batch_bytes,
                 send_timeout_s=self.config.producer.send_timeout_s,
-                linger_ms=self.config.producer.linger_ms, tls_context=tls_context(mqtt.tls),
+                tls_context=tls_context(mqtt.tls),
             )
             bridges.append(_Running("mqtt", "mqtt", bridge, stop=bridge.stop))
         return bridges

@@ -77,7 +77,7 @@ class MqttBridge:
         self, config: MqttConfig, *, producer: ProducerLike, dead_letter_topic: str,
         max_batch_bytes: int = 64 * 1024, send_timeout_s: float = 10.0,
         tls_context: ssl.SSLContext | None = None, backoff_max_s: float = 30.0,
-        linger_ms: float = 5.0, name: str = "mqtt",
+        name: str = "mqtt",
     ) -> None:
         self.config = config
         self.name = name
@@ -89,7 +89,7 @@ class MqttBridge:
         )
         self._max_round_bytes = max_batch_bytes * 8
         # A round waits this long for company: fewer, fuller batches under load.
-        self._linger_s = linger_ms / 1000
+        self._linger_s = config.linger_ms / 1000
         self._backoff_max_s = backoff_max_s
         self._counters: Counter[str] = Counter()
         self._fifo: InFlight | None = None

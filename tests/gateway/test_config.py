@@ -124,6 +124,7 @@ def test_minimal_file_has_safe_defaults() -> None:
         (MINIMAL.replace("[mqtt]", "[mqtt]\nport = 70000"), "mqtt.port"),
         (MINIMAL.replace("[mqtt]", "[mqtt]\nprotocol = \"4\""), "mqtt.protocol"),
         (MINIMAL.replace("[mqtt]", "[mqtt]\nin_flight = 0"), "mqtt.in_flight"),
+        (MINIMAL.replace("[mqtt]", "[mqtt]\nlinger_ms = -1"), "mqtt.linger_ms"),
         (MINIMAL.replace("[mqtt]", "[mqtt]\nkeepalive_s = true"), "mqtt.keepalive_s"),
         (MINIMAL.replace("[mqtt]", "[mqtt]\nhots = \"x\""), "mqtt.hots"),
         (MINIMAL.replace("[mqtt]", "[mqtt]\npassword_file = \"/x\""), "mqtt.password_file"),
