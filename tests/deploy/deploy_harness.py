@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import pwd
+import random
 import re
 import select
 import shlex
@@ -414,14 +415,24 @@ def run_playbook(playbook: str, inventory: Path, *, tmp: Path, mount_root: Path 
 # --- free ports --------------------------------------------------------------------
 
 
+def _ephemeral_start() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_block(size: int, *, stride: int = 1) -> int:
-    """A base port such that base + k * stride (k < size) and base + k * stride + 1 are free."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + size * stride + 1 >= 65000:
-            continue
+    """A base port such that base + k * stride and base + k * stride + 1 (k < size) are free.
+
+    Chosen below the kernel's ephemeral range: the daemons bind them a minute
+    later (after the converge), and an outgoing connection of anything else on
+    the machine must not take one in between.
+    """
+    high = _ephemeral_start() - size * stride - 2
+    for _ in range(500):
+        base = random.randrange(20000, high)
         ports = [base + k * stride + d for k in range(size) for d in (0, 1)]
         if all(_port_free(port) for port in ports):
             return base

@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,6 +133,26 @@ def test_files_belong_to_root_and_are_readable_by_the_service(edge_root: EdgeRoo
     venv = (root / "opt/headwater/venv/bin/headwater").stat()
     assert venv.st_uid == 0
     assert not venv.st_mode & stat.S_IWOTH
+
+
+def test_gateway_config_and_udev_rules(edge_root: EdgeRoot) -> None:
+    gateway = tomllib.loads((edge_root.root / "etc/headwater/gateway.toml").read_text())
+    assert gateway["serial"] == [
+        {"path": "/dev/headwater/bench-1", "baud": 921600, "default_topic": "bench",
+         "topics": {"humidity": "humidity", "temperature": "temperature"}},
+        {"path": "/dev/ttyAMA0", "baud": 115200, "default_topic": "readings"},
+    ]
+    assert gateway["mqtt"]["rules"] == [
+        {"filter": "headwater/+/temperature", "topic": "temperature", "format": "cbor"}]
+    assert gateway["mqtt"]["client_id"] == f"headwater-gateway-{EDGE_HOST}"
+    rules = (edge_root.root / "etc/udev/rules.d/70-headwater-gateway.rules").read_text()
+    assert ('SUBSYSTEM=="tty", ATTRS{idVendor}=="2e8a", ATTRS{idProduct}=="0005", '
+            'ATTRS{serial}=="E6616407E3A1", SYMLINK+="headwater/bench-1", GROUP="dialout", '
+            'MODE="0660"') in rules
+    unit = Unit.read(edge_root.root / SYSTEM / "headwater-gateway.service")
+    assert unit.get("SupplementaryGroups") == "dialout"
+    assert unit.get("DevicePolicy") == "closed"
+    assert "PrivateDevices" not in unit.sections["Service"]
 
 
 def test_rendered_configs_pass_check_config(edge_root: EdgeRoot) -> None:
