@@ -257,7 +257,8 @@ class MqttConfig:
         _check_positive("in_flight", self.in_flight, maximum=65535)
         if isinstance(self.linger_ms, bool) or not 0 <= self.linger_ms <= 1000:
             raise ConfigError("linger_ms", "must be 0 .. 1000")
-        _check_positive("max_payload_bytes", self.max_payload_bytes, maximum=4 * 1024 * 1024)
+        # A record must fit one batch (at most 4 MiB) with room for dead-letter headers.
+        _check_positive("max_payload_bytes", self.max_payload_bytes, maximum=1024 * 1024)
         if not self.rules:
             raise ConfigError("rules", "at least one [[mqtt.rules]] is needed")
         self._check_overlaps()

@@ -172,21 +172,21 @@ def plan_round(entries: list[Entry]) -> Round:
     return plan
 
 
-def split_runs(items: list[Sequenced], *, max_bytes: int) -> list[list[Sequenced]]:
-    """Cut a stream into batches of consecutive sequences, each within ``max_bytes``."""
-    runs: list[list[Sequenced]] = []
-    size = 0
-    for item in items:
-        current = runs[-1] if runs else None
-        item_size = len(item.reading.value) + len(item.reading.key or b"")
-        if (
-            current is not None
-            and item.sequence.seq == seq_next(current[-1].sequence.seq)
-            and size + item_size <= max_bytes
-        ):
-            current.append(item)
-            size += item_size
-        else:
-            runs.append([item])
-            size = item_size
-    return runs
+def first_run(items: list[Sequenced], *, max_bytes: int) -> list[Sequenced]:
+    """The leading items with consecutive sequences, within ``max_bytes`` (at least
+    one item): the next idempotent batch of a stream."""
+    size = _size(items[0])
+    end = 1
+    while end < len(items):
+        item = items[end]
+        if item.sequence.seq != seq_next(items[end - 1].sequence.seq):
+            break
+        size += _size(item)
+        if size > max_bytes:
+            break
+        end += 1
+    return items[:end]
+
+
+def _size(item: Sequenced) -> int:
+    return len(item.reading.value) + len(item.reading.key or b"")

@@ -13,10 +13,11 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
+
+from edge.testing import free_port
 
 # Debian installs the broker outside a normal user's PATH.
 DEFAULT_BINARIES: Final = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -29,14 +30,6 @@ def find_mosquitto() -> str | None:
     if found:
         return found
     return next((path for path in DEFAULT_BINARIES if os.access(path, os.X_OK)), None)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def broker_config(*, port: int, data_dir: Path, extra: str = "") -> str:

@@ -39,7 +39,7 @@ from edge.protocol.errors import (
     OutOfOrderSequence,
 )
 from gateway.mqtt.decode import Reading, Reason, Rejected, dead_letter_headers
-from gateway.mqtt.pipeline import Entry, Round, Sequenced, seq_behind, split_runs
+from gateway.mqtt.pipeline import Entry, Round, Sequenced, first_run, seq_behind
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class RoundWriter:
     async def _stream(self, topic: str, items: list[Sequenced], counts: Counts) -> None:
         pending = [item for item in items if not item.entry.done]
         while pending:
-            run = split_runs(pending, max_bytes=self._max_batch_bytes)[0]
+            run = first_run(pending, max_bytes=self._max_batch_bytes)
             try:
                 duplicate = await self._send_run(topic, run)
             except InvalidProducerEpoch as exc:

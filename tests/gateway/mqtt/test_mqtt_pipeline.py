@@ -14,9 +14,9 @@ from gateway.mqtt.pipeline import (
     Entry,
     InFlight,
     Redeliveries,
+    first_run,
     plan_round,
     seq_behind,
-    split_runs,
 )
 from gateway.mqtt.writer import Counts, RoundWriter
 
@@ -126,10 +126,9 @@ def test_plan_and_runs() -> None:
     assert [e.mid for e, _ in plan.plain] == [5]
     assert [e.mid for e, _ in plan.dead] == [6]
     stream = next(iter(plan.streams.values()))
-    assert [[i.sequence.seq for i in run] for run in split_runs(stream, max_bytes=10**6)] == [
-        [1, 2], [4]
-    ]
-    assert [len(run) for run in split_runs(stream, max_bytes=1)] == [1, 1, 1]
+    assert [i.sequence.seq for i in first_run(stream, max_bytes=10**6)] == [1, 2]
+    assert [i.sequence.seq for i in first_run(stream[2:], max_bytes=10**6)] == [4]
+    assert len(first_run(stream, max_bytes=1)) == 1
 
 
 # --- writer: exactly once against the SPU's rules ----------------------------------
