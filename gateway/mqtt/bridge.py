@@ -5,7 +5,7 @@ One connection at a time, under a fixed client id with a persistent session
 broker keeps every QoS 1 message the gateway has not acknowledged — across
 reconnects, gateway crashes and gateway restarts. Per connection two tasks run:
 
-* the *reader* decodes each message (``decode.decode``) into the FIFO of the
+* the *reader* decodes each message (``decode.Decoder``) into the FIFO of the
   connection (the client stops reading from the socket while ``in_flight``
   messages are unacknowledged);
 * the *sender* writes the FIFO in rounds (``writer.RoundWriter``) and sends the
