@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,28 +14,19 @@ from typing import Any
 
 import aiomqtt
 import cbor2
-import pytest
+from support import require
 
 from edge.client import Admin, Consumer, Offset, Producer, Record
 from gateway.config import MqttConfig, MqttRule, PayloadFormat
 from gateway.mqtt.bridge import MqttBridge
 from gateway.mqtt.testing import Mosquitto, find_mosquitto
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def missing(reason: str) -> None:
-    """A missing system part: skip locally, FAIL in CI (``CI=true``)."""
-    if IN_CI:
-        pytest.fail(f"CI requires it: {reason}")
-    pytest.skip(reason)
-
 
 def require_mosquitto() -> str:
-    """The broker binary (Debian package: mosquitto)."""
+    """The broker binary (Debian package: mosquitto); a missing one skips locally and
+    fails in CI (``CI=true``)."""
     path = find_mosquitto()
-    if path is None:
-        missing("mosquitto is not installed (Debian package: mosquitto)")
+    require(path is not None, "mosquitto is not installed (Debian package: mosquitto)")
     assert path is not None
     return path
 

