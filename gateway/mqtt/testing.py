@@ -32,7 +32,9 @@ def find_mosquitto() -> str | None:
     return next((path for path in DEFAULT_BINARIES if os.access(path, os.X_OK)), None)
 
 
-def broker_config(*, port: int, data_dir: Path, extra: str = "") -> str:
+def broker_config(
+    *, port: int, data_dir: Path, extra: str = "", password_file: Path | None = None
+) -> str:
     """A mosquitto.conf that loses nothing a client was told is safe while it runs.
 
     ``max_queued_messages 0`` lifts the default limit of 1000 queued messages per
@@ -44,7 +46,8 @@ def broker_config(*, port: int, data_dir: Path, extra: str = "") -> str:
             # Started as root, mosquitto switches to the user "mosquitto", which could not
             # write the persistence directory of the test: stay the user that started it.
             f"user {pwd.getpwuid(os.getuid()).pw_name}",
-            "allow_anonymous true",
+            "allow_anonymous false" if password_file else "allow_anonymous true",
+            f"password_file {password_file}" if password_file else "",
             "persistence true",
             f"persistence_location {data_dir}/",
             "autosave_interval 0",
@@ -62,7 +65,8 @@ def broker_config(*, port: int, data_dir: Path, extra: str = "") -> str:
 class Mosquitto:
     """``async with Mosquitto(tmp_path) as broker``: a broker process on ``broker.port``."""
 
-    def __init__(self, directory: Path, *, port: int = 0, extra_config: str = "") -> None:
+    def __init__(self, directory: Path, *, port: int = 0, extra_config: str = "",
+                 password_file: Path | None = None) -> None:
         binary = find_mosquitto()
         if binary is None:
             raise FileNotFoundError("mosquitto is not installed (Debian: apt install mosquitto)")
@@ -71,6 +75,7 @@ class Mosquitto:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self._extra = extra_config
+        self._password_file = password_file
         self._process: asyncio.subprocess.Process | None = None
 
     @property
@@ -87,7 +92,8 @@ class Mosquitto:
         data_dir = self.directory / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
-            broker_config(port=self.port, data_dir=data_dir, extra=self._extra)
+            broker_config(port=self.port, data_dir=data_dir, extra=self._extra,
+                          password_file=self._password_file)
         )
         log = (self.directory / "mosquitto.log").open("ab")
         try:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import aiomqtt
@@ -24,7 +25,7 @@ from mqtt_helpers import (
     subscribe_session,
     wait_until,
 )
-from support import make_pki
+from support import make_pki, require_binary
 
 from edge.client import Producer, Record
 from edge.testing import LocalCluster
@@ -275,3 +276,34 @@ async def test_mutual_tls_to_the_broker(tmp_path: Path, cluster: LocalCluster) -
         await task
     values = [cbor2.loads(r.value)["s"] for r in await read_topic(cluster.sc_addr, TOPIC)]
     assert values == list(range(20))
+
+
+async def test_username_and_password_file(tmp_path: Path, cluster: LocalCluster) -> None:
+    passwd = require_binary("mosquitto_passwd")
+    accounts = tmp_path / "mosquitto.passwd"
+    for user, password in (("gateway", "s3cret"), ("device", "d3vice")):
+        create = ["-c"] if not accounts.exists() else []
+        subprocess.run([passwd, *create, "-b", str(accounts), user, password], check=True,
+                       capture_output=True)
+    secret = tmp_path / "mqtt.pass"
+    secret.write_text("s3cret\n")
+    wrong = tmp_path / "wrong.pass"
+    wrong.write_text("guess\n")
+    await create_topics(cluster.sc_addr, TOPIC, DLQ)
+    async with Mosquitto(tmp_path / "mosquitto", password_file=accounts) as broker:
+        refused = MqttBridge(bridge_config(broker, client_id="gw-wrong", username="gateway",
+                                           password_file=wrong),
+                             producer=None, dead_letter_topic=DLQ,  # type: ignore[arg-type]
+                             backoff_max_s=0.2)
+        task = asyncio.create_task(refused.run())
+        await wait_until(lambda: refused.stats()["reconnects"] >= 2, what="refusals")
+        assert refused.stats()["connected"] == 0
+        refused.stop()
+        await task
+        config = bridge_config(broker, username="gateway", password_file=secret)
+        async with running_bridge(config, cluster.sc_addr) as bridge:
+            async with aiomqtt.Client(broker.host, broker.port, username="device",
+                                      password="d3vice") as device:
+                await device.publish("headwater/dev1/temperature", device_payload("dev1", 0),
+                                     qos=1)
+            await wait_until(lambda: bridge.stats()["produced"] == 1, what="the record")
