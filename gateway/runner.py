@@ -100,10 +100,10 @@ class Gateway:
 
     async def run(self, *, handle_signals: bool = True) -> None:
         """Run until stopped; raises only for what no retry can cure (a bug, a bad port)."""
-        if handle_signals:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.stop)
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        for sig in signals:
+            loop.add_signal_handler(sig, self.stop)
         tls = self.config.tls
         # Not entered with ``async with``: that connects to the SC at once, and the
         # gateway must start (and keep its data at the source) while the SC is away.
@@ -119,6 +119,8 @@ class Gateway:
             with contextlib.suppress(HeadwaterError, TimeoutError):
                 async with asyncio.timeout(self._grace):
                     await producer.close()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
             log.info("gateway stopped")
 
     def _build(self, producer: Producer) -> list[_Running]:
