@@ -19,9 +19,11 @@ Layout (big-endian, 61-byte header, then the records)::
     61     ..   records       CBOR array (compressed as a whole when attributes say so)
 
 Each record is a CBOR array ``[timestamp_delta, key, value]`` or
-``[timestamp_delta, key, value, headers]``: ``key`` is bytes or null, ``value``
-bytes, ``headers`` a map of text to bytes. The offset of record *i* is
-``base_offset + i``.
+``[timestamp_delta, key, value, headers]``: ``timestamp_delta`` an integer
+(``first_timestamp + timestamp_delta`` fits an i64), ``key`` bytes or null,
+``value`` bytes, ``headers`` null or a map of text to bytes. The offset of
+record *i* is ``base_offset + i``. The records region holds exactly that one
+array (after decompression, when compressed): trailing bytes are corruption.
 
 The CRC leaves out base offset, length, leader epoch and magic, so the leader
 patches offset and epoch in place without recomputing it.
@@ -37,6 +39,7 @@ from typing import Any, Final, NamedTuple
 
 import cbor2
 
+from edge.protocol.cbor import loads_exact
 from edge.protocol.errors import CorruptBatch
 
 HEADER: Final = struct.Struct(">qIiBIHiqqqhiI")
@@ -52,6 +55,8 @@ MAX_BATCH_BYTES: Final = 4 * 1024 * 1024
 # Decompressed records are bounded too: a tiny zlib bomb must not eat a Pi's RAM.
 MAX_RECORDS_BYTES: Final = 16 * 1024 * 1024
 NO_PRODUCER: Final = -1
+_I64_MIN: Final = -(2**63)
+_I64_MAX: Final = 2**63 - 1
 
 
 class Compression(IntEnum):
@@ -118,6 +123,11 @@ def encode_batch(
     body = cbor2.dumps(records)
     if compression == Compression.ZLIB:
         body = zlib.compress(body, 1)
+    if HEADER_SIZE + len(body) > MAX_BATCH_BYTES:
+        # The decoder rejects such a batch; fail here, where the caller can split it.
+        raise ValueError(
+            f"batch of {HEADER_SIZE + len(body)} bytes exceeds limit {MAX_BATCH_BYTES}"
+        )
     count = len(records)
     if max_timestamp is None:
         max_timestamp = first_timestamp + max(r[0] for r in records)
@@ -157,6 +167,10 @@ def decode_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHea
 
 def batch_prefix(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int]:
     """``(base_offset, total_size)`` from the first 12 bytes of a batch."""
+    if len(buf) - pos < LOG_OVERHEAD:
+        raise CorruptBatch(
+            f"batch prefix needs {LOG_OVERHEAD} bytes, have {len(buf) - pos}", position=pos
+        )
     base, length = _PREFIX.unpack_from(buf, pos)
     return base, LOG_OVERHEAD + length
 
@@ -209,31 +223,52 @@ def decode_records(
     h = header or verify(buf, pos)
     body = bytes(memoryview(buf)[pos + HEADER_SIZE : pos + h.size])
     if h.compression == Compression.ZLIB:
-        try:
-            d = zlib.decompressobj()
-            body = d.decompress(body, MAX_RECORDS_BYTES)
-        except zlib.error as exc:
-            raise CorruptBatch(f"undecompressable records: {exc}", offset=h.base_offset) from None
-        if d.unconsumed_tail:
-            raise CorruptBatch("decompressed records exceed limit", limit=MAX_RECORDS_BYTES)
+        body = _decompress(body, h.base_offset)
     try:
-        raw = cbor2.loads(body)
+        raw = loads_exact(body)
     except Exception as exc:  # cbor2 raises several types for bad input
         raise CorruptBatch(f"undecodable records: {exc}", offset=h.base_offset) from None
     if not isinstance(raw, list) or len(raw) != h.record_count:
         raise CorruptBatch("records do not match the header count", offset=h.base_offset)
-    base = h.base_offset
-    first_ts = h.first_timestamp
-    out = []
+    return [_record(r, h.base_offset + i, h.first_timestamp) for i, r in enumerate(raw)]
+
+
+def _decompress(body: bytes, base_offset: int) -> bytes:
+    d = zlib.decompressobj()
     try:
-        for i, r in enumerate(raw):
-            headers = r[3] if len(r) > 3 else None
-            out.append(Record(base + i, first_ts + r[0], r[1], r[2], headers))
-    except (TypeError, IndexError, KeyError):
-        raise CorruptBatch("malformed record", offset=base) from None
-    for rec in out:
-        if not (isinstance(rec.value, bytes) and isinstance(rec.timestamp, int)) or not (
-            rec.key is None or isinstance(rec.key, bytes)
-        ):
-            raise CorruptBatch("malformed record", offset=rec.offset)
+        # One byte over the limit tells "too large" apart from "exactly the limit".
+        out = d.decompress(body, MAX_RECORDS_BYTES + 1)
+    except zlib.error as exc:
+        raise CorruptBatch(f"undecompressable records: {exc}", offset=base_offset) from None
+    if len(out) > MAX_RECORDS_BYTES:
+        raise CorruptBatch(
+            "decompressed records exceed limit", offset=base_offset, limit=MAX_RECORDS_BYTES
+        )
+    if not d.eof or d.unused_data:
+        raise CorruptBatch(
+            "compressed records are truncated or followed by extra bytes", offset=base_offset
+        )
     return out
+
+
+def _record(r: Any, offset: int, first_timestamp: int) -> Record:
+    """One decoded record array, checked against the layout in the module comment."""
+    if isinstance(r, list) and 3 <= len(r) <= 4:
+        delta, key, value = r[0], r[1], r[2]
+        headers = r[3] if len(r) == 4 else None
+        if (
+            isinstance(delta, int)
+            and not isinstance(delta, bool)
+            and _I64_MIN <= first_timestamp + delta <= _I64_MAX
+            and (key is None or isinstance(key, bytes))
+            and isinstance(value, bytes)
+            and (headers is None or _valid_headers(headers))
+        ):
+            return Record(offset, first_timestamp + delta, key, value, headers)
+    raise CorruptBatch("malformed record", offset=offset)
+
+
+def _valid_headers(headers: Any) -> bool:
+    return isinstance(headers, dict) and all(
+        isinstance(k, str) and isinstance(v, bytes) for k, v in headers.items()
+    )

@@ -6,10 +6,14 @@ arrive from a peer are *remote*; errors found while decoding what a peer sent
 are *local* protocol errors.
 """
 
+# The class names are the public API and follow the wire error codes
+# (NotLeader for NOT_LEADER), so the "Error" suffix rule does not apply.
+# ruff: noqa: N818
+
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 
 class ErrorCode(IntEnum):
@@ -50,7 +54,9 @@ class HeadwaterError(Exception):
     code: ClassVar[ErrorCode] = ErrorCode.UNKNOWN
     retriable: ClassVar[bool] = False
 
-    def __init__(self, message: str = "", **data: Any) -> None:
+    # ``message`` is positional-only so that any name can be a data field,
+    # including ones that arrive from a peer (see messages.check_response).
+    def __init__(self, message: str = "", /, **data: Any) -> None:
         super().__init__(message or self.__class__.__name__)
         self.message = message or self.__class__.__name__
         self.data = data
@@ -212,10 +218,18 @@ _BY_CODE: dict[int, type[RemoteError]] = {
 }
 
 
-def error_for(code: int, message: str = "", **data: Any) -> RemoteError:
+# Codes are small; a peer may still send any CBOR integer, and formatting one
+# with thousands of digits raises ValueError (int max str digits).
+_SHOWN_CODE_LIMIT: Final = 2**63
+
+
+def error_for(code: int, message: str = "", /, **data: Any) -> RemoteError:
     """The exception for a wire error code (unknown codes map to UnknownError)."""
     cls = _BY_CODE.get(code, UnknownError)
-    return cls(message or f"{cls.__name__} (code {code})", **data)
+    if not message:
+        shown = code if -_SHOWN_CODE_LIMIT <= code < _SHOWN_CODE_LIMIT else "out of range"
+        message = f"{cls.__name__} (code {shown})"
+    return cls(message, **data)
 
 
 def code_of(exc: BaseException) -> ErrorCode:

@@ -16,6 +16,7 @@ from typing import Any, Final, NamedTuple
 
 import cbor2
 
+from edge.protocol.cbor import loads_exact
 from edge.protocol.errors import FrameTooLarge, ProtocolError
 
 PREFIX: Final = struct.Struct(">II")
@@ -46,9 +47,9 @@ def encode_frame(meta: dict[Any, Any], blob: bytes = b"") -> bytes:
 
 
 def decode_meta(data: bytes) -> dict[Any, Any]:
-    """Decode a CBOR metadata map, raising ProtocolError for anything else."""
+    """Decode a CBOR metadata map that fills ``data``, raising ProtocolError otherwise."""
     try:
-        meta = cbor2.loads(data)
+        meta = loads_exact(data)
     except Exception as exc:  # cbor2 raises several types for bad input
         raise ProtocolError(f"undecodable frame metadata: {exc}") from None
     if not isinstance(meta, dict):

@@ -41,13 +41,18 @@ class ApiKey(IntEnum):
     WATCH_METADATA = 17
     CLUSTER_STATUS = 18
     INIT_PRODUCER_ID = 19
+    PARTITION_REBALANCE = 20
     # SC private (SPU -> SC)
     REGISTER_SPU = 30
     HEARTBEAT = 31
+    UPDATE_ISR = 32
+    # SPU private (follower -> leader)
+    REPLICA_FETCH = 40
+    OFFSET_FOR_EPOCH = 41
 
 
 # (min, max) version each API is served at; ApiVersions reports this table.
-SUPPORTED: Final[dict[ApiKey, tuple[int, int]]] = {key: (0, 0) for key in ApiKey}
+SUPPORTED: Final[dict[ApiKey, tuple[int, int]]] = dict.fromkeys(ApiKey, (0, 0))
 
 
 class Acks(IntEnum):
@@ -67,14 +72,26 @@ class Acks(IntEnum):
 
 T = TypeVar("T")
 _MISSING: Final = object()
+_I32_MIN: Final = -(2**31)
+_I32_MAX: Final = 2**31 - 1
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value: int) -> str:
+    """An integer from a peer, for a message: CBOR bignums can have thousands of
+    digits, and str() of those raises ValueError (int max str digits)."""
+    return str(value) if _I32_MIN <= value <= _I32_MAX else "(out of range)"
 
 
 @overload
 def get(meta: dict[Any, Any], name: str, kind: type[T]) -> T: ...
 @overload
-def get(meta: dict[Any, Any], name: str, kind: type[T], default: T) -> T: ...
-@overload
 def get(meta: dict[Any, Any], name: str, kind: type[T], default: None) -> T | None: ...
+@overload
+def get(meta: dict[Any, Any], name: str, kind: type[T], default: T) -> T: ...
 
 
 def get(meta: dict[Any, Any], name: str, kind: type[T], default: Any = _MISSING) -> Any:
@@ -108,16 +125,21 @@ def error_response(correlation_id: int, exc: BaseException) -> dict[str, Any]:
 
 
 def check_response(meta: dict[Any, Any]) -> dict[Any, Any]:
-    """Return ``meta`` if it reports success, else raise the mapped error."""
+    """Return ``meta`` if it reports success, else raise the mapped error.
+
+    Success is an absent ``err`` or the integer 0. Any other ``err`` is an error;
+    one that is not an integer in the i32 range is reported as UNKNOWN, since a
+    malformed error field must never read as success.
+    """
     code = meta.get("err", 0)
-    if code:
-        data = meta.get("data")
-        raise error_for(
-            code if isinstance(code, int) else ErrorCode.UNKNOWN,
-            str(meta.get("msg", "")),
-            **(data if isinstance(data, dict) else {}),
-        )
-    return meta
+    if _is_int(code) and code == 0:
+        return meta
+    if not (_is_int(code) and _I32_MIN <= code <= _I32_MAX):
+        code = ErrorCode.UNKNOWN
+    message = meta.get("msg")
+    data = meta.get("data")
+    fields = {k: v for k, v in data.items() if isinstance(k, str)} if isinstance(data, dict) else {}
+    raise error_for(code, message if isinstance(message, str) else "", **fields)
 
 
 def api_of(meta: dict[Any, Any]) -> ApiKey:
@@ -126,12 +148,12 @@ def api_of(meta: dict[Any, Any]) -> ApiKey:
     try:
         api = ApiKey(key)
     except ValueError:
-        raise error_for(ErrorCode.UNKNOWN_API, f"unknown api key {key}") from None
+        raise error_for(ErrorCode.UNKNOWN_API, f"unknown api key {_shown(key)}") from None
     version = get(meta, "v", int, 0)
     low, high = SUPPORTED[api]
     if not low <= version <= high:
         raise error_for(
             ErrorCode.UNSUPPORTED_VERSION,
-            f"{api.name} version {version} not in {low}..{high}",
+            f"{api.name} version {_shown(version)} not in {low}..{high}",
         )
     return api
