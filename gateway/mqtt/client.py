@@ -75,15 +75,6 @@ class AckingClient(aiomqtt.Client):
         self._reader: Any = None
         self._paused = False
 
-    @property
-    def reading_paused(self) -> bool:
-        return self._paused
-
-    @property
-    def unacked(self) -> int:
-        """Messages delivered and not yet passed to ``ack()``."""
-        return self._unacked
-
     async def receive(self) -> list[Incoming]:
         """Every message received since the last call, waiting for at least one;
         raises ``aiomqtt.MqttError`` once the connection is gone."""
