@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.protocol.errors import InvalidConfig, TopicExists, TopicNotFound
+from edge.protocol.errors import InvalidConfig, StaleEpoch, TopicExists, TopicNotFound
 from edge.sc.assignment import SpuSlot, assign
 from edge.sc.store import MetadataStore, PartitionRow, TopicRow
 from edge.storage.config import LogConfig
@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 MAX_PARTITIONS = 1000
-TOPIC_CONFIG_KEYS = {"retention_ms", "retention_bytes", "segment_bytes", "segment_ms",
-                     "index_interval_bytes", "compression"}
+STORAGE_KEYS = {"retention_ms", "retention_bytes", "segment_bytes", "segment_ms",
+                "index_interval_bytes"}
+TOPIC_CONFIG_KEYS = STORAGE_KEYS | {"compression", "min_insync_replicas", "unclean_election"}
 COMPRESSION = ("none", "zlib")
 
 
@@ -70,6 +71,9 @@ class Controller:
         if replication < 1:
             raise InvalidConfig("replication must be >= 1")
         config = validate_topic_config(config)
+        if config.get("min_insync_replicas", 1) > replication:
+            raise InvalidConfig(f"min_insync_replicas {config['min_insync_replicas']} exceeds "
+                                f"replication {replication}")
         if self.store.topic(name) is not None:
             raise TopicExists(f"topic {name!r} already exists", topic=name)
         placement = assign(partitions, replication, self._slots())
@@ -127,6 +131,7 @@ class Controller:
         state.push = push
         log.info("SPU %d online (clients: %s, peers: %s)", spu_id, public, private)
         self._place_waiting()
+        self._elect_leaderless()
         self._changed()
         return state
 
@@ -139,6 +144,8 @@ class Controller:
         state.health, state.partitions, state.stats = health, partitions, stats
         if not state.online:
             state.online = True
+            log.info("SPU %d back online", spu_id)
+            self._elect_leaderless()
             self._changed()
 
     def spu_disconnected(self, spu_id: int, push: object) -> None:
@@ -157,7 +164,88 @@ class Controller:
         if state.online:
             state.online = False
             log.warning("SPU %d offline: %s", state.id, why)
+            self._elect_away_from(state.id)
             self._changed()
+
+    # elections --------------------------------------------------------------
+
+    def _online(self) -> set[int]:
+        return {s.id for s in self.spus.values() if s.online}
+
+    def _elect_away_from(self, spu_id: int) -> None:
+        """New leaders, from the ISR, for every partition ``spu_id`` led."""
+        topics = {t.name: t for t in self.store.topics()}
+        online = self._online()
+        for p in self.store.partitions():
+            if p.leader != spu_id:
+                continue
+            isr = [r for r in p.isr if r != spu_id]
+            new = self._choose_leader(p, isr, online, topics.get(p.topic))
+            # The deposed leader leaves the ISR; with no successor it stays, so
+            # it can lead again when it returns (it has everything committed).
+            self._set_leader(p, new, isr if new is not None else p.isr)
+
+    def _elect_leaderless(self) -> None:
+        topics = {t.name: t for t in self.store.topics()}
+        online = self._online()
+        for p in self.store.partitions():
+            if p.leader is None or p.leader not in online:
+                new = self._choose_leader(p, p.isr, online, topics.get(p.topic))
+                if new is not None and new != p.leader:
+                    self._set_leader(p, new, p.isr if new in p.isr else [new])
+
+    def _choose_leader(self, p: PartitionRow, isr: list[int], online: set[int],
+                       topic: TopicRow | None) -> int | None:
+        for r in p.replicas:  # replica order = preference order
+            if r in isr and r in online:
+                return r
+        if topic is not None and topic.config.get("unclean_election"):
+            for r in p.replicas:
+                if r in online:
+                    log.warning("unclean election of SPU %d for %s/%d: records committed "
+                                "only on the ISR may be lost", r, p.topic, p.idx)
+                    return r
+        return None
+
+    def _set_leader(self, p: PartitionRow, leader: int | None, isr: list[int]) -> None:
+        row = PartitionRow(p.topic, p.idx, p.replicas, leader, p.epoch + 1, isr)
+        self.store.update_partition(row)
+        if leader is None:
+            log.error("%s/%d has no eligible leader (ISR %s offline)", p.topic, p.idx, p.isr)
+        else:
+            log.info("%s/%d: SPU %s leads, epoch %d (was SPU %s)", p.topic, p.idx, leader,
+                     row.epoch, p.leader)
+
+    def update_isr(self, spu_id: int, topic: str, index: int, epoch: int,
+                   isr: list[int]) -> None:
+        """A leader's ISR change; refused unless it is the current leader and epoch."""
+        current = next((p for p in self.store.partitions(topic) if p.idx == index), None)
+        if current is None:
+            raise TopicNotFound(f"{topic}/{index} does not exist", topic=topic)
+        if current.leader != spu_id or current.epoch != epoch:
+            raise StaleEpoch(f"{topic}/{index}: SPU {spu_id} at epoch {epoch} is not the "
+                             f"leader (SPU {current.leader}, epoch {current.epoch})",
+                             epoch=current.epoch)
+        if not set(isr) <= set(current.replicas) or spu_id not in isr:
+            raise InvalidConfig(f"ISR {isr} is not a subset of replicas {current.replicas} "
+                                "including the leader")
+        self.store.update_partition(current._replace(isr=list(isr)))
+        log.info("%s/%d: ISR %s -> %s", topic, index, current.isr, isr)
+        self._changed()
+
+    def rebalance(self, topic: str | None = None) -> int:
+        """Move leadership back to each partition's preferred replica where it is in
+        the ISR and online; returns how many partitions moved."""
+        online = self._online()
+        moved = 0
+        for p in self.store.partitions(topic):
+            preferred = p.replicas[0]
+            if p.leader != preferred and preferred in p.isr and preferred in online:
+                self._set_leader(p, preferred, p.isr)
+                moved += 1
+        if moved:
+            self._changed()
+        return moved
 
     def replicas_for(self, spu_id: int) -> list[dict[str, Any]]:
         topics = {t.name: t for t in self.store.topics()}
@@ -199,6 +287,9 @@ class Controller:
                                size=s.get("size"))
         return row
 
+    def peers(self) -> dict[str, str]:
+        return {str(s.id): s.private for s in self.spus.values()}
+
     def _changed(self) -> None:
         self.version += 1
         for state in self.spus.values():
@@ -216,7 +307,12 @@ def validate_topic_config(config: dict[str, Any]) -> dict[str, Any]:
     compression = config.get("compression", "none")
     if compression not in COMPRESSION:
         raise InvalidConfig(f"compression must be one of {', '.join(COMPRESSION)}")
-    storage = {k: v for k, v in config.items() if k != "compression"}
+    min_isr = config.get("min_insync_replicas", 1)
+    if not isinstance(min_isr, int) or isinstance(min_isr, bool) or min_isr < 1:
+        raise InvalidConfig("min_insync_replicas must be an integer >= 1")
+    if not isinstance(config.get("unclean_election", False), bool):
+        raise InvalidConfig("unclean_election must be true or false")
+    storage = {k: v for k, v in config.items() if k in STORAGE_KEYS}
     try:
         LogConfig(**storage)
     except (TypeError, ValueError) as exc:

@@ -51,11 +51,13 @@ class Sc:
             ApiKey.WATCH_METADATA: self.watch_metadata,
             ApiKey.CLUSTER_STATUS: self.cluster_status,
             ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
+            ApiKey.PARTITION_REBALANCE: self.partition_rebalance,
         }
         self._private: dict[ApiKey, Handler] = {
             ApiKey.API_VERSIONS: self.api_versions,
             ApiKey.REGISTER_SPU: self.register_spu,
             ApiKey.HEARTBEAT: self.heartbeat,
+            ApiKey.UPDATE_ISR: self.update_isr,
         }
 
     async def start(self) -> None:
@@ -181,7 +183,7 @@ class Sc:
 
         def push(replicas: list[dict[str, Any]], version: int) -> None:
             conn.send_soon(messages.ok(cid, replicas=replicas, version=version,
-                                       cluster=cluster))
+                                       cluster=cluster, peers=self.controller.peers()))
 
         state = self.controller.register_spu(spu_id, public, private, rack, push)
         state.partitions = get(meta, "partitions", list, [])
@@ -191,7 +193,20 @@ class Sc:
     def heartbeat(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
         self.controller.heartbeat(get(meta, "spu", int), get(meta, "health", dict, {}),
                                   get(meta, "partitions", list, []), get(meta, "stats", dict, {}))
+        return messages.ok(meta["id"], version=self.controller.version), b""
+
+    def update_isr(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        isr = get(meta, "isr", list)
+        if not all(isinstance(r, int) for r in isr):
+            raise InvalidRequest("isr must be a list of SPU ids")
+        self.controller.update_isr(get(meta, "spu", int), get(meta, "topic", str),
+                                   get(meta, "partition", int), get(meta, "epoch", int), isr)
         return messages.ok(meta["id"]), b""
+
+    def partition_rebalance(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                            ) -> Response:
+        moved = self.controller.rebalance(get(meta, "topic", str, None))
+        return messages.ok(meta["id"], moved=moved), b""
 
 
 def _route(table: dict[ApiKey, Handler], where: str, conn: Connection, meta: dict[Any, Any],

@@ -33,6 +33,14 @@ class SpuConfig:
     # How often recovery points are checkpointed: bounds the tail scanned at start-up.
     checkpoint_interval_s: float = 5.0
     retention_check_interval_s: float = 60.0
+    # A follower that has not caught up for this long leaves the ISR (acks=all
+    # then stops waiting for it); short, because a Pi cluster is small and a dead
+    # follower stalls every acks=all write until it is dropped.
+    replica_lag_s: float = 3.0
+    # A leader whose event loop stalled this long (SIGSTOP, swap, a stuck SD card)
+    # holds acknowledgements until the SC confirms it still leads; half the SC's
+    # default 2 s heartbeat timeout, so it stops before a successor can exist.
+    pause_s: float = 1.0
     log_level: str = "info"
     tls: TlsConfig | None = None
 
@@ -50,7 +58,7 @@ class SpuConfig:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         for key in ("heartbeat_interval_s", "checkpoint_interval_s",
-                    "retention_check_interval_s"):
+                    "retention_check_interval_s", "replica_lag_s", "pause_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be > 0")
 
@@ -81,6 +89,8 @@ class SpuConfig:
                                           cls.checkpoint_interval_s),
             "retention_check_interval_s": take(raw, "retention_check_interval_s", float,
                                                cls.retention_check_interval_s),
+            "replica_lag_s": take(raw, "replica_lag_s", float, cls.replica_lag_s),
+            "pause_s": take(raw, "pause_s", float, cls.pause_s),
             "log_level": take(raw, "log_level", str, cls.log_level),
             "tls": tls_from(raw),
         }

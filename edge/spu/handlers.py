@@ -14,7 +14,13 @@ from typing import Any
 from edge.net.server import Connection, Response
 from edge.protocol import batch as batchcodec
 from edge.protocol import messages
-from edge.protocol.errors import CorruptBatch, CorruptMessage, InvalidRequest, OffsetOutOfRange
+from edge.protocol.errors import (
+    CorruptBatch,
+    CorruptMessage,
+    InvalidRequest,
+    NotLeader,
+    OffsetOutOfRange,
+)
 from edge.protocol.messages import Acks, ApiKey, get
 from edge.spu.partition import Partition
 from edge.spu.replicas import ReplicaSet
@@ -77,6 +83,8 @@ class PublicApi:
             raise CorruptMessage(f"rejected batch for {topic}/{index}: {exc}") from None
         if header.size != len(blob):
             raise CorruptMessage("a produce request carries exactly one batch")
+        if acks == Acks.ALL:
+            p.check_min_isr()
         result = p.append(bytearray(blob))
         self.stats["produce_batches"] += 1
         if result.duplicate:
@@ -87,10 +95,11 @@ class PublicApi:
             return None
         reply = messages.ok(cid, base=result.base_offset, last=result.last_offset,
                             dup=result.duplicate)
-        pending = p.durable(result.last_offset + 1)
+        pending = p.ack_future(result.last_offset + 1, acks)
         if pending is None:
+            _check_may_ack(p)
             return reply, b""
-        return _after(pending, reply)
+        return _after(pending, p, reply)
 
     def fetch(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Awaitable[Response]:
         topic, index = get(meta, "topic", str), get(meta, "partition", int)
@@ -142,9 +151,9 @@ class PublicApi:
         """
         _check_range(p, offset)
         while not conn.closed:
-            if p.closed:
-                current = self.replicas.leader(p.topic, p.index)  # raises if gone
-                p = current
+            if p.closed or not p.is_leader:
+                # Raises NotLeader / PartitionNotFound: the consumer re-routes.
+                p = self.replicas.leader(p.topic, p.index)
             if p.high_watermark <= offset:
                 await p.wait_for_data(offset, STREAM_IDLE_CHECK_S)
                 continue
@@ -203,9 +212,18 @@ class PublicApi:
         return messages.ok(meta["id"], partitions=rows, stats=dict(self.stats)), b""
 
 
-async def _after(pending: Awaitable[None], reply: dict[str, Any]) -> Response:
+async def _after(pending: Awaitable[None], p: Partition, reply: dict[str, Any]) -> Response:
     await pending
+    _check_may_ack(p)
     return reply, b""
+
+
+def _check_may_ack(p: Partition) -> None:
+    # Checked when the answer leaves, not when the batch arrived: a leader that was
+    # paused in between may have been replaced, and its ack would be a lie.
+    if not p.may_acknowledge():
+        raise NotLeader(f"SPU {p.spu_id} cannot confirm it still leads {p.name}; retry",
+                        topic=p.topic, partition=p.index)
 
 
 def _position(cid: int, p: Partition, next_offset: int) -> dict[str, Any]:

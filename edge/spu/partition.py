@@ -1,4 +1,4 @@
-"""A partition replica on an SPU: its log, group commit and the high watermark.
+"""A partition replica on an SPU: its log, group commit, ISR and high watermark.
 
 Group commit: the first append after a flush starts a flush task; it runs one
 tick later, so every batch that arrived in the same read (and every batch that
@@ -7,10 +7,14 @@ fsync that covers them, so an acknowledged record survives power loss. The
 window is thus one fsync long and needs no timer; ``always`` fsyncs each batch
 on its own, ``never`` acknowledges from the page cache.
 
-The high watermark is what consumers may read: with one replica it is the
-durable end of the log (the flushed offset), so a consumer never sees a record
-that a crash could take back. (``never`` has no durable point, so it exposes
-the log end.)
+As leader, the high watermark (what consumers may read, what ``acks=all``
+waits for) is the smallest *durable* offset among the in-sync replicas: the
+leader's flushed offset and each ISR follower's flushed offset as reported in
+its fetches. A consumer therefore never sees a record that a crash of the ISR
+could take back. (``never`` has no durable point; it uses log ends.)
+
+A follower copies its leader's batches unchanged (offsets and epochs
+included) and takes the leader's high watermark, capped at its own log end.
 """
 
 from __future__ import annotations
@@ -18,54 +22,136 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from edge.protocol.errors import NotLeader, StorageError
+from edge.protocol.errors import NotEnoughReplicas, NotLeader, StorageError
+from edge.protocol.messages import Acks
+from edge.storage.epochs import EpochCache
 from edge.storage.log import AppendResult, PartitionLog
 
 log = logging.getLogger(__name__)
 
 
-class Partition:
-    """Leader-side state of one partition replica."""
+@dataclass
+class FollowerState:
+    """What the leader knows of one follower, from its fetches."""
 
-    def __init__(self, topic: str, index: int, plog: PartitionLog, *, durability: str,
-                 leader_epoch: int, is_leader: bool) -> None:
+    leo: int = -1
+    durable: int = -1
+    last_caught_up: float = 0.0
+    last_fetch: float = 0.0
+
+
+class Partition:
+    """One partition replica: leader or follower."""
+
+    def __init__(self, topic: str, index: int, plog: PartitionLog, *, spu_id: int,
+                 durability: str, leader_epoch: int, leader_id: int | None,
+                 replicas: list[int], isr: list[int], min_isr: int = 1,
+                 ack_guard: Callable[[], bool] | None = None) -> None:
         self.topic = topic
         self.index = index
         self.log = plog
+        self.spu_id = spu_id
         self.durability = durability
         self.leader_epoch = leader_epoch
-        self.is_leader = is_leader
+        self.leader_id = leader_id
+        self.replicas = list(replicas)
+        self.isr = list(isr)
+        self.min_isr = min_isr
+        self.epochs = EpochCache(plog.directory)
+        self.followers: dict[int, FollowerState] = {}
+        self.isr_pending = False
         self.failed: StorageError | None = None
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self.closed = False
+        self._ack_guard = ack_guard or (lambda: True)
+        self._flush_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._hw_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._flush_task: asyncio.Task[None] | None = None
         self._hw_event = asyncio.Event()
-        self.closed = False
-        if durability == "never":
-            plog.set_high_watermark(plog.log_end_offset)
-        else:
-            plog.set_high_watermark(plog.flushed_offset)
+        self._leo_event = asyncio.Event()
+        if self.is_leader:
+            self._start_leading()
 
     @property
     def name(self) -> str:
         return f"{self.topic}/{self.index}"
 
     @property
+    def is_leader(self) -> bool:
+        return self.leader_id == self.spu_id
+
+    @property
     def high_watermark(self) -> int:
         return self.log.high_watermark
 
     def status(self) -> dict[str, Any]:
+        now = time.monotonic()
         return {
             "topic": self.topic, "partition": self.index, "leader": self.is_leader,
             "epoch": self.leader_epoch, "hw": self.high_watermark,
             "leo": self.log.log_end_offset, "start": self.log.log_start_offset,
             "size": self.log.size_bytes, "failed": self.failed is not None,
+            "isr": self.isr if self.is_leader else None,
+            "followers": {str(r): {"leo": f.leo, "lag": max(self.log.log_end_offset - f.leo, 0),
+                                   "last_fetch_s": round(now - f.last_fetch, 3)}
+                          for r, f in self.followers.items()} if self.is_leader else None,
         }
 
+    # roles ------------------------------------------------------------------
+
+    def update_role(self, *, epoch: int, leader_id: int | None, replicas: list[int],
+                    isr: list[int], min_isr: int) -> bool:
+        """Apply the SC's view; True if leadership or epoch changed."""
+        self.replicas, self.min_isr = list(replicas), min_isr
+        if epoch < self.leader_epoch:
+            return False
+        changed = epoch != self.leader_epoch or leader_id != self.leader_id
+        was_leader = self.is_leader
+        self.leader_epoch, self.leader_id = epoch, leader_id
+        if not self.isr_pending or changed:
+            self.isr = list(isr)
+        if changed:
+            if self.is_leader:
+                self._start_leading()
+            elif was_leader:
+                self.step_down(f"SPU {leader_id} now leads epoch {epoch}")
+        elif self.is_leader:
+            self._recompute_hw()
+        return changed
+
+    def _start_leading(self) -> None:
+        # Followers get one lag period of grace to show up before the ISR drops them.
+        now = time.monotonic()
+        self.followers = {r: FollowerState(last_caught_up=now) for r in self.replicas
+                          if r != self.spu_id}
+        self.isr_pending = False
+        self.epochs.assign(self.leader_epoch, self.log.log_end_offset)
+        log.info("leading %s at epoch %d from offset %d (isr %s)", self.name,
+                 self.leader_epoch, self.log.log_end_offset, self.isr)
+        self._recompute_hw()
+
+    def step_down(self, why: str) -> None:
+        """Stop acting as leader; every waiting produce fails with a retriable error."""
+        if self.leader_id == self.spu_id:
+            self.leader_id = None
+        log.warning("%s: no longer leader (%s)", self.name, why)
+        err = NotLeader(f"SPU {self.spu_id} is no longer the leader of {self.name}: {why}",
+                        topic=self.topic, partition=self.index)
+        for waiters in (self._flush_waiters, self._hw_waiters):
+            while waiters:
+                _, fut = waiters.popleft()
+                if not fut.done():
+                    fut.set_exception(err)
+
+    # leader: produce ----------------------------------------------------------
+
     def append(self, batch: bytearray) -> AppendResult:
-        """Append one verified batch as leader; call ``durable`` to await its ack point."""
+        """Append one verified batch as leader; ``ack_future`` gives its ack point."""
         if self.failed is not None:
             raise self.failed
         if not self.is_leader:
@@ -76,26 +162,128 @@ class Partition:
         except StorageError as exc:
             self._fail(exc)
             raise
-        if result.duplicate:
-            return result
+        if not result.duplicate:
+            self._appended()
+        return result
+
+    def check_min_isr(self) -> None:
+        if len(self.isr) < self.min_isr:
+            raise NotEnoughReplicas(
+                f"{self.name} has {len(self.isr)} in-sync replicas, needs {self.min_isr}",
+                isr=len(self.isr), min_isr=self.min_isr)
+
+    def ack_future(self, end_offset: int, acks: int) -> asyncio.Future[None] | None:
+        """A future for when ``end_offset`` is acknowledged under ``acks``, None if now."""
+        if self.failed is not None:
+            raise self.failed
+        if acks == Acks.ALL:
+            if self.high_watermark >= end_offset:
+                return None
+            return self._wait(self._hw_waiters, end_offset)
+        if self.durability == "never" or self.log.flushed_offset >= end_offset:
+            return None
+        return self._wait(self._flush_waiters, end_offset)
+
+    def may_acknowledge(self) -> bool:
+        """False when this SPU cannot be sure it still leads (it was paused, or the
+        SC has not confirmed it lately); the produce then fails retriably."""
+        return self.is_leader and self._ack_guard()
+
+    def _wait(self, waiters: deque[tuple[int, asyncio.Future[None]]], end: int
+              ) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append((end, fut))
+        return fut
+
+    # leader: followers ---------------------------------------------------------
+
+    def follower_fetched(self, replica: int, offset: int, durable: int) -> None:
+        """A follower asked for ``offset``: it has everything below, ``durable`` of it
+        on disk."""
+        state = self.followers.setdefault(replica, FollowerState())
+        now = time.monotonic()
+        state.leo, state.durable, state.last_fetch = offset, min(durable, offset), now
+        if offset >= self.log.log_end_offset:
+            state.last_caught_up = now
+        self._recompute_hw()
+
+    def isr_proposal(self, lag_s: float) -> list[int] | None:
+        """A new ISR when a follower fell behind for ``lag_s`` or caught up again."""
+        if not self.is_leader or self.isr_pending:
+            return None
+        now = time.monotonic()
+        isr = [r for r in self.isr
+               if r == self.spu_id or now - self.followers.get(r, FollowerState()).
+               last_caught_up <= lag_s]
+        for r, state in self.followers.items():
+            if r not in isr and r in self.replicas and state.leo >= self.high_watermark \
+                    and now - state.last_caught_up <= lag_s:
+                isr.append(r)
+        if self.spu_id not in isr:
+            isr.insert(0, self.spu_id)
+        return isr if sorted(isr) != sorted(self.isr) else None
+
+    def apply_isr(self, isr: list[int]) -> None:
+        log.info("%s: ISR %s -> %s", self.name, self.isr, isr)
+        self.isr = list(isr)
+        self._recompute_hw()
+
+    def _recompute_hw(self) -> None:
+        if not self.is_leader:
+            return
+        local = (self.log.log_end_offset if self.durability == "never"
+                 else self.log.flushed_offset)
+        hw = local
+        for r in self.isr:
+            if r == self.spu_id:
+                continue
+            state = self.followers.get(r)
+            durable = -1 if state is None else (
+                state.leo if self.durability == "never" else state.durable)
+            hw = min(hw, durable)
+        if hw >= 0:
+            self._set_hw(hw)
+
+    # follower ---------------------------------------------------------------
+
+    def append_replica(self, batch: bytearray, epoch: int) -> None:
+        """Append a batch copied from the leader, keeping its offsets and epoch."""
+        if self.failed is not None:
+            raise self.failed
+        if epoch > self.epochs.latest_epoch:
+            self.epochs.assign(epoch, self.log.log_end_offset)
+        try:
+            self.log.append(batch, leader_epoch=epoch, replica=True)
+        except StorageError as exc:
+            self._fail(exc)
+            raise
+        self._appended()
+
+    def follower_hw(self, leader_hw: int) -> None:
+        self._set_hw(min(leader_hw, self.log.log_end_offset))
+
+    def truncate_to(self, offset: int) -> None:
+        if offset < self.log.log_end_offset:
+            log.warning("%s: truncating %d uncommitted record(s) from offset %d",
+                        self.name, self.log.log_end_offset - offset, offset)
+            self.log.truncate_to(offset)
+            self.epochs.truncate_from(self.log.log_end_offset)
+
+    def durable_offset(self) -> int:
+        return (self.log.log_end_offset if self.durability == "never"
+                else self.log.flushed_offset)
+
+    # shared -----------------------------------------------------------------
+
+    def _appended(self) -> None:
+        self._leo_event.set()
+        self._leo_event = asyncio.Event()
         if self.durability == "never":
-            self._set_hw(self.log.log_end_offset)
+            self._flushed(self.log.log_end_offset)
         elif self.durability == "always":
             self._flush_now()
         else:
             self._start_flush()
-        return result
-
-    def durable(self, end_offset: int) -> asyncio.Future[None] | None:
-        """A future that resolves once every offset below ``end_offset`` is durable,
-        or None if it already is."""
-        if self.failed is not None:
-            raise self.failed
-        if self.durability == "never" or self.log.flushed_offset >= end_offset:
-            return None
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((end_offset, fut))
-        return fut
 
     async def wait_for_data(self, offset: int, timeout: float) -> bool:
         """Wait until the high watermark passes ``offset``; False on timeout."""
@@ -107,6 +295,14 @@ class Partition:
             except TimeoutError:
                 return False
         return not self.closed
+
+    async def wait_for_append(self, offset: int, timeout: float) -> None:
+        """Wait until the log end passes ``offset`` (followers long-poll with this)."""
+        if self.log.log_end_offset > offset or self.closed:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._leo_event.wait()
 
     def _start_flush(self) -> None:
         if self._flush_task is None:
@@ -138,17 +334,21 @@ class Partition:
         self._flushed(flushed)
 
     def _flushed(self, flushed: int) -> None:
-        while self._waiters and self._waiters[0][0] <= flushed:
-            _, fut = self._waiters.popleft()
+        while self._flush_waiters and self._flush_waiters[0][0] <= flushed:
+            _, fut = self._flush_waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
-        self._set_hw(flushed)
+        self._recompute_hw()
 
     def _set_hw(self, hw: int) -> None:
         if hw > self.log.high_watermark:
             self.log.set_high_watermark(hw)
             self._hw_event.set()
             self._hw_event = asyncio.Event()
+        while self._hw_waiters and self._hw_waiters[0][0] <= self.log.high_watermark:
+            _, fut = self._hw_waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
 
     def _fail(self, exc: BaseException) -> None:
         # A failed fsync leaves the page cache in an unknown state: nothing
@@ -158,15 +358,17 @@ class Partition:
                       self.name, exc)
             self.failed = StorageError(f"partition {self.name} failed: {exc}",
                                        topic=self.topic, partition=self.index)
-        while self._waiters:
-            _, fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_exception(self.failed)
+        for waiters in (self._flush_waiters, self._hw_waiters):
+            while waiters:
+                _, fut = waiters.popleft()
+                if not fut.done():
+                    fut.set_exception(self.failed)
 
     async def close(self) -> None:
         """Flush what is written, checkpoint and close the files."""
         self.closed = True
         self._hw_event.set()
+        self._leo_event.set()
         if self._flush_task is not None:
             with contextlib.suppress(Exception):
                 await self._flush_task
@@ -175,5 +377,10 @@ class Partition:
                 self._flushed(self.log.flush())
             except (OSError, StorageError) as exc:
                 self._fail(exc)
+        for waiters in (self._flush_waiters, self._hw_waiters):
+            while waiters:
+                _, fut = waiters.popleft()
+                if not fut.done():
+                    fut.set_exception(NotLeader(f"{self.name} closed"))
         with contextlib.suppress(OSError, StorageError):
             self.log.close()

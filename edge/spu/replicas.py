@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,15 @@ ASSIGNMENT_FILE = "assignment.cbor"
 _SAFE_TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
+def _role(r: dict[str, Any]) -> dict[str, Any]:
+    replicas = [int(x) for x in r.get("replicas", [])]
+    leader = r.get("leader")
+    return {"epoch": int(r.get("epoch", 0)),
+            "leader_id": int(leader) if isinstance(leader, int) else None,
+            "replicas": replicas, "isr": [int(x) for x in r.get("isr", replicas)],
+            "min_isr": int(r.get("config", {}).get("min_insync_replicas", 1))}
+
+
 def log_config_from(raw: dict[str, Any], durability: str) -> LogConfig:
     """The storage config of a topic as sent by the SC (unknown keys ignored)."""
     known = {"segment_bytes", "segment_ms", "retention_ms", "retention_bytes",
@@ -40,11 +50,15 @@ def log_config_from(raw: dict[str, Any], durability: str) -> LogConfig:
 class ReplicaSet:
     """Partitions hosted by this SPU, keyed by (topic, partition)."""
 
-    def __init__(self, data_dir: Path, *, spu_id: int, durability: str) -> None:
+    def __init__(self, data_dir: Path, *, spu_id: int, durability: str,
+                 ack_guard: Callable[[], bool] | None = None) -> None:
         self.data_dir = data_dir
         self.spu_id = spu_id
         self.durability = durability
+        self.ack_guard = ack_guard
         self.partitions: dict[tuple[str, int], Partition] = {}
+        # Private (peer) addresses of the SPUs, as the SC last told us.
+        self.peers: dict[int, str] = {}
         self.cluster_id: str | None = None
         self.version = -1
         (data_dir / "partitions").mkdir(parents=True, exist_ok=True)
@@ -59,6 +73,7 @@ class ReplicaSet:
             log.warning("ignoring unreadable %s: %s", path, exc)
             return None
         self.cluster_id = saved.get("cluster_id")
+        self.peers = {int(k): str(v) for k, v in saved.get("peers", {}).items()}
         replicas: list[dict[str, Any]] = saved.get("replicas", [])
         return replicas
 
@@ -76,8 +91,11 @@ class ReplicaSet:
         return p
 
     async def apply(self, replicas: list[dict[str, Any]], *, cluster_id: str | None,
-                    version: int, save: bool = True) -> None:
+                    version: int, save: bool = True,
+                    peers: dict[int, str] | None = None) -> None:
         """Make the hosted replicas match the SC's list."""
+        if peers is not None:
+            self.peers = peers
         wanted: dict[tuple[str, int], dict[str, Any]] = {}
         for r in replicas:
             topic, index = str(r["topic"]), int(r["partition"])
@@ -99,21 +117,21 @@ class ReplicaSet:
             self._save(list(wanted.values()))
 
     def _open_or_update(self, key: tuple[str, int], r: dict[str, Any]) -> None:
-        is_leader = r.get("leader") == self.spu_id
-        epoch = int(r.get("epoch", 0))
+        role = _role(r)
         p = self.partitions.get(key)
         if p is None:
             cfg = log_config_from(r.get("config", {}), self.durability)
             path = self.partition_dir(*key)
             plog = PartitionLog.open(path, cfg)
-            p = Partition(key[0], key[1], plog, durability=self.durability,
-                          leader_epoch=epoch, is_leader=is_leader)
+            p = Partition(key[0], key[1], plog, spu_id=self.spu_id,
+                          durability=self.durability, leader_epoch=role["epoch"],
+                          leader_id=role["leader_id"], replicas=role["replicas"],
+                          isr=role["isr"], min_isr=role["min_isr"], ack_guard=self.ack_guard)
             self.partitions[key] = p
-            log.info("hosting %s (leader=%s epoch=%d, log end %d)", p.name, is_leader, epoch,
-                     plog.log_end_offset)
+            log.info("hosting %s (leader %s, epoch %d, log end %d)", p.name,
+                     role["leader_id"], role["epoch"], plog.log_end_offset)
         else:
-            p.is_leader = is_leader
-            p.leader_epoch = max(p.leader_epoch, epoch)
+            p.update_role(**role)
 
     async def _remove(self, key: tuple[str, int], *, delete: bool) -> None:
         p = self.partitions.pop(key)
@@ -129,7 +147,8 @@ class ReplicaSet:
         path = self.data_dir / ASSIGNMENT_FILE
         tmp = path.with_suffix(".tmp")
         data = cbor2.dumps({"cluster_id": self.cluster_id, "version": self.version,
-                            "replicas": replicas})
+                            "replicas": replicas,
+                            "peers": {str(k): v for k, v in self.peers.items()}})
         with tmp.open("wb") as f:
             f.write(data)
             f.flush()

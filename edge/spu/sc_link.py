@@ -14,14 +14,16 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edge import health
 from edge.net.connection import ClientConnection
-from edge.protocol.errors import HeadwaterError
+from edge.protocol.errors import HeadwaterError, StaleEpoch
 from edge.protocol.messages import ApiKey
 from edge.spu.config import SpuConfig
+from edge.spu.guard import LeadershipGuard
+from edge.spu.partition import Partition
 from edge.spu.replicas import ReplicaSet
 
 log = logging.getLogger(__name__)
@@ -35,13 +37,18 @@ class ScLink:
 
     def __init__(self, cfg: SpuConfig, replicas: ReplicaSet, *, public: str, private: str,
                  ssl_context: ssl.SSLContext | None,
-                 stats: Callable[[], dict[str, Any]]) -> None:
+                 stats: Callable[[], dict[str, Any]],
+                 on_assignment: Callable[[], Awaitable[None]],
+                 guard: LeadershipGuard) -> None:
         self.cfg = cfg
         self.replicas = replicas
         self.public = public
         self.private = private
         self._ssl = ssl_context
         self._stats = stats
+        self._on_assignment = on_assignment
+        self.guard = guard
+        self._conn: ClientConnection | None = None
         self.connected = asyncio.Event()
         self.registered_once = asyncio.Event()
         self.connects = 0
@@ -72,6 +79,7 @@ class ScLink:
             if first is None:
                 return
             self.connects += 1
+            self._conn = conn
             self.connected.set()
             log.info("registered with SC %s as SPU %d", self.cfg.sc, self.cfg.id)
             await self._apply(first[0])
@@ -81,6 +89,7 @@ class ScLink:
         except* HeadwaterError as eg:
             raise eg.exceptions[0] from None
         finally:
+            self._conn = None
             await conn.close()
 
     async def _follow(self, stream: Any) -> None:
@@ -91,17 +100,40 @@ class ScLink:
     async def _apply(self, meta: dict[Any, Any]) -> None:
         replicas = meta.get("replicas")
         if isinstance(replicas, list):
-            await self.replicas.apply(replicas, cluster_id=meta.get("cluster"),
-                                      version=int(meta.get("version", 0)))
+            peers = meta.get("peers")
+            await self.replicas.apply(
+                replicas, cluster_id=meta.get("cluster"), version=int(meta.get("version", 0)),
+                peers={int(k): str(v) for k, v in peers.items()}
+                if isinstance(peers, dict) else None)
+            await self._on_assignment()
         self.registered_once.set()
+
+    async def propose_isr(self, p: Partition, isr: list[int]) -> bool:
+        """Ask the SC to record a new ISR; only an accepted change may be applied."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return False
+        try:
+            await conn.request(ApiKey.UPDATE_ISR, spu=self.cfg.id, topic=p.topic,
+                               partition=p.index, epoch=p.leader_epoch, isr=isr, timeout=5.0)
+        except StaleEpoch as exc:
+            p.step_down(f"the SC refused an ISR change: {exc}")
+            return False
+        except HeadwaterError as exc:
+            log.info("ISR change for %s not recorded: %s", p.name, exc)
+            return False
+        return True
 
     async def _heartbeats(self, conn: ClientConnection) -> None:
         while True:
-            await asyncio.sleep(self.cfg.heartbeat_interval_s)
-            await conn.request(
+            meta, _ = await conn.request(
                 ApiKey.HEARTBEAT, spu=self.cfg.id, health=health.snapshot(self.cfg.data_dir),
                 partitions=self._status(), stats=self._stats(), timeout=10.0,
             )
+            # Confirmed only once the assignment the SC had when it answered is applied.
+            if self.replicas.version >= int(meta.get("version", 0)):
+                self.guard.confirmed()
+            await asyncio.sleep(self.cfg.heartbeat_interval_s)
 
     def _status(self) -> list[dict[str, Any]]:
         return [p.status() for p in self.replicas.partitions.values()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from edge.net.connection import split_addr
@@ -15,11 +16,15 @@ from edge.protocol.messages import ApiKey
 from edge.spu.config import SpuConfig, advertised
 from edge.spu.handlers import PublicApi
 from edge.spu.replicas import ReplicaSet
+from edge.spu.guard import LeadershipGuard
+from edge.spu.replication import LeaderSide, ReplicaManager
 from edge.spu.sc_link import ScLink, cancel
 from edge.storage.offsets import ConsumerOffsets
 from edge.tls import client_context, server_context
 
 log = logging.getLogger(__name__)
+
+ISR_CHECK_S = 0.25
 
 
 class Spu:
@@ -28,7 +33,11 @@ class Spu:
     def __init__(self, cfg: SpuConfig) -> None:
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.replicas = ReplicaSet(cfg.data_dir, spu_id=cfg.id, durability=cfg.durability)
+        self.guard = LeadershipGuard(pause_s=cfg.pause_s)
+        self.replicas = ReplicaSet(cfg.data_dir, spu_id=cfg.id, durability=cfg.durability,
+                                   ack_guard=self.guard.ok)
+        self.leader_side = LeaderSide(
+            lambda topic, index: self.replicas.partitions.get((topic, index)), cfg.id)
         self.offsets: ConsumerOffsets | None = None
         self.api: PublicApi | None = None
         server_ssl = server_context(cfg.tls) if cfg.tls and cfg.tls.cert else None
@@ -40,26 +49,35 @@ class Spu:
         self.public_addr = ""
         self.private_addr = ""
         self.link: ScLink | None = None
+        self.replication: ReplicaManager | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
         self.offsets = ConsumerOffsets.open(self.cfg.data_dir / "consumers.sqlite")
         self.api = PublicApi(self.replicas, self.offsets)
+        self.link = ScLink(self.cfg, self.replicas, public="", private="",
+                           ssl_context=self._client_ssl,
+                           stats=lambda: dict(self.api.stats) if self.api else {},
+                           on_assignment=self._sync_replication, guard=self.guard)
+        self.replication = ReplicaManager(ssl_context=self._client_ssl,
+                                          propose_isr=self.link.propose_isr,
+                                          lag_s=self.cfg.replica_lag_s)
         saved = self.replicas.load_saved()
         if saved is not None:
             # Serve what we hosted before, even if the SC never answers again.
             await self.replicas.apply(saved, cluster_id=self.replicas.cluster_id, version=-1,
                                       save=False)
+            await self._sync_replication()
         self.public_addr = advertised(await self.public.start(*split_addr(self.cfg.public_addr)),
                                       self.cfg.advertise_public)
         self.private_addr = advertised(
             await self.private.start(*split_addr(self.cfg.private_addr)),
             self.cfg.advertise_private)
-        self.link = ScLink(self.cfg, self.replicas, public=self.public_addr,
-                           private=self.private_addr, ssl_context=self._client_ssl,
-                           stats=lambda: dict(self.api.stats) if self.api else {})
+        self.link.public, self.link.private = self.public_addr, self.private_addr
         self._tasks = [
+            asyncio.create_task(self.guard.run(), name="leadership-guard"),
             asyncio.create_task(self.link.run(), name="sc-link"),
+            asyncio.create_task(self._isr_checks(), name="isr"),
             asyncio.create_task(self._checkpoints(), name="checkpoints"),
             asyncio.create_task(self._retention(), name="retention"),
         ]
@@ -70,6 +88,8 @@ class Spu:
         """Stop listening, flush and close every partition (SIGTERM path)."""
         for task in self._tasks:
             await cancel(task)
+        if self.replication is not None:
+            await self.replication.close()
         await self.public.close()
         await self.private.close()
         await self.replicas.close()
@@ -84,7 +104,7 @@ class Spu:
         return self.api.dispatch(conn, meta, blob)
 
     def _dispatch_private(self, conn: Connection, meta: dict[Any, Any], blob: bytes
-                          ) -> Response:
+                          ) -> Response | Awaitable[Response]:
         api = messages.api_of(meta)
         if api == ApiKey.API_VERSIONS:
             return messages.ok(meta["id"], versions={int(ApiKey.API_VERSIONS): [0, 0]},
@@ -92,7 +112,21 @@ class Spu:
         if api == ApiKey.PARTITION_STATUS:
             rows = [p.status() for p in self.replicas.partitions.values()]
             return messages.ok(meta["id"], partitions=rows), b""
+        if api == ApiKey.REPLICA_FETCH:
+            return self.leader_side.replica_fetch(conn, meta, blob)
+        if api == ApiKey.OFFSET_FOR_EPOCH:
+            return self.leader_side.offset_for_epoch(conn, meta, blob)
         raise InvalidRequest(f"{api.name} is not served on the SPU private port")
+
+    async def _sync_replication(self) -> None:
+        if self.replication is not None:
+            await self.replication.sync(self.replicas.partitions, self.replicas.peers)
+
+    async def _isr_checks(self) -> None:
+        while True:
+            await asyncio.sleep(ISR_CHECK_S)
+            if self.replication is not None:
+                await self.replication.check_isr(self.replicas.partitions)
 
     async def _checkpoints(self) -> None:
         while True:

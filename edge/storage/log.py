@@ -101,6 +101,10 @@ class PartitionLog:
     # -- offsets ------------------------------------------------------------------------
 
     @property
+    def directory(self) -> Path:
+        return self._dir
+
+    @property
     def log_start_offset(self) -> int:
         return self._log_start
 
@@ -141,23 +145,27 @@ class PartitionLog:
     # -- append -------------------------------------------------------------------------
 
     def append(
-        self, batch: Buffer, *, leader_epoch: int, now_ms: int | None = None
+        self, batch: Buffer, *, leader_epoch: int, now_ms: int | None = None,
+        replica: bool = False,
     ) -> AppendResult:
         """Append one CRC-verified batch (to the page cache: durable after a flush).
 
         A writable buffer gets its base offset and leader epoch patched in place.
         A retried batch of an idempotent producer is answered with its original
-        offsets and ``duplicate=True``, and nothing is written.
+        offsets and ``duplicate=True``, and nothing is written. A follower copying
+        its leader's log passes ``replica=True``: the leader already judged the
+        sequence, so the batch is written as is and only recorded.
         """
         self._check_writable()
         h = decode_header(batch)
         if h.size != len(batch):
             raise CorruptBatch(f"expected one batch of {h.size} bytes, got {len(batch)}")
-        dup = self._producers.check(
-            h.producer_id, h.producer_epoch, h.base_sequence, h.record_count
-        )
-        if dup is not None:
-            return AppendResult(dup.base_offset, dup.last_offset, True, h.max_timestamp)
+        if not replica:
+            dup = self._producers.check(
+                h.producer_id, h.producer_epoch, h.base_sequence, h.record_count
+            )
+            if dup is not None:
+                return AppendResult(dup.base_offset, dup.last_offset, True, h.max_timestamp)
         now = wall_clock_ms() if now_ms is None else now_ms
         base, last = self._leo, self._leo + h.last_offset_delta
         seg = self._segs.active

@@ -1,0 +1,63 @@
+"""Leadership guard: a leader that may have been deposed must not acknowledge.
+
+The SC deposes a leader that missed heartbeats for its timeout. A leader that
+was itself frozen (SIGSTOP, a swap storm, a stalled SD card) cannot tell how
+long it was gone, and the produce requests queued in its sockets would be
+acknowledged the moment it runs again — after another SPU was elected.
+
+The guard ticks every ``TICK_S``; a gap longer than ``pause_s`` between ticks,
+or an acknowledgement attempted while the tick is overdue, means this process
+was paused. From then on acknowledgements are refused (retriably) until a
+heartbeat round trip with the SC confirms that this SPU has applied the SC's
+latest assignment. An SC that is merely down does not stop a leader that was
+never paused: the data plane keeps working without the control plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.1
+
+
+class LeadershipGuard:
+    """Decides whether this SPU may acknowledge writes as a leader."""
+
+    def __init__(self, *, pause_s: float) -> None:
+        self.pause_s = pause_s
+        self._last_tick = time.monotonic()
+        self._suspect = False
+        self.pauses = 0
+
+    def ok(self) -> bool:
+        if self._suspect:
+            return False
+        if time.monotonic() - self._last_tick > self.pause_s:
+            self._mark_paused()
+            return False
+        return True
+
+    def confirmed(self) -> None:
+        """The SC answered a heartbeat and our assignment is current."""
+        if self._suspect:
+            log.info("leadership confirmed by the SC; acknowledging writes again")
+        self._suspect = False
+
+    def _mark_paused(self) -> None:
+        if not self._suspect:
+            self.pauses += 1
+            log.warning("this SPU was paused for over %.1fs; holding acknowledgements until "
+                        "the SC confirms its leadership", self.pause_s)
+        self._suspect = True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.monotonic()
+            if now - self._last_tick > self.pause_s:
+                self._mark_paused()
+            self._last_tick = now

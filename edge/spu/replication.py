@@ -1,0 +1,232 @@
+"""Replication between SPUs: followers pull from their leader's private port.
+
+Pull, as in Kafka and Fluvio, rather than push: the follower knows exactly
+what it has (its log end) and asks for the next bytes, so a follower that was
+away, restarted or truncated needs no special path; the fetch offset doubles
+as the acknowledgement the leader uses to advance the high watermark, and a
+slow follower throttles only itself.
+
+Before fetching, a follower asks the leader where its own latest leader epoch
+ended (``OFFSET_FOR_EPOCH``) and truncates there: a tail written by a deposed
+leader and never committed is dropped instead of diverging (KIP-101).
+
+Every fetch carries the follower's view of the leader epoch. A leader that sees
+a higher epoch learns it was deposed and steps down at once; a follower that is
+told its epoch is old waits for the SC's new assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from edge.net.connection import ClientConnection
+from edge.net.server import Connection, Response
+from edge.protocol import batch as codec
+from edge.protocol import messages
+from edge.protocol.errors import (
+    HeadwaterError,
+    NotLeader,
+    OffsetOutOfRange,
+    PartitionNotFound,
+    StaleEpoch,
+)
+from edge.protocol.messages import ApiKey, get
+from edge.spu.partition import Partition
+
+log = logging.getLogger(__name__)
+
+FETCH_MAX_BYTES = 4 * 1024 * 1024
+# Long poll: an idle follower's fetch waits this long for new records, so new
+# records reach followers at once without a busy loop.
+FETCH_WAIT_S = 0.5
+BACKOFF_S = (0.05, 2.0)
+
+
+class LeaderSide:
+    """Serves followers' fetches on the private port."""
+
+    def __init__(self, lookup: Callable[[str, int], Partition | None], spu_id: int) -> None:
+        self._lookup = lookup
+        self.spu_id = spu_id
+
+    def _partition(self, meta: dict[Any, Any]) -> Partition:
+        topic, index = get(meta, "topic", str), get(meta, "partition", int)
+        p = self._lookup(topic, index)
+        if p is None:
+            raise PartitionNotFound(f"{topic}/{index} is not hosted by SPU {self.spu_id}")
+        return p
+
+    def _check_epoch(self, p: Partition, epoch: int) -> None:
+        if epoch > p.leader_epoch and p.is_leader:
+            p.step_down(f"a follower knows epoch {epoch} > {p.leader_epoch}")
+        if not p.is_leader:
+            raise NotLeader(f"SPU {self.spu_id} does not lead {p.name}")
+        if epoch != p.leader_epoch:
+            raise StaleEpoch(f"{p.name}: epoch {epoch} is not the leader's {p.leader_epoch}",
+                             epoch=p.leader_epoch)
+
+    def offset_for_epoch(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                         ) -> Response:
+        p = self._partition(meta)
+        self._check_epoch(p, get(meta, "leader_epoch", int))
+        epoch, end = p.epochs.end_offset_for(get(meta, "epoch", int), p.log.log_end_offset)
+        return messages.ok(meta["id"], epoch=epoch, end=end), b""
+
+    def replica_fetch(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                      ) -> Awaitable[Response]:
+        p = self._partition(meta)
+        self._check_epoch(p, get(meta, "epoch", int))
+        replica = get(meta, "replica", int)
+        offset = get(meta, "offset", int)
+        durable = get(meta, "durable", int, 0)
+        if not p.log.log_start_offset <= offset <= p.log.log_end_offset:
+            raise OffsetOutOfRange(
+                f"follower offset {offset} outside {p.log.log_start_offset}.."
+                f"{p.log.log_end_offset}", log_start_offset=p.log.log_start_offset,
+                log_end_offset=p.log.log_end_offset)
+        p.follower_fetched(replica, offset, durable)
+        wait = get(meta, "max_wait_ms", int, int(FETCH_WAIT_S * 1000)) / 1000
+        return self._answer(conn, meta["id"], p, offset, min(max(wait, 0.0), 5.0))
+
+    async def _answer(self, conn: Connection, cid: int, p: Partition, offset: int,
+                      wait: float) -> Response:
+        if p.log.log_end_offset <= offset:
+            await p.wait_for_append(offset, wait)
+        reply = {"hw": p.high_watermark, "leo": p.log.log_end_offset,
+                 "start": p.log.log_start_offset, "epoch": p.leader_epoch}
+        if p.log.log_end_offset <= offset or p.closed:
+            return messages.ok(cid, **reply), b""
+        sl = p.log.read(offset, FETCH_MAX_BYTES)
+        if sl is None:
+            return messages.ok(cid, **reply), b""
+        if conn.tls:
+            return messages.ok(cid, **reply), p.log.read_bytes(offset, FETCH_MAX_BYTES)
+        await conn.send_file(messages.ok(cid, **reply), sl.fd, sl.position, sl.length)
+        return None
+
+
+class Follower:
+    """Keeps one follower replica in step with its leader."""
+
+    def __init__(self, p: Partition, *, leader_addr: str, ssl_context: ssl.SSLContext | None
+                 ) -> None:
+        self.p = p
+        self.leader_addr = leader_addr
+        self._ssl = ssl_context
+        self.epoch = p.leader_epoch
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"follow-{p.name}")
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+
+    async def _run(self) -> None:
+        delay = BACKOFF_S[0]
+        while not self.p.closed:
+            conn = ClientConnection(self.leader_addr, ssl_context=self._ssl)
+            try:
+                await conn.connect()
+                await self._truncate_by_epoch(conn)
+                await self._fetch_loop(conn)
+            except StaleEpoch:
+                # Our assignment is older than the leader's: wait for the SC's news.
+                await asyncio.sleep(0.2)
+            except HeadwaterError as exc:
+                log.debug("%s: fetch from %s failed: %s", self.p.name, self.leader_addr, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_S[1])
+            finally:
+                await conn.close()
+
+    async def _truncate_by_epoch(self, conn: ClientConnection) -> None:
+        mine = self.p.epochs.latest_epoch
+        if mine < 0 or self.p.log.log_end_offset == self.p.log.log_start_offset:
+            return
+        meta, _ = await conn.request(ApiKey.OFFSET_FOR_EPOCH, topic=self.p.topic,
+                                     partition=self.p.index, epoch=mine,
+                                     leader_epoch=self.epoch)
+        epoch, end = int(meta["epoch"]), int(meta["end"])
+        if epoch < 0:
+            end = min(end, self.p.high_watermark)
+        self.p.truncate_to(max(min(end, self.p.log.log_end_offset), 0))
+
+    async def _fetch_loop(self, conn: ClientConnection) -> None:
+        p = self.p
+        while not p.closed:
+            try:
+                meta, blob = await conn.request(
+                    ApiKey.REPLICA_FETCH, topic=p.topic, partition=p.index, replica=p.spu_id,
+                    epoch=self.epoch, offset=p.log.log_end_offset,
+                    durable=p.durable_offset(), max_wait_ms=int(FETCH_WAIT_S * 1000),
+                    timeout=FETCH_WAIT_S + 10)
+            except OffsetOutOfRange as exc:
+                start = exc.data.get("log_start_offset")
+                end = exc.data.get("log_end_offset")
+                if isinstance(end, int) and p.log.log_end_offset > end:
+                    p.truncate_to(end)
+                else:
+                    # The leader's retention removed records this replica still lacks.
+                    log.error("%s: leader kept %s..%s, this replica ends at %d; it cannot "
+                              "catch up by fetching (delete its directory to resync)",
+                              p.name, start, end, p.log.log_end_offset)
+                    await asyncio.sleep(5)
+                continue
+            for header, pos in codec.split_batches(blob):
+                if header.base_offset != p.log.log_end_offset:
+                    break
+                p.append_replica(bytearray(blob[pos:pos + header.size]), header.leader_epoch)
+            p.follower_hw(int(meta["hw"]))
+
+
+class ReplicaManager:
+    """Starts and stops followers as assignments change; proposes ISR changes."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext | None,
+                 propose_isr: Callable[[Partition, list[int]], Awaitable[bool]],
+                 lag_s: float) -> None:
+        self._ssl = ssl_context
+        self._propose = propose_isr
+        self.lag_s = lag_s
+        self.followers: dict[tuple[str, int], Follower] = {}
+
+    async def sync(self, partitions: dict[tuple[str, int], Partition],
+                   addresses: dict[int, str]) -> None:
+        """Follow the leader of every partition we do not lead."""
+        for key in list(self.followers):
+            f = self.followers[key]
+            p = partitions.get(key)
+            want = (p is not None and not p.is_leader and p.leader_id is not None
+                    and addresses.get(p.leader_id) == f.leader_addr
+                    and f.epoch == p.leader_epoch)
+            if not want:
+                await self.followers.pop(key).stop()
+        for key, p in partitions.items():
+            if p.is_leader or p.leader_id is None or key in self.followers:
+                continue
+            addr = addresses.get(p.leader_id)
+            if addr is not None:
+                self.followers[key] = Follower(p, leader_addr=addr, ssl_context=self._ssl)
+
+    async def check_isr(self, partitions: dict[tuple[str, int], Partition]) -> None:
+        for p in list(partitions.values()):
+            proposal = p.isr_proposal(self.lag_s)
+            if proposal is None:
+                continue
+            p.isr_pending = True
+            try:
+                if await self._propose(p, proposal):
+                    p.apply_isr(proposal)
+            finally:
+                p.isr_pending = False
+
+    async def close(self) -> None:
+        for f in list(self.followers.values()):
+            await f.stop()
+        self.followers.clear()
