@@ -27,7 +27,7 @@ from edge.protocol.messages import ApiKey
 log = logging.getLogger(__name__)
 
 STREAM_QUEUE = 4
-DEFAULT_MAX_BYTES = 1024 * 1024
+DEFAULT_MAX_BYTES = 256 * 1024
 
 
 class Offset(NamedTuple):

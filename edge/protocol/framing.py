@@ -92,9 +92,11 @@ class FrameDecoder:
         end = 4 + length
         if len(self._buf) < end:
             return None
-        meta = decode_meta(bytes(self._buf[PREFIX_SIZE : PREFIX_SIZE + meta_len]))
-        blob = bytes(self._buf[PREFIX_SIZE + meta_len : end])
+        with memoryview(self._buf) as view:  # one copy per part, not two
+            meta_bytes = bytes(view[PREFIX_SIZE : PREFIX_SIZE + meta_len])
+            blob = bytes(view[PREFIX_SIZE + meta_len : end])
         del self._buf[:end]
+        meta = decode_meta(meta_bytes)
         self._need = None
         return Frame(meta, blob)
 
