@@ -45,9 +45,17 @@ def topic_create(
     segment_time: str | None = typer.Option(None, help="Roll segments after this long "
                                             "(default 7d)."),
     compression: str | None = typer.Option(None, help="none or zlib (applied by producers)."),
+    min_isr: int | None = typer.Option(None, "--min-isr", help="In-sync replicas acks=all "
+                                       "needs (default 1)."),
+    unclean_election: bool = typer.Option(False, help="Allow an out-of-sync replica to lead "
+                                          "when no in-sync one is left (may lose records)."),
 ) -> None:
     """Create a topic."""
     config: dict[str, Any] = {}
+    if min_isr is not None:
+        config["min_insync_replicas"] = min_isr
+    if unclean_election:
+        config["unclean_election"] = True
     try:
         if retention_time is not None:
             config["retention_ms"] = (None if retention_time == "forever"
@@ -139,11 +147,19 @@ def topic_describe(ctx: typer.Context, name: str = typer.Argument(..., help="Top
 
 
 def _partition_table(rows: list[dict[str, Any]]) -> None:
-    print_table([[r["topic"], r["partition"], r["leader"], r["replicas"], r["epoch"],
-                  r.get("hw"), r.get("leo"), human_bytes(r.get("size")),
+    print_table([[r["topic"], r["partition"], r["leader"], r["replicas"], r["isr"],
+                  r["epoch"], r.get("hw"), r.get("leo"), _lags(r), human_bytes(r.get("size")),
                   "online" if r.get("leader_online") else "offline"] for r in rows],
-                ["TOPIC", "PARTITION", "LEADER", "REPLICAS", "EPOCH", "HW", "LEO", "SIZE",
-                 "STATUS"])
+                ["TOPIC", "PARTITION", "LEADER", "REPLICAS", "ISR", "EPOCH", "HW", "LEO",
+                 "LAG", "SIZE", "STATUS"])
+
+
+def _lags(row: dict[str, Any]) -> str:
+    """Records each follower lacks, as ``spu:lag``."""
+    followers = row.get("followers") or {}
+    if not followers:
+        return "-"
+    return ",".join(f"{spu}:{info.get('lag', '?')}" for spu, info in sorted(followers.items()))
 
 
 @topic_app.command("delete")
@@ -178,6 +194,22 @@ def partition_list(ctx: typer.Context,
         typer.echo("no partitions")
     else:
         _partition_table(rows)
+
+
+@partition_app.command("rebalance")
+def partition_rebalance(ctx: typer.Context,
+                        topic: str | None = typer.Option(None, "--topic", "-t",
+                                                         help="Only this topic.")) -> None:
+    """Move leadership back to each partition's preferred replica (the first one) where
+    it is in sync and online."""
+
+    async def main() -> int:
+        async with _admin(ctx) as admin:
+            return await admin.rebalance(topic)
+
+    moved = run(main, what="rebalance", target_=target(ctx))
+    typer.echo(f"moved leadership of {moved} partition(s)" if moved
+               else "every partition is led by its preferred replica (or it is not in sync)")
 
 
 @spu_app.command("list")

@@ -111,19 +111,30 @@ def local(
     sc_port: int = typer.Option(9003, help="SC client port (its SPU port is the next one)."),
     spu_port: int = typer.Option(9005, help="SPU client port (its peer port is the next one)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    spus: int = typer.Option(1, "--spus", help="SPUs to run, each on its own pair of ports "
+                             "from --spu-port up (several SPUs allow replication -r > 1)."),
     durability: str = typer.Option("group", help="group, always or never."),
     log_level: str = typer.Option("warning", help="debug, info, warning or error."),
 ) -> None:
-    """Run an SC and an SPU in this process until Ctrl-C (for development)."""
+    """Run an SC and SPUs until Ctrl-C (for development; one asyncio loop).
+
+    On a multi-core machine or a Pi, run one `headwater run spu` process per core
+    instead (see deploy/ansible), or use --spus for a replicated test cluster.
+    """
     from edge.sc.config import ScConfig
     from edge.spu.config import SpuConfig
 
+    if not 1 <= spus <= 16:
+        fail("--spus must be 1..16", 2)
     try:
         sc_cfg = ScConfig(data_dir=data_dir / "sc", public_addr=f"{host}:{sc_port}",
                           private_addr=f"{host}:{sc_port + 1}", log_level=log_level)
-        spu_cfg = SpuConfig(id=1, data_dir=data_dir / "spu-1", public_addr=f"{host}:{spu_port}",
-                            private_addr=f"{host}:{spu_port + 1}", sc=f"{host}:{sc_port + 1}",
-                            durability=durability, log_level=log_level)
+        spu_cfgs = [SpuConfig(id=i, data_dir=data_dir / f"spu-{i}",
+                              public_addr=f"{host}:{spu_port + 2 * (i - 1)}",
+                              private_addr=f"{host}:{spu_port + 2 * (i - 1) + 1}",
+                              sc=f"{host}:{sc_port + 1}", durability=durability,
+                              log_level=log_level)
+                    for i in range(1, spus + 1)]
     except ConfigError as exc:
         fail(str(exc), 2)
     setup_logging(log_level)
@@ -133,17 +144,20 @@ def local(
         from edge.sc.service import Sc
         from edge.spu.service import Spu
 
-        sc, spu = Sc(sc_cfg), Spu(spu_cfg)
+        sc = Sc(sc_cfg)
+        units = [Spu(cfg) for cfg in spu_cfgs]
 
         def banner() -> None:
             typer.echo(f"Headwater is running (data in {data_dir})")
-            typer.echo(f"  SC   clients {sc.public_addr}   SPUs  {sc.private_addr}")
-            typer.echo(f"  SPU  clients {spu.public_addr}   peers {spu.private_addr}")
+            typer.echo(f"  SC     clients {sc.public_addr}   SPUs  {sc.private_addr}")
+            for spu in units:
+                typer.echo(f"  SPU {spu.cfg.id}  clients {spu.public_addr}   "
+                           f"peers {spu.private_addr}")
             typer.echo(f"Try:  headwater --sc {sc.public_addr} topic create greetings")
             typer.echo("Stop with Ctrl-C.")
 
         try:
-            await serve([sc, spu], ready_text=lambda: f"local cluster on {sc.public_addr}",
+            await serve([sc, *units], ready_text=lambda: f"local cluster on {sc.public_addr}",
                         on_ready=banner)
         except OSError as exc:
             fail(f"cannot listen: {exc} (another Headwater running? choose ports with "

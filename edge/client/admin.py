@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 
 from edge.client.cluster import ClusterClient
+from edge.protocol.errors import HeadwaterError
 from edge.protocol.messages import ApiKey
 
 
@@ -52,6 +54,11 @@ class Admin:
         meta = await self.cluster.sc_request(ApiKey.LIST_PARTITIONS, topic=topic)
         return list(meta["partitions"])
 
+    async def rebalance(self, topic: str | None = None) -> int:
+        """Preferred-replica election; returns how many partitions changed leader."""
+        meta = await self.cluster.sc_request(ApiKey.PARTITION_REBALANCE, topic=topic)
+        return int(meta["moved"])
+
     async def list_spus(self) -> list[dict[str, Any]]:
         meta = await self.cluster.sc_request(ApiKey.LIST_SPUS)
         return list(meta["spus"])
@@ -70,10 +77,6 @@ class Admin:
 
     async def wait_ready(self, topic: str, *, timeout: float = 10.0) -> None:
         """Wait until every partition of ``topic`` answers on its leader."""
-        import asyncio
-
-        from edge.protocol.errors import HeadwaterError
-
         async with asyncio.timeout(timeout):
             while True:
                 try:

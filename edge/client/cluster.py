@@ -8,6 +8,7 @@ metadata when an SPU says it is not the leader (or is gone).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -80,6 +81,31 @@ class ClusterClient:
         self._spus: dict[str, ClientConnection] = {}
         self._lock = asyncio.Lock()
         self.metadata: Metadata | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    def start_watch(self) -> None:
+        """Follow the SC's metadata stream, so leader changes arrive as they happen
+        (requests that hit a stale leader still refresh on their own)."""
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(
+                self._follow_metadata(), name=f"watch-{self.sc_addr}")
+
+    async def _follow_metadata(self) -> None:
+        backoff = Backoff(0.1, 5.0)
+        while True:
+            conn = None
+            try:
+                conn = await self.connect(self.sc_addr)
+                stream = conn.open_stream(ApiKey.WATCH_METADATA)
+                while (item := await stream.next()) is not None:
+                    self.metadata = Metadata.parse(item[0])
+                    backoff.reset()
+            except HeadwaterError as exc:
+                log.debug("metadata watch on %s interrupted: %s", self.sc_addr, exc)
+            finally:
+                if conn is not None:
+                    await conn.close()
+            await backoff.sleep()
 
     async def sc(self) -> ClientConnection:
         if self._sc is None or self._sc.closed:
@@ -155,6 +181,11 @@ class ClusterClient:
         return out
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         conns = list(self._spus.values()) + ([self._sc] if self._sc else [])
         self._spus.clear()
         self._sc = None

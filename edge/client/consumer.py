@@ -93,6 +93,7 @@ class Consumer:
 
     async def __aenter__(self) -> Consumer:
         await self.resolve()
+        self.cluster.start_watch()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

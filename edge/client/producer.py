@@ -134,6 +134,7 @@ class Producer:
 
     async def __aenter__(self) -> Producer:
         await self.cluster.sc()
+        self.cluster.start_watch()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -263,13 +263,13 @@ def _decode_plain(raw: list[Any], base: int, first_ts: int) -> list[Record] | No
     low, high = min(deltas), max(deltas)
     if (set(map(type, values)) != _BYTES_TYPES or not set(map(type, keys)) <= _KEY_TYPES
             or set(map(type, deltas)) != _INT_TYPES
-            or not _I64_MIN <= first_ts + low or not first_ts + high <= _I64_MAX):
+            or not first_ts + low >= _I64_MIN or not first_ts + high <= _I64_MAX):
         return None
     n = len(raw)
     stamps = (itertools.repeat(first_ts, n) if low == high == 0
               else map(operator.add, itertools.repeat(first_ts, n), deltas))
     return list(map(_new_record, zip(range(base, base + n), stamps, keys, values,
-                                     itertools.repeat(None, n))))
+                                     itertools.repeat(None, n), strict=False)))
 
 
 def _decompress(body: bytes, base_offset: int) -> bytes:

@@ -284,7 +284,7 @@ class Controller:
             for s in leader.partitions:
                 if s.get("topic") == p.topic and s.get("partition") == p.idx:
                     row.update(hw=s.get("hw"), leo=s.get("leo"), start=s.get("start"),
-                               size=s.get("size"))
+                               size=s.get("size"), followers=s.get("followers") or {})
         return row
 
     def peers(self) -> dict[str, str]:

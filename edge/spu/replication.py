@@ -173,7 +173,7 @@ class Follower:
                     p.truncate_to(end)
                 else:
                     # The leader's retention removed records this replica still lacks.
-                    log.error("%s: leader kept %s..%s, this replica ends at %d; it cannot "
+                    log.error("%s: leader kept %s..%s, this replica ends at %d; it cannot "  # noqa: TRY400
                               "catch up by fetching (delete its directory to resync)",
                               p.name, start, end, p.log.log_end_offset)
                     await asyncio.sleep(5)

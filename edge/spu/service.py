@@ -14,9 +14,9 @@ from edge.protocol import messages
 from edge.protocol.errors import InvalidRequest, StorageError
 from edge.protocol.messages import ApiKey
 from edge.spu.config import SpuConfig, advertised
+from edge.spu.guard import LeadershipGuard
 from edge.spu.handlers import PublicApi
 from edge.spu.replicas import ReplicaSet
-from edge.spu.guard import LeadershipGuard
 from edge.spu.replication import LeaderSide, ReplicaManager
 from edge.spu.sc_link import ScLink, cancel
 from edge.storage.offsets import ConsumerOffsets
