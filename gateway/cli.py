@@ -16,7 +16,6 @@ import typer
 
 from edge.cli.common import fail, print_json, print_table, setup_logging
 from gateway.config import ConfigError, GatewayConfig, StatusConfig, load_config
-from gateway.runner import Gateway
 from gateway.status import read_status, table_rows
 
 app = typer.Typer(
@@ -68,6 +67,10 @@ def run(
         return
     setup_logging(log_level, daemon=True)
     try:
+        # Imported here: the bridges pull in aiomqtt, which `headwater run spu` and
+        # every other command must not pay for in memory and start-up time.
+        from gateway.runner import Gateway
+
         asyncio.run(Gateway(cfg).run())
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
