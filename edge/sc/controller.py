@@ -211,7 +211,7 @@ class Controller:
         row = PartitionRow(p.topic, p.idx, p.replicas, leader, p.epoch + 1, isr)
         self.store.update_partition(row)
         if leader is None:
-            log.error("%s/%d has no eligible leader (ISR %s offline)", p.topic, p.idx, p.isr)
+            log.warning("%s/%d has no eligible leader (ISR %s offline)", p.topic, p.idx, p.isr)
         else:
             log.info("%s/%d: SPU %s leads, epoch %d (was SPU %s)", p.topic, p.idx, leader,
                      row.epoch, p.leader)
