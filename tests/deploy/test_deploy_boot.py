@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,9 @@ def test_services_run_sandboxed_as_the_service_user(booted: Booted) -> None:
         booted.wait_active(unit)
         assert booted.show(unit, "User") == "headwater"
         assert booted.show(unit, "ProtectSystem") == "strict"
+        assert booted.show(unit, "MemoryMax") not in ("", "infinity"), unit
+        assert int(booted.show(unit, "LimitNOFILE")) >= 4096, unit
+        assert booted.show(unit, "NRestarts") == "0", f"{unit} crashed and was restarted"
         pid = booted.main_pid(unit)
         status = booted.run("cat", f"/proc/{pid}/status").stdout
         uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
@@ -206,7 +210,7 @@ def test_a_change_restarts_only_what_it_touches(booted: Booted) -> None:
     edge = booted.edge
     for unit in _units(edge):
         booted.wait_active(unit)
-    before = {unit: booted.main_pid(unit) for unit in _units(edge)}
+    before = _pids(booted)
     # A third SPU, and the gateway's unit changes (its log level is on ExecStart).
     extra = {"headwater_spu_count": 3, "headwater_gateway_log_level": "debug"}
     grown = run_playbook("edge.yml", booted.inventory, tmp=booted.work, extra_vars=extra)
@@ -215,7 +219,7 @@ def test_a_change_restarts_only_what_it_touches(booted: Booted) -> None:
     booted.wait_active("headwater-spu@9.service")
     assert booted.show("headwater-spu@9.service", "UnitFileState") == "enabled"
 
-    before = {unit: booted.main_pid(unit) for unit in _units(edge)}
+    before = _pids(booted)
     shrunk = run_playbook("edge.yml", booted.inventory, tmp=booted.work)
     assert shrunk.returncode == 0, shrunk.output[-8000:]
     assert booted.run("systemctl", "is-active", "headwater-spu@9.service").stdout.strip() \
@@ -226,14 +230,30 @@ def test_a_change_restarts_only_what_it_touches(booted: Booted) -> None:
     _assert_restarted(booted, before, {"headwater-gateway.service"})
 
 
-def _assert_restarted(booted: Booted, before: dict[str, int], expected: set[str]) -> None:
-    for unit, pid in before.items():
+def _pids(booted: Booted) -> dict[str, tuple[int, int]]:
+    """MainPID and NRestarts (systemd's own restarts after a crash) of every unit."""
+    return {unit: (booted.main_pid(unit), int(booted.show(unit, "NRestarts") or 0))
+            for unit in _units(booted.edge)}
+
+
+def _assert_restarted(booted: Booted, before: dict[str, tuple[int, int]],
+                      expected: set[str]) -> None:
+    for unit, (pid, restarts) in before.items():
         booted.wait_active(unit)
-        now = booted.main_pid(unit)
+        now, now_restarts = booted.main_pid(unit), int(booted.show(unit, "NRestarts") or 0)
         if unit in expected:
             assert now != pid, f"{unit} changed but was not restarted"
-        else:
-            assert now == pid, f"{unit} restarted but nothing of it changed"
+            continue
+        if now == pid:
+            continue
+        journal = booted.run("journalctl", "--no-pager", "-n", "40", "-u", unit).stdout
+        if now_restarts > restarts and unit == "mosquitto.service":
+            # Debian's broker crashed and systemd restarted it (Restart=on-failure from
+            # the role's drop-in): not a restart the playbook made.
+            warnings.warn(f"mosquitto crashed during the run:\n{journal}", stacklevel=2)
+            continue
+        assert now == pid, (f"{unit} restarted (systemd restarts {restarts} -> {now_restarts}) "
+                            f"but nothing of it changed:\n{journal}")
 
 
 def test_systemctl_stop_is_a_clean_sigterm_exit(booted: Booted) -> None:
@@ -259,7 +279,7 @@ def test_an_sc_restart_keeps_the_spus_registered(booted: Booted) -> None:
     # Last in this module: while the bug above stands it leaves the SPUs offline.
     for unit in _units(booted.edge):
         booted.wait_active(unit)
-    before = {unit: booted.main_pid(unit) for unit in _units(booted.edge)}
+    before = _pids(booted)
     extra = {"headwater_sc_heartbeat_timeout_s": 3.0, "headwater_spu_health_retries": 10}
     result = run_playbook("edge.yml", booted.inventory, tmp=booted.work, extra_vars=extra)
     assert result.returncode == 0, result.output[-4000:]
