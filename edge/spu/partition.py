@@ -269,6 +269,12 @@ class Partition:
             self.log.truncate_to(offset)
             self.epochs.truncate_from(self.log.log_end_offset)
 
+    async def wait_durable(self) -> None:
+        """Wait until everything appended so far is on disk."""
+        end = self.log.log_end_offset
+        if self.durability != "never" and self.log.flushed_offset < end:
+            await self._wait(self._flush_waiters, end)
+
     def durable_offset(self) -> int:
         return (self.log.log_end_offset if self.durability == "never"
                 else self.log.flushed_offset)

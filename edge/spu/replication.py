@@ -178,11 +178,18 @@ class Follower:
                               p.name, start, end, p.log.log_end_offset)
                     await asyncio.sleep(5)
                 continue
+            appended = False
             for header, pos in codec.split_batches(blob):
                 if header.base_offset != p.log.log_end_offset:
                     break
                 p.append_replica(bytearray(blob[pos:pos + header.size]), header.leader_epoch)
+                appended = True
             p.follower_hw(int(meta["hw"]))
+            if appended:
+                # The leader's HW (and every acks=all answer) waits for this replica's
+                # *durable* offset, reported in the next fetch; sent before the fsync,
+                # that fetch would report the old one and then long-poll.
+                await p.wait_durable()
 
 
 class ReplicaManager:
