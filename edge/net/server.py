@@ -28,7 +28,7 @@ from typing import Any
 import cbor2
 
 from edge.protocol import messages
-from edge.protocol.errors import HeadwaterError, ProtocolError
+from edge.protocol.errors import HeadwaterError, InvalidRequest, ProtocolError
 from edge.protocol.framing import FrameDecoder, encode_frame, frame_header
 
 log = logging.getLogger(__name__)
@@ -230,10 +230,11 @@ class FrameServer:
                     await conn.writer.drain()
 
     def _serve(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> None:
-        cid = meta.get("id")
-        if not isinstance(cid, int) or isinstance(cid, bool):
-            cid = -1
+        raw_id = meta.get("id")
+        cid = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else -1
         try:
+            if cid != raw_id:
+                raise InvalidRequest("request without an integer correlation id")  # noqa: TRY301
             result = self._dispatch(conn, meta, blob)
         except HeadwaterError as exc:
             self._count_error(conn, exc)

@@ -197,7 +197,7 @@ class Sc:
 
     def update_isr(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
         isr = get(meta, "isr", list)
-        if not all(isinstance(r, int) for r in isr):
+        if not all(isinstance(r, int) and not isinstance(r, bool) for r in isr):
             raise InvalidRequest("isr must be a list of SPU ids")
         self.controller.update_isr(get(meta, "spu", int), get(meta, "topic", str),
                                    get(meta, "partition", int), get(meta, "epoch", int), isr)

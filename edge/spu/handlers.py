@@ -29,7 +29,9 @@ from edge.storage.offsets import ConsumerOffsets
 log = logging.getLogger(__name__)
 
 DEFAULT_FETCH_BYTES = 1024 * 1024
-MAX_FETCH_BYTES = 8 * 1024 * 1024
+# Half the frame limit: a fetch answer of whole batches may overshoot max_bytes by
+# one batch, and must still fit a frame.
+MAX_FETCH_BYTES = 4 * 1024 * 1024
 MAX_WAIT_MS = 60_000
 # A stream with nothing new re-checks this often so it notices a closed partition.
 STREAM_IDLE_CHECK_S = 1.0
@@ -187,6 +189,7 @@ class PublicApi:
                 f"offset {offset} outside {p.log.log_start_offset}..{p.high_watermark}",
                 offset=offset)
         self.offsets.commit(consumer, topic, index, offset)
+        p.consumer_version += 1
         return messages.ok(meta["id"]), b""
 
     def offset_fetch(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:

@@ -66,6 +66,9 @@ class Partition:
         self.epochs = EpochCache(plog.directory)
         self.followers: dict[int, FollowerState] = {}
         self.isr_pending = False
+        # Bumped on every consumer-position commit; followers copy positions when
+        # (leader epoch, version) differs from the copy they hold.
+        self.consumer_version = 0
         self.failed: StorageError | None = None
         self.closed = False
         self._ack_guard = ack_guard or (lambda: True)
@@ -98,7 +101,8 @@ class Partition:
             "size": self.log.size_bytes, "failed": self.failed is not None,
             "isr": self.isr if self.is_leader else None,
             "followers": {str(r): {"leo": f.leo, "lag": max(self.log.log_end_offset - f.leo, 0),
-                                   "last_fetch_s": round(now - f.last_fetch, 3)}
+                                   "last_fetch_s": round(now - f.last_fetch, 3)
+                                   if f.last_fetch else None}
                           for r, f in self.followers.items()} if self.is_leader else None,
         }
 

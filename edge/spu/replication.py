@@ -37,6 +37,7 @@ from edge.protocol.errors import (
 )
 from edge.protocol.messages import ApiKey, get
 from edge.spu.partition import Partition
+from edge.storage.offsets import ConsumerOffsets
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class LeaderSide:
     def __init__(self, lookup: Callable[[str, int], Partition | None], spu_id: int) -> None:
         self._lookup = lookup
         self.spu_id = spu_id
+        self.offsets: ConsumerOffsets | None = None
 
     def _partition(self, meta: dict[Any, Any]) -> Partition:
         topic, index = get(meta, "topic", str), get(meta, "partition", int)
@@ -91,14 +93,26 @@ class LeaderSide:
                 log_end_offset=p.log.log_end_offset)
         p.follower_fetched(replica, offset, durable)
         wait = get(meta, "max_wait_ms", int, int(FETCH_WAIT_S * 1000)) / 1000
-        return self._answer(conn, meta["id"], p, offset, min(max(wait, 0.0), 5.0))
+        known = (get(meta, "cv_epoch", int, -1), get(meta, "cv", int, -1))
+        return self._answer(conn, meta["id"], p, offset, wait=min(max(wait, 0.0), 5.0),
+                            known=known)
 
-    async def _answer(self, conn: Connection, cid: int, p: Partition, offset: int,
-                      wait: float) -> Response:
+    def _consumers(self, p: Partition, known: tuple[int, int]) -> dict[str, Any]:
+        """Committed consumer positions of ``p``, when the follower's copy is older."""
+        current = (p.leader_epoch, p.consumer_version)
+        if self.offsets is None or known == current:
+            return {}
+        rows = [[name, offset] for name, topic, index, offset, _ in self.offsets.list()
+                if topic == p.topic and index == p.index]
+        return {"consumers": rows, "cv_epoch": current[0], "cv": current[1]}
+
+    async def _answer(self, conn: Connection, cid: int, p: Partition, offset: int, *,
+                      wait: float, known: tuple[int, int]) -> Response:
         if p.log.log_end_offset <= offset:
             await p.wait_for_append(offset, wait)
         reply = {"hw": p.high_watermark, "leo": p.log.log_end_offset,
-                 "start": p.log.log_start_offset, "epoch": p.leader_epoch}
+                 "start": p.log.log_start_offset, "epoch": p.leader_epoch,
+                 **self._consumers(p, known)}
         if p.log.log_end_offset <= offset or p.closed:
             return messages.ok(cid, **reply), b""
         sl = p.log.read(offset, FETCH_MAX_BYTES)
@@ -113,12 +127,15 @@ class LeaderSide:
 class Follower:
     """Keeps one follower replica in step with its leader."""
 
-    def __init__(self, p: Partition, *, leader_addr: str, ssl_context: ssl.SSLContext | None
-                 ) -> None:
+    def __init__(self, p: Partition, *, leader_addr: str, ssl_context: ssl.SSLContext | None,
+                 offsets: ConsumerOffsets | None = None) -> None:
         self.p = p
         self.leader_addr = leader_addr
         self._ssl = ssl_context
+        self._offsets = offsets
         self.epoch = p.leader_epoch
+        # Version of the leader's consumer positions this replica holds a copy of.
+        self._consumers_seen = (-1, -1)
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"follow-{p.name}")
 
@@ -165,6 +182,7 @@ class Follower:
                     ApiKey.REPLICA_FETCH, topic=p.topic, partition=p.index, replica=p.spu_id,
                     epoch=self.epoch, offset=p.log.log_end_offset,
                     durable=p.durable_offset(), max_wait_ms=int(FETCH_WAIT_S * 1000),
+                    cv_epoch=self._consumers_seen[0], cv=self._consumers_seen[1],
                     timeout=FETCH_WAIT_S + 10)
             except OffsetOutOfRange as exc:
                 start = exc.data.get("log_start_offset")
@@ -185,11 +203,25 @@ class Follower:
                 p.append_replica(bytearray(blob[pos:pos + header.size]), header.leader_epoch)
                 appended = True
             p.follower_hw(int(meta["hw"]))
+            self._copy_consumers(meta)
             if appended:
                 # The leader's HW (and every acks=all answer) waits for this replica's
                 # *durable* offset, reported in the next fetch; sent before the fsync,
                 # that fetch would report the old one and then long-poll.
                 await p.wait_durable()
+
+
+    def _copy_consumers(self, meta: dict[Any, Any]) -> None:
+        """Keep the leader's committed consumer positions, so a consumer resumes at
+        the same place after a failover."""
+        rows = meta.get("consumers")
+        if self._offsets is None or not isinstance(rows, list):
+            return
+        for row in rows:
+            if (isinstance(row, list) and len(row) == 2 and isinstance(row[0], str)
+                    and isinstance(row[1], int)):
+                self._offsets.commit(row[0], self.p.topic, self.p.index, row[1])
+        self._consumers_seen = (int(meta.get("cv_epoch", -1)), int(meta.get("cv", -1)))
 
 
 class ReplicaManager:
@@ -200,6 +232,7 @@ class ReplicaManager:
                  lag_s: float) -> None:
         self._ssl = ssl_context
         self._propose = propose_isr
+        self.offsets: ConsumerOffsets | None = None
         self.lag_s = lag_s
         self.followers: dict[tuple[str, int], Follower] = {}
 
@@ -219,7 +252,8 @@ class ReplicaManager:
                 continue
             addr = addresses.get(p.leader_id)
             if addr is not None:
-                self.followers[key] = Follower(p, leader_addr=addr, ssl_context=self._ssl)
+                self.followers[key] = Follower(p, leader_addr=addr, ssl_context=self._ssl,
+                                               offsets=self.offsets)
 
     async def check_isr(self, partitions: dict[tuple[str, int], Partition]) -> None:
         for p in list(partitions.values()):

@@ -55,6 +55,7 @@ class Spu:
     async def start(self) -> None:
         self.offsets = ConsumerOffsets.open(self.cfg.data_dir / "consumers.sqlite")
         self.api = PublicApi(self.replicas, self.offsets)
+        self.leader_side.offsets = self.offsets
         self.link = ScLink(self.cfg, self.replicas, public="", private="",
                            ssl_context=self._client_ssl,
                            stats=lambda: dict(self.api.stats) if self.api else {},
@@ -62,6 +63,7 @@ class Spu:
         self.replication = ReplicaManager(ssl_context=self._client_ssl,
                                           propose_isr=self.link.propose_isr,
                                           lag_s=self.cfg.replica_lag_s)
+        self.replication.offsets = self.offsets
         saved = self.replicas.load_saved()
         if saved is not None:
             # Serve what we hosted before, even if the SC never answers again.
@@ -107,7 +109,10 @@ class Spu:
                           ) -> Response | Awaitable[Response]:
         api = messages.api_of(meta)
         if api == ApiKey.API_VERSIONS:
-            return messages.ok(meta["id"], versions={int(ApiKey.API_VERSIONS): [0, 0]},
+            served = (ApiKey.API_VERSIONS, ApiKey.PARTITION_STATUS, ApiKey.REPLICA_FETCH,
+                      ApiKey.OFFSET_FOR_EPOCH)
+            return messages.ok(meta["id"], versions={int(k): list(messages.SUPPORTED[k])
+                                                     for k in served},
                                role="spu-private", spu=self.cfg.id), b""
         if api == ApiKey.PARTITION_STATUS:
             rows = [p.status() for p in self.replicas.partitions.values()]

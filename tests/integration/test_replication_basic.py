@@ -30,6 +30,11 @@ async def test_replicated_produce_failover_and_rejoin(tmp_path: Path) -> None:
                 await p.send("r3", b"%d" % i)
         row = await partition_row(cluster, "r3")
         assert sorted(row["isr"]) == [1, 2, 3]
+        async with Consumer(cluster.sc_addr, "r3", offset=Offset.beginning(), consumer="app",
+                            end_offset=499) as c:
+            assert len(await c.fetch_until_end()) == 500
+            await c.commit()
+        await asyncio.sleep(1.5)  # followers copy positions with their next fetches
         leader = row["leader"]
         await cluster.kill_spu(leader)
 
@@ -44,6 +49,9 @@ async def test_replicated_produce_failover_and_rejoin(tmp_path: Path) -> None:
         async with Consumer(cluster.sc_addr, "r3", offset=Offset.beginning()) as c:
             values = [int(r.value) for r in await c.fetch_until_end()]
         assert values == list(range(2000))
+        # The committed position moved with the leadership.
+        async with Consumer(cluster.sc_addr, "r3", consumer="app", stop_at_end=True) as c:
+            assert c.positions[0] == 500
         await cluster.start_spu(leader)
 
         async def rejoined() -> bool:
