@@ -56,13 +56,18 @@ class ScLink:
     async def run(self) -> None:
         """Register and follow assignments until cancelled."""
         delay = BACKOFF_MIN_S
+        warned = False
         while True:
             try:
                 await self._session()
                 delay = BACKOFF_MIN_S
-            except (HeadwaterError, OSError) as exc:
-                if self.connected.is_set() or self.connects == 0:
-                    log.warning("SC %s unreachable (%s); serving on, retrying", self.cfg.sc, exc)
+            except Exception as exc:
+                if self.connected.is_set() or not warned:
+                    log.warning("SC %s unreachable (%s); serving on, retrying", self.cfg.sc,
+                                _reason(exc))
+                warned = True
+            else:
+                warned = False
             self.connected.clear()
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, BACKOFF_MAX_S)
@@ -86,7 +91,7 @@ class ScLink:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._heartbeats(conn), name="heartbeat")
                 tg.create_task(self._follow(stream), name="assignments")
-        except* HeadwaterError as eg:
+        except* (HeadwaterError, OSError) as eg:
             raise eg.exceptions[0] from None
         finally:
             self._conn = None
@@ -137,6 +142,12 @@ class ScLink:
 
     def _status(self) -> list[dict[str, Any]]:
         return [p.status() for p in self.replicas.partitions.values()]
+
+
+def _reason(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
 
 
 async def cancel(task: asyncio.Task[Any] | None) -> None:
