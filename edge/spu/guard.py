@@ -34,7 +34,6 @@ class LeadershipGuard:
         self.pauses = 0
 
     def ok(self) -> bool:
-        return True
         if self._suspect:
             return False
         if time.monotonic() - self._last_tick > self.pause_s:
