@@ -6,21 +6,31 @@ and can SIGKILL and restart the SPU on the same data directory (crash tests).
 
     async with LocalCluster(tmp_path) as cluster:
         async with Admin(cluster.sc_addr) as admin: ...
+
+With ``private_proxy=True`` every SPU's private (peer) port sits behind a
+:class:`TcpProxy` in the test process and the SPU advertises the proxy's
+address, so ``isolate(spu_id)`` can cut that SPU off from its peers (both
+directions, connections held open like a real partition) and ``heal`` joins
+it again. The SC links are not proxied: the SC still sees the SPU.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge.net.connection import ClientConnection
+import psutil
+
+from edge.net.connection import ClientConnection, split_addr
 from edge.protocol.errors import HeadwaterError
 from edge.protocol.messages import ApiKey
 
@@ -35,11 +45,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class LocalCluster:
-    """One SC and ``spus`` SPUs as child processes."""
+    """One SC and ``spus`` SPUs as child processes.
+
+    ``spu_settings`` go into a TOML config file given to every SPU (any
+    ``SpuConfig`` key, e.g. ``replica_lag_s``); command-line flags win over it.
+    """
 
     def __init__(self, data_dir: Path, *, spus: int = 1, durability: str = "group",
                  log_level: str = "warning", extra_spu_args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 spu_settings: dict[str, str | int | float | bool] | None = None,
+                 private_proxy: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.host = "127.0.0.1"
         self.sc_port = free_port()
@@ -54,6 +70,10 @@ class LocalCluster:
         self.spu_ports = {i: (free_port(), free_port()) for i in self.spu_ids}
         self.sc_proc: subprocess.Popen[bytes] | None = None
         self.spu_procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.spu_settings = dict(spu_settings or {})
+        self.proxies: dict[int, TcpProxy] = (
+            {i: TcpProxy(f"{self.host}:{self.spu_ports[i][1]}", origin=self._spu_of_port)
+             for i in self.spu_ids} if private_proxy else {})
 
     def spu_addr(self, spu_id: int = 1) -> str:
         return f"{self.host}:{self.spu_ports[spu_id][0]}"
@@ -66,6 +86,8 @@ class LocalCluster:
         await self.stop()
 
     async def start(self) -> None:
+        for proxy in self.proxies.values():
+            await proxy.start()
         await self.start_sc()
         for spu_id in self.spu_ids:
             await self.start_spu(spu_id)
@@ -74,6 +96,8 @@ class LocalCluster:
         for spu_id in list(self.spu_procs):
             await self.stop_spu(spu_id)
         await self.stop_sc()
+        for proxy in self.proxies.values():
+            await proxy.close()
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -98,11 +122,50 @@ class LocalCluster:
             ["run", "spu", "--id", str(spu_id), "--data-dir", str(self.data_dir / f"spu-{spu_id}"),
              "--public-addr", f"{self.host}:{public}", "--private-addr", f"{self.host}:{private}",
              "--sc", self.sc_private_addr, "--durability", self.durability,
-             "--log-level", self.log_level, *self.extra_spu_args], f"spu-{spu_id}.log")
+             "--log-level", self.log_level, *self._config_args(spu_id),
+             *self.extra_spu_args], f"spu-{spu_id}.log")
         self.spu_procs[spu_id] = proc
         await self._wait_answers(self.spu_addr(spu_id), proc, f"spu-{spu_id}.log")
         if self.sc_proc is not None and self.sc_proc.poll() is None:
             await self.wait_spu_online(spu_id)
+
+    def _config_args(self, spu_id: int) -> list[str]:
+        settings = dict(self.spu_settings)
+        if spu_id in self.proxies:
+            settings["advertise_private"] = self.proxies[spu_id].addr
+        if not settings:
+            return []
+        path = self.data_dir / f"spu-{spu_id}.toml"
+        path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in settings.items()))
+        return ["--config", str(path)]
+
+    def signal_spu(self, spu_id: int, sig: int) -> None:
+        """Send a signal and return at once (SIGSTOP / SIGCONT)."""
+        self.spu_procs[spu_id].send_signal(sig)
+
+    def isolate(self, spu_id: int) -> None:
+        """Cut every peer link of ``spu_id``, both directions (needs ``private_proxy``)."""
+        for other, proxy in self.proxies.items():
+            if other == spu_id:
+                proxy.set_down(True)
+            else:
+                proxy.block(spu_id)
+
+    def heal(self, spu_id: int) -> None:
+        for other, proxy in self.proxies.items():
+            if other == spu_id:
+                proxy.set_down(False)
+            else:
+                proxy.unblock(spu_id)
+
+    def _spu_of_port(self, port: int) -> int | None:
+        """Which SPU process owns the local TCP port ``port`` (the dialling side)."""
+        for spu_id, proc in list(self.spu_procs.items()):
+            with contextlib.suppress(psutil.Error):
+                for c in psutil.Process(proc.pid).net_connections(kind="tcp"):
+                    if c.laddr and c.laddr.port == port:
+                        return spu_id
+        return None
 
     async def kill_spu(self, spu_id: int = 1, sig: int = signal.SIGKILL) -> None:
         proc = self.spu_procs.pop(spu_id, None)
@@ -146,6 +209,125 @@ class LocalCluster:
                     await _request(addr, ApiKey.API_VERSIONS)
                     return
                 await asyncio.sleep(0.05)
+
+
+def _toml_value(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    return repr(value)
+
+
+class _Link:
+    """One proxied connection; forwarding waits while ``gate`` is clear."""
+
+    def __init__(self, peer_port: int) -> None:
+        self.peer_port = peer_port
+        self.origin: int | None = None
+        self.origin_known = False
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+
+class TcpProxy:
+    """Forwards TCP connections to ``target``; links can be cut and healed.
+
+    A cut link is held open but carries nothing, like a network partition: the
+    peers notice only through their own timeouts, and data still in flight
+    moves on when the link heals. ``set_down`` cuts every link to the target;
+    ``block(origin)`` cuts the links dialled by one SPU (``origin`` maps the
+    dialling side's port to an SPU id).
+    """
+
+    def __init__(self, target: str, *, origin: Callable[[int], int | None] | None = None
+                 ) -> None:
+        self.target = target
+        self._origin = origin or (lambda port: None)
+        self.down = False
+        self.blocked: set[int] = set()
+        self.addr = ""
+        self._links: set[_Link] = set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str = "127.0.0.1") -> str:
+        self._server = await asyncio.start_server(self._accept, host, 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.addr = f"{host}:{port}"
+        return self.addr
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def set_down(self, down: bool) -> None:
+        self.down = down
+        self._apply()
+
+    def block(self, origin: int) -> None:
+        self.blocked.add(origin)
+        self._apply()
+
+    def unblock(self, origin: int) -> None:
+        self.blocked.discard(origin)
+        self._apply()
+
+    def _cut(self, link: _Link) -> bool:
+        if self.down:
+            return True
+        if not self.blocked:
+            return False
+        if not link.origin_known:
+            link.origin, link.origin_known = self._origin(link.peer_port), True
+        return link.origin in self.blocked
+
+    def _apply(self) -> None:
+        for link in self._links:
+            if self._cut(link):
+                link.gate.clear()
+            else:
+                link.gate.set()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                      ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        link = _Link(int(writer.get_extra_info("peername")[1]))
+        self._links.add(link)
+        upstream: asyncio.StreamWriter | None = None
+        try:
+            if self._cut(link):
+                link.gate.clear()
+            await link.gate.wait()
+            up_reader, upstream = await asyncio.open_connection(*split_addr(self.target))
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(_pump(reader, upstream, link))
+                tg.create_task(_pump(up_reader, writer, link))
+        except (OSError, ExceptionGroup):
+            pass
+        finally:
+            self._links.discard(link)
+            self._tasks.discard(task)
+            for w in (writer, upstream):
+                if w is not None:
+                    w.transport.abort()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link
+                ) -> None:
+    while data := await reader.read(65536):
+        await link.gate.wait()
+        writer.write(data)
+        await writer.drain()
+    # One side closed: end the whole link, as a TCP connection would.
+    raise ConnectionResetError("peer closed")
 
 
 async def _request(addr: str, api: ApiKey, **fields: Any) -> dict[Any, Any]:
