@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from checker import check
-from workload import Workload, partition_rows
+from checker import History, check
+from workload import Workload, partition_rows, read_all, settled_ends
 
-from edge.client import Acks, Admin
+from edge.client import Acks, Admin, Producer
 from edge.net.connection import ClientConnection
 from edge.protocol import batch as codec
 from edge.protocol.errors import NotLeader
@@ -65,9 +65,27 @@ async def wait_new_leader(cluster: LocalCluster, topic: str, part: int, old: int
     return int((await rows(cluster, topic))[part]["leader"])
 
 
+async def spu_status(cluster: LocalCluster, spu_id: int, topic: str, part: int = 0
+                     ) -> dict[str, Any]:
+    """What one SPU reports of its replica of ``topic/part`` (PARTITION_STATUS)."""
+    async with ClientConnection(cluster.spu_addr(spu_id)) as conn:
+        meta, _ = await conn.request(ApiKey.PARTITION_STATUS)
+    return next(r for r in meta["partitions"] if r["topic"] == topic and r["partition"] == part)
+
+
+async def leader_ahead_of_followers(cluster: LocalCluster, spu_id: int, topic: str,
+                                    part: int) -> bool:
+    """The leader holds records that no follower has fetched."""
+    status = await spu_status(cluster, spu_id, topic, part)
+    followers = status["followers"] or {}
+    return bool(followers) and all(f["lag"] > 0 for f in followers.values())
+
+
 async def test_repeated_leader_sigkill(tmp_path: Path) -> None:
-    """SIGKILL the leader of a partition, restart it, again and again."""
-    async with LocalCluster(tmp_path / "c", spus=3) as cluster:
+    """SIGKILL the leader of a partition, restart it, again and again. Every second
+    cycle the leader is first cut off from its followers (peer proxies) until it
+    holds records they lack: acks=all must not have acknowledged any of them."""
+    async with LocalCluster(tmp_path / "c", spus=3, private_proxy=True) as cluster:
         await create_topic(cluster, "kill", partitions=2)
         w = Workload(cluster.sc_addr, "kill", partitions=2, producers=3, consumers=2)
         w.start()
@@ -77,8 +95,13 @@ async def test_repeated_leader_sigkill(tmp_path: Path) -> None:
                 part = cycle % 2
                 await wait_full_isr(cluster, "kill")
                 victim = int((await rows(cluster, "kill"))[part]["leader"])
+                if cycle % 4 >= 2:
+                    cluster.isolate(victim)
+                    await wait_for(lambda v=victim, p=part: leader_ahead_of_followers(
+                        cluster, v, "kill", p), what="records only the leader has")
                 killed = time.monotonic()
                 await cluster.kill_spu(victim)
+                cluster.heal(victim)
                 await wait_new_leader(cluster, "kill", part, victim)
                 # Writes go on: producers found the new leader by themselves.
                 await w.wait_acked(50, since=killed, partition=part)
@@ -100,10 +123,6 @@ def raw_batch(value: str) -> bytes:
                               first_timestamp=int(time.time() * 1000))
 
 
-async def spu_status(cluster: LocalCluster, spu_id: int, topic: str) -> dict[str, Any]:
-    async with ClientConnection(cluster.spu_addr(spu_id)) as conn:
-        meta, _ = await conn.request(ApiKey.PARTITION_STATUS)
-    return next(r for r in meta["partitions"] if r["topic"] == topic)
 
 
 async def test_paused_leader_steps_down_and_acknowledges_nothing(tmp_path: Path) -> None:
@@ -166,3 +185,82 @@ async def test_paused_leader_steps_down_and_acknowledges_nothing(tmp_path: Path)
         # A raw value in the log would be "unexpected": the paused leader's tail was cut.
         assert report.valid, report.summary()
         assert new != old
+
+
+async def produce_raw(addr: str, topic: str, values: list[str], acks: Acks) -> list[int]:
+    """Produce one record per request straight to one SPU; returns the offsets."""
+    async with ClientConnection(addr) as conn:
+        answers = [conn.send_request(ApiKey.PRODUCE, raw_batch(v), topic=topic, partition=0,
+                                     acks=int(acks)) for v in values]
+        replies = await asyncio.gather(*answers)
+    for meta, _ in replies:
+        assert not meta.get("err"), meta
+    return [int(meta["base"]) for meta, _ in replies]
+
+
+async def test_diverged_follower_is_truncated_on_rejoin(tmp_path: Path) -> None:
+    """A leader cut off from its followers appends records (acks=leader) that never
+    replicate, is killed; another SPU leads a higher epoch and takes other records
+    at the same offsets. The old leader, restarted, must drop its tail and end up
+    identical to the new leader — checked by reading it after it leads again."""
+    async with LocalCluster(tmp_path / "c", spus=3, private_proxy=True) as cluster:
+        await create_topic(cluster, "div")
+        row = (await rows(cluster, "div"))[0]
+        old = int(row["leader"])
+        assert old == row["replicas"][0]  # the preferred replica: rebalance returns to it
+        h = History()
+        async with Producer(cluster.sc_addr, acks=Acks.ALL) as p:
+            for i in range(100):
+                h.send("base", i, 0, "ok", (await (await p.send("div", f"base:{i}".encode()))
+                                            ).offset)
+        await wait_full_isr(cluster, "div")
+
+        cluster.isolate(old)
+        diverged = [f"div:{i}" for i in range(20)]
+        div_offsets = await produce_raw(cluster.spu_addr(old), "div", diverged, Acks.LEADER)
+        assert div_offsets == list(range(100, 120))
+        assert await leader_ahead_of_followers(cluster, old, "div", 0)
+        await cluster.kill_spu(old)
+        new = await wait_new_leader(cluster, "div", 0, old)
+        epoch = int((await rows(cluster, "div"))[0]["epoch"])
+        # Heal only once both survivors follow the new epoch: the proxies hold what
+        # the dead leader sent (as TCP would), and the old fetch connections, now
+        # closed, must not deliver it.
+        for spu in set(row["replicas"]) - {old}:
+            await wait_for(lambda s=spu: at_epoch(cluster, s, "div", epoch),
+                           what=f"SPU {spu} at epoch {epoch}")
+        cluster.heal(old)
+        async with Producer(cluster.sc_addr, acks=Acks.ALL) as p:
+            for i in range(50):
+                h.send("new", i, 0, "ok", (await (await p.send("div", f"new:{i}".encode()))
+                                           ).offset)
+        new_log = await read_all(cluster.sc_addr, "div", 0)
+        new_status = await spu_status(cluster, new, "div")
+        assert new_status["epoch"] > row["epoch"]
+
+        await cluster.start_spu(old)
+        await wait_full_isr(cluster, "div")
+        async with Admin(cluster.sc_addr) as admin:
+            meta = await admin.cluster.sc_request(ApiKey.PARTITION_REBALANCE, topic="div")
+        assert meta["moved"] == 1
+        await wait_for(lambda: leads(cluster, old, "div"), what=f"SPU {old} leading again")
+        await settled_ends(cluster.sc_addr, "div", 1, 20)
+        old_log = await read_all(cluster.sc_addr, "div", 0)
+        old_status = await spu_status(cluster, old, "div")
+
+    assert old_log == new_log
+    assert old_status["leo"] == new_status["leo"] == 150
+    # The same offsets hold the new leader's records, not the diverged ones.
+    assert [v for o, v in new_log if o in div_offsets] == [f"new:{i}" for i in range(20)]
+    h.final[0] = old_log
+    report = check(h)
+    assert report.valid, report.summary()
+
+
+async def leads(cluster: LocalCluster, spu_id: int, topic: str) -> bool:
+    status = await spu_status(cluster, spu_id, topic)
+    return bool(status["leader"])
+
+
+async def at_epoch(cluster: LocalCluster, spu_id: int, topic: str, epoch: int) -> bool:
+    return int((await spu_status(cluster, spu_id, topic))["epoch"]) == epoch
