@@ -269,14 +269,9 @@ def test_systemctl_stop_is_a_clean_sigterm_exit(booted: Booted) -> None:
     booted.wait_active(unit)
 
 
-@pytest.mark.xfail(
-    reason="An SPU whose SC restarts does not register again: in edge/spu/sc_link.py the "
-    "ConnectionError from _follow leaves the TaskGroup as an ExceptionGroup that "
-    "`except* HeadwaterError` does not catch, so ScLink.run() ends instead of retrying.",
-    strict=False,
-)
 def test_an_sc_restart_keeps_the_spus_registered(booted: Booted) -> None:
-    # Last in this module: while the bug above stands it leaves the SPUs offline.
+    # A rolling restart of the SC: the SPUs register again by themselves, and the
+    # SPU play's health check (cluster status) waits for that.
     for unit in _units(booted.edge):
         booted.wait_active(unit)
     before = _pids(booted)
