@@ -53,8 +53,13 @@ class Controller:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.cluster_id = store.get_meta("cluster_id") or ""
         self.version = 0
+        # A restarted SC gives every registered SPU one heartbeat timeout to dial in
+        # before it counts as offline: the SPUs kept serving while the SC was down,
+        # and electing away from the ones that reconnect last would interrupt them.
+        now = time.monotonic()
         self.spus: dict[int, SpuState] = {
-            r.id: SpuState(r.id, r.public, r.private, r.rack) for r in store.spus()
+            r.id: SpuState(r.id, r.public, r.private, r.rack, online=True, last_heartbeat=now)
+            for r in store.spus()
         }
         self.watchers: set[Callable[[], None]] = set()
         self.started = time.time()

@@ -29,7 +29,9 @@ from edge.spu.replicas import ReplicaSet
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.1
-BACKOFF_MAX_S = 5.0
+# Redial at least every second: a restarted SC waits one heartbeat timeout (2 s)
+# for registered SPUs before it elects new leaders for their partitions.
+BACKOFF_MAX_S = 1.0
 
 
 class ScLink:
