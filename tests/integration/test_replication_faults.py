@@ -9,6 +9,7 @@ records, no gap or backwards step seen by a consumer.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
@@ -264,3 +265,77 @@ async def leads(cluster: LocalCluster, spu_id: int, topic: str) -> bool:
 
 async def at_epoch(cluster: LocalCluster, spu_id: int, topic: str, epoch: int) -> bool:
     return int((await spu_status(cluster, spu_id, topic))["epoch"]) == epoch
+
+
+def worst_stall(w: Workload, start: float, end: float) -> float:
+    """The longest a record sent in [start, end] waited for its ack, or the longest
+    time in the window without any ack, whichever is larger."""
+    acks = [a for a in w.acks_seen if start <= a.sent <= end]
+    assert acks, "nothing was acknowledged in the window"
+    times = [start, *sorted(a.acked for a in acks if a.acked <= end), end]
+    waits = [a.acked - a.sent for a in acks]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    return max(waits + gaps)
+
+
+async def spus_heartbeating(cluster: LocalCluster) -> bool:
+    """Every SPU has registered with the (current) SC and sent it a heartbeat."""
+    async with Admin(cluster.sc_addr) as admin:
+        spus = await admin.list_spus()
+    return len(spus) == len(cluster.spu_ids) and all(s["online"] and s["health"] for s in spus)
+
+
+async def test_sc_restart_does_not_interrupt_produce(tmp_path: Path) -> None:
+    """SIGKILL the SC mid-run and restart it: produce (acks=leader and acks=all) goes
+    on without a stall while it is down, nothing is re-elected when it returns, and
+    the SPUs and clients reconnect to it."""
+    async with LocalCluster(tmp_path / "c", spus=3) as cluster:
+        await create_topic(cluster, "sc-all", partitions=2)
+        await create_topic(cluster, "sc-leader", partitions=2)
+        loads = [Workload(cluster.sc_addr, "sc-all", partitions=2, producers=2, consumers=1,
+                          acks=Acks.ALL, interval_s=0.002),
+                 Workload(cluster.sc_addr, "sc-leader", partitions=2, producers=2,
+                          consumers=1, acks=Acks.LEADER, interval_s=0.002)]
+        for w in loads:
+            w.start()
+        late = Producer(cluster.sc_addr, acks=Acks.ALL)
+        try:
+            await late.cluster.refresh()
+            for w in loads:
+                await w.wait_acked(300)
+            before = {t: await rows(cluster, t) for t in ("sc-all", "sc-leader")}
+            killed = time.monotonic()
+            await cluster.kill_sc()
+            # Down for longer than the heartbeat timeout (2 s) and the SPUs' first
+            # redial attempts: the length of the fault, not a wait for a condition.
+            await asyncio.sleep(4.0)
+            for w in loads:
+                assert w.acked_since(killed) > 500
+            restarted = time.monotonic()
+            await cluster.start_sc()
+            await wait_for(lambda: spus_heartbeating(cluster), what="SPUs registered again")
+            back = time.monotonic()
+            for w in loads:
+                await w.wait_acked(300, since=back)
+            after = {t: await rows(cluster, t) for t in ("sc-all", "sc-leader")}
+            # A client from before the outage asks the new SC about a new topic.
+            await create_topic(cluster, "sc-new")
+            await (await late.send("sc-new", b"after the SC came back"))
+            histories = [await w.stop() for w in loads]
+        except BaseException:
+            for w in loads:
+                await w.cancel()
+            raise
+        finally:
+            await late.close()
+        stalls = {w.topic: round(worst_stall(w, killed, back), 3) for w in loads}
+        print(f"SC down {restarted - killed:.1f} s, SPUs back {back - restarted:.1f} s after "
+              f"its restart; worst stall {stalls}")
+        assert all(s < 1.0 for s in stalls.values()), stalls
+        # An SC restart is not an SPU failure: same leaders, same epochs.
+        for topic, rows_before in before.items():
+            assert [(r["leader"], r["epoch"]) for r in after[topic]] == \
+                   [(r["leader"], r["epoch"]) for r in rows_before], (rows_before, after[topic])
+        for h in histories:
+            report = check(h)
+            assert report.valid, report.summary()

@@ -64,6 +64,15 @@ class Workload:
     def acked(self) -> int:
         return len(self.acks_seen)
 
+    def acked_since(self, since: float) -> int:
+        """How many records sent at or after ``since`` were acknowledged."""
+        count = 0
+        for a in reversed(self.acks_seen):
+            if a.acked < since:  # acks are appended in time order
+                break
+            count += a.sent >= since
+        return count
+
     async def wait_acked(self, count: int, *, since: float = 0.0,
                          partition: int | None = None, timeout: float = 30.0) -> float:
         """Wait until ``count`` records (of ``partition``, sent at or after ``since``)
