@@ -33,6 +33,9 @@ DEFAULT_FETCH_BYTES = 1024 * 1024
 # one batch, and must still fit a frame.
 MAX_FETCH_BYTES = 4 * 1024 * 1024
 MAX_WAIT_MS = 60_000
+# Below this a plain read and write beats sendfile's setup (dup, wrapper, a
+# second system call); live streams mostly push a batch or two.
+SENDFILE_MIN_BYTES = 64 * 1024
 # A stream with nothing new re-checks this often so it notices a closed partition.
 STREAM_IDLE_CHECK_S = 1.0
 
@@ -129,7 +132,7 @@ class PublicApi:
             await conn.send(_position(cid, p, offset))
             return offset
         meta = _position(cid, p, sl.next_offset)
-        if conn.tls:
+        if conn.tls or sl.length < SENDFILE_MIN_BYTES:
             await conn.send(meta, p.log.read_bytes(offset, max_bytes, max_offset=hw))
         else:
             await conn.send_file(meta, sl.fd, sl.position, sl.length)
