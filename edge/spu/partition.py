@@ -355,10 +355,21 @@ class Partition:
             self.log.set_high_watermark(hw)
             self._hw_event.set()
             self._hw_event = asyncio.Event()
+        # The HW also moves when the ISR shrinks; a record it then covers is on fewer
+        # replicas than acks=all promised (Kafka: NOT_ENOUGH_REPLICAS_AFTER_APPEND).
+        # Retriable: the producer's retry is answered as a duplicate once the ISR is back.
+        short = None if len(self.isr) >= self.min_isr else NotEnoughReplicas(
+            f"{self.name} has {len(self.isr)} in-sync replicas, needs {self.min_isr}; "
+            "the record is written but not acknowledged", isr=len(self.isr),
+            min_isr=self.min_isr)
         while self._hw_waiters and self._hw_waiters[0][0] <= self.log.high_watermark:
             _, fut = self._hw_waiters.popleft()
-            if not fut.done():
+            if fut.done():
+                continue
+            if short is None:
                 fut.set_result(None)
+            else:
+                fut.set_exception(short)
 
     def _fail(self, exc: BaseException) -> None:
         # A failed fsync leaves the page cache in an unknown state: nothing
