@@ -339,3 +339,52 @@ async def test_sc_restart_does_not_interrupt_produce(tmp_path: Path) -> None:
         for h in histories:
             report = check(h)
             assert report.valid, report.summary()
+
+
+async def test_network_cut_heals_without_loss(tmp_path: Path) -> None:
+    """Cut one SPU off from its peers (both directions, through the peer proxies)
+    while producing with acks=all, until the ISRs drop it; then heal."""
+    victim = 1
+    async with LocalCluster(tmp_path / "c", spus=3, private_proxy=True) as cluster:
+        await create_topic(cluster, "cut", partitions=3)
+        w = Workload(cluster.sc_addr, "cut", partitions=3, producers=3, consumers=2)
+        w.start()
+        try:
+            await w.wait_acked(300)
+            await wait_full_isr(cluster, "cut")
+            led = {r["partition"] for r in await rows(cluster, "cut") if r["leader"] == victim}
+            others = {0, 1, 2} - led
+            assert led
+            assert others
+
+            async def isr_split() -> bool:
+                rs = await rows(cluster, "cut")
+                return (all(r["isr"] == [victim] for r in rs if r["partition"] in led)
+                        and all(victim not in r["isr"] for r in rs if r["partition"] in others))
+
+            cut = time.monotonic()
+            cluster.isolate(victim)
+            try:
+                await wait_for(isr_split, what="ISRs without the cut-off SPU")
+                split = time.monotonic()
+                # The majority side goes on with two replicas.
+                for part in others:
+                    await w.wait_acked(50, since=split, partition=part)
+            finally:
+                healed = time.monotonic()
+                cluster.heal(victim)
+            await wait_full_isr(cluster, "cut")
+            for part in led | others:
+                await w.wait_acked(50, since=time.monotonic(), partition=part)
+            history = await w.stop()
+        except BaseException:
+            await w.cancel()
+            raise
+    print(f"cut {healed - cut:.1f} s (ISRs split after {split - cut:.1f} s)")
+    # The cut-off leader, alone in its ISR (< min_insync_replicas), acknowledged
+    # nothing: not even the records that were waiting when its ISR shrank.
+    lone = [a for a in w.acks_seen if a.partition in led and cut + 0.5 < a.acked < healed]
+    assert not lone, f"{len(lone)} acks=all records acknowledged by a lone leader"
+    report = check(history)
+    print(report.summary())
+    assert report.valid, report.summary()

@@ -1,8 +1,8 @@
 """A queue workload against a real cluster that records a :class:`checker.History`.
 
-Several idempotent producers send unique values (``"<producer>:<sequence>"``)
-to every partition of a topic, each with a bounded window of unacknowledged
-records; consumers read every partition from the beginning for the whole run.
+Several idempotent producers send unique values (``"<producer>.<partition>:<sequence>"``)
+to every partition of a topic, with a bounded window of unacknowledged records
+per partition; consumers read every partition from the beginning for the whole run.
 ``stop()`` ends the sends, waits for the last answers, lets the consumers
 catch up with the settled log and adds a final read of each partition.
 Used by ``test_replication_faults.py`` and ``bench/failover_soak.py``.
@@ -117,29 +117,34 @@ class Workload:
             raise AssertionError(f"workload client failed: {self.errors}")
 
     async def _produce(self, name: str) -> None:
-        slots = asyncio.Semaphore(self.window)
-        pending: set[asyncio.Task[None]] = set()
         try:
             async with Producer(self.sc, acks=self.acks, linger_ms=2,
                                 request_timeout_s=10.0, delivery_timeout_s=90.0) as p:
-                seq = 0
-                while self._sending:
-                    await slots.acquire()
-                    part = seq % self.partitions
-                    sent = time.monotonic()
-                    fut = await p.send(self.topic, f"{name}:{seq}".encode(), partition=part)
-                    task = asyncio.create_task(self._answer(name, seq, part, sent, fut, slots))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                    seq += 1
-                    if self.interval_s:
-                        await asyncio.sleep(self.interval_s)
-                with contextlib.suppress(HeadwaterError):
-                    await p.flush()
-                await asyncio.gather(*pending)
+                # One send loop per partition, each with its own window: a partition
+                # that cannot take writes must not hold the others' slots.
+                await asyncio.gather(*(self._produce_to(p, f"{name}.{part}", part)
+                                       for part in range(self.partitions)))
         except Exception as exc:
             self.errors.append(f"producer {name}: {exc!r}")
             raise
+
+    async def _produce_to(self, p: Producer, name: str, part: int) -> None:
+        slots = asyncio.Semaphore(self.window)
+        pending: set[asyncio.Task[None]] = set()
+        seq = 0
+        while self._sending:
+            await slots.acquire()
+            sent = time.monotonic()
+            fut = await p.send(self.topic, f"{name}:{seq}".encode(), partition=part)
+            task = asyncio.create_task(self._answer(name, seq, part, sent, fut, slots))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            seq += 1
+            if self.interval_s:
+                await asyncio.sleep(self.interval_s)
+        with contextlib.suppress(HeadwaterError):
+            await p.flush()
+        await asyncio.gather(*pending)
 
     async def _answer(self, name: str, seq: int, part: int, sent: float, fut: RecordFuture,
                       slots: asyncio.Semaphore) -> None:
