@@ -135,6 +135,7 @@ def test_failed_fsync_fails_the_partition_for_good(
     log.append(batch(3), leader_epoch=0)
     with monkeypatch.context() as m:
         m.setattr(os, "fsync", eio)
+        m.setattr(os, "fdatasync", eio)
         with pytest.raises(StorageError):
             log.flush()
     assert log.failed
@@ -163,6 +164,7 @@ async def test_failed_fsync_in_a_worker_thread(
     ticket = log.prepare_flush()
     assert ticket is not None
     monkeypatch.setattr(os, "fsync", eio)
+    monkeypatch.setattr(os, "fdatasync", eio)
     with pytest.raises(OSError):
         await asyncio.to_thread(PartitionLog.run_flush, ticket)
     # the flag is set by the worker already: appends fail even before complete_flush
