@@ -30,7 +30,7 @@ def require_root() -> None:
     require(os.geteuid() == 0, "needs root")
 
 
-def make_pki(directory: "os.PathLike[str] | str", *, names: tuple[str, ...] = ("server",
+def make_pki(directory: os.PathLike[str] | str, *, names: tuple[str, ...] = ("server",
              "client", "intruder")) -> dict[str, tuple[str, str]]:
     """A throwaway CA plus certificates (``openssl``): ``{"ca": (cert, key), name: ...}``.
 
