@@ -360,8 +360,11 @@ class _Sender:
                         ApiKey.PRODUCE, b.data, topic=self.topic, partition=self.partition,
                         acks=int(self.p.acks))))
             except ConnectionLost as exc:
+                # Back to the head of the queue: batches still in flight before it
+                # fail too and must be resent first, in order.
                 self._error = exc
-                self._retry.append(b)
+                b.attempts -= 1
+                self.queue.appendleft(b)
 
     def stop(self) -> None:
         self._task.cancel()
@@ -402,7 +405,7 @@ class _Sender:
         error, self._retry = self._error, []
         if retry:
             return self._fail_or_retry(retry, error or ConnectionLost("retry"), requeue=True)
-        return False
+        return error is not None  # a send failed before anything was in flight: back off
 
     async def _complete_head(self, conn: ClientConnection) -> None:
         """Wait for the oldest request in flight and settle its batch."""
