@@ -1,0 +1,151 @@
+"""Replication benchmark: RF=3 acks=all vs RF=1 acks=leader, failover, catch-up.
+
+    .venv/bin/python bench/replication_bench.py [--records 300000] [--runs 3]
+                                                [--kills 5] [--backlog-mib 256]
+
+A real SC and three SPUs (separate processes, group commit) on 127.0.0.1.
+
+* throughput: one producer, 100-byte records, to an RF=1 topic with acks=leader and
+  to an RF=3 topic (min ISR 2) with acks=all, alternating, medians of ``--runs``;
+* failover: a producer writes one record at a time with acks=all; the leader is
+  SIGKILLed; the time from the kill to the first record acknowledged afterwards
+  (by the new leader), median of ``--kills``; the killed SPU is restarted and the
+  ISR allowed to fill again before the next kill. A killed process's sockets are
+  closed by the kernel, so the SC notices at once; a host that vanishes without
+  closing them is noticed after the heartbeat timeout (2 s) instead;
+* catch-up: a follower is stopped, ``--backlog-mib`` of 8 KB records is written,
+  the follower started; records/s until its log end equals the leader's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edge import bench
+from edge.client import Acks, Admin, Producer
+from edge.net.connection import ClientConnection
+from edge.protocol.errors import HeadwaterError
+from edge.protocol.messages import ApiKey
+from edge.testing import LocalCluster
+
+
+async def partition(cluster: LocalCluster, topic: str) -> dict[str, Any]:
+    async with Admin(cluster.sc_addr) as admin:
+        return (await admin.list_partitions(topic))[0]
+
+
+async def wait_isr(cluster: LocalCluster, topic: str, size: int, timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while len((await partition(cluster, topic))["isr"]) < size:
+            await asyncio.sleep(0.1)
+
+
+async def throughput(cluster: LocalCluster, records: int, runs: int) -> dict[str, float]:
+    async with Admin(cluster.sc_addr) as admin:
+        await admin.create_topic("rf1", replication=1)
+        await admin.create_topic("rf3", replication=3, config={"min_insync_replicas": 2})
+        await admin.wait_ready("rf1")
+        await admin.wait_ready("rf3")
+    await wait_isr(cluster, "rf3", 3)
+    rf1, rf3 = [], []
+    for run in range(runs):
+        a = await bench.produce(cluster.sc_addr, "rf1", records=records)
+        b = await bench.produce(cluster.sc_addr, "rf3", records=records, acks=Acks.ALL)
+        rf1.append(a.records_per_s)
+        rf3.append(b.records_per_s)
+        print(f"  run {run + 1}: RF=1 acks=leader {a.records_per_s:,.0f}/s, "
+              f"RF=3 acks=all {b.records_per_s:,.0f}/s", file=sys.stderr)
+    return {"rf1": statistics.median(rf1), "rf3": statistics.median(rf3)}
+
+
+async def failover(cluster: LocalCluster, kills: int) -> list[float]:
+    async with Admin(cluster.sc_addr) as admin:
+        await admin.create_topic("fo", replication=3, config={"min_insync_replicas": 2})
+        await admin.wait_ready("fo")
+    await wait_isr(cluster, "fo", 3)
+    times = []
+    async with Producer(cluster.sc_addr, acks=Acks.ALL, linger_ms=0,
+                        request_timeout_s=2) as p:
+        for k in range(kills):
+            await (await p.send("fo", b"warm"))
+            leader = (await partition(cluster, "fo"))["leader"]
+            killed_at = time.monotonic()
+            cluster.spu_procs[leader].send_signal(signal.SIGKILL)
+            while True:
+                try:
+                    await (await p.send("fo", b"after-kill"))
+                    break
+                except HeadwaterError:
+                    continue
+            times.append(time.monotonic() - killed_at)
+            print(f"  kill {k + 1}: SPU {leader}, first ack after {times[-1]:.2f}s",
+                  file=sys.stderr)
+            await asyncio.to_thread(cluster.spu_procs.pop(leader).wait)
+            await cluster.start_spu(leader)
+            await wait_isr(cluster, "fo", 3)
+    return times
+
+
+async def catch_up(cluster: LocalCluster, backlog_mib: int) -> dict[str, float]:
+    async with Admin(cluster.sc_addr) as admin:
+        await admin.create_topic("cu", replication=3, config={"segment_bytes": 256 * 2**20})
+        await admin.wait_ready("cu")
+    await wait_isr(cluster, "cu", 3)
+    row = await partition(cluster, "cu")
+    follower = next(r for r in row["replicas"] if r != row["leader"])
+    await cluster.kill_spu(follower)
+    value = os.urandom(8000)
+    count = backlog_mib * 2**20 // len(value)
+    async with Producer(cluster.sc_addr, batch_bytes=512 * 1024, linger_ms=20) as p:
+        for _ in range(count):
+            await p.send("cu", value)
+    end = count  # the topic holds exactly the backlog
+    start = time.monotonic()
+    await cluster.start_spu(follower)
+    async with asyncio.timeout(600):
+        # Asked of the follower itself: the SC's view lags by a heartbeat.
+        async with ClientConnection(cluster.spu_addr(follower)) as conn:
+            while True:
+                meta, _ = await conn.request(ApiKey.PARTITION_STATUS)
+                leo = next((r["leo"] for r in meta["partitions"] if r["topic"] == "cu"), -1)
+                if leo >= end:
+                    break
+                await asyncio.sleep(0.02)
+    secs = time.monotonic() - start
+    return {"records": count, "mib": backlog_mib, "seconds": secs,
+            "records_per_s": count / secs, "mib_per_s": backlog_mib / secs}
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="hw-repl-") as d:
+        async with LocalCluster(Path(d), spus=3) as cluster:
+            tp = await throughput(cluster, args.records, args.runs)
+            fo = await failover(cluster, args.kills)
+            cu = await catch_up(cluster, args.backlog_mib)
+    print(f"\nRF=1 acks=leader        {tp['rf1']:>12,.0f} records/s")
+    print(f"RF=3 acks=all           {tp['rf3']:>12,.0f} records/s   "
+          f"{tp['rf3'] / tp['rf1']:.0%} of RF=1 (goal >= 40 %)")
+    print(f"failover, kill -> ack   median {statistics.median(fo):.2f}s  "
+          f"(runs {', '.join(f'{t:.2f}' for t in fo)}; goal <= 3 s)")
+    print(f"follower catch-up       {cu['records_per_s']:,.0f} records/s = "
+          f"{cu['mib_per_s']:.0f} MiB/s ({cu['mib']} MiB backlog in {cu['seconds']:.1f}s)")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=int, default=300_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--kills", type=int, default=5)
+    ap.add_argument("--backlog-mib", type=int, default=256)
+    asyncio.run(main(ap.parse_args()))
