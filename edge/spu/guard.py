@@ -11,6 +11,11 @@ was paused. From then on acknowledgements are refused (retriably) until a
 heartbeat round trip with the SC confirms that this SPU has applied the SC's
 latest assignment. An SC that is merely down does not stop a leader that was
 never paused: the data plane keeps working without the control plane.
+
+A freshly started SPU begins in the same state: the assignment it saved may
+name it leader of a partition that the SC gave to another SPU while this one
+was down. Partitions with a single replica never wait: no other SPU can lead
+them, so there is no one to be deposed by.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ class LeadershipGuard:
     def __init__(self, *, pause_s: float) -> None:
         self.pause_s = pause_s
         self._last_tick = time.monotonic()
-        self._suspect = False
+        self._suspect = True  # until the SC first confirms the assignment
         self.pauses = 0
 
     def ok(self) -> bool:
@@ -43,7 +48,7 @@ class LeadershipGuard:
 
     def confirmed(self) -> None:
         """The SC answered a heartbeat and our assignment is current."""
-        if self._suspect:
+        if self._suspect and self.pauses:
             log.info("leadership confirmed by the SC; acknowledging writes again")
         self._suspect = False
 

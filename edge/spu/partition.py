@@ -190,8 +190,9 @@ class Partition:
 
     def may_acknowledge(self) -> bool:
         """False when this SPU cannot be sure it still leads (it was paused, or the
-        SC has not confirmed it lately); the produce then fails retriably."""
-        return self.is_leader and self._ack_guard()
+        SC has not confirmed its assignment since it started); the produce then fails
+        retriably. A single replica cannot have been replaced, so it never waits."""
+        return self.is_leader and (len(self.replicas) <= 1 or self._ack_guard())
 
     def _wait(self, waiters: deque[tuple[int, asyncio.Future[None]]], end: int
               ) -> asyncio.Future[None]:
