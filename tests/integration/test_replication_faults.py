@@ -13,16 +13,26 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from checker import History, check
-from workload import Workload, partition_rows, read_all, settled_ends
+from faults import (
+    at_epoch,
+    create_topic,
+    kill_leader_cycle,
+    leader_ahead_of_followers,
+    leads,
+    raw_batch,
+    rows,
+    spu_status,
+    wait_for,
+    wait_full_isr,
+    wait_new_leader,
+)
+from workload import Workload, read_all, settled_ends
 
 from edge.client import Acks, Admin, Producer
 from edge.net.connection import ClientConnection
-from edge.protocol import batch as codec
 from edge.protocol.errors import NotLeader
 from edge.protocol.messages import ApiKey
 from edge.testing import LocalCluster
@@ -30,62 +40,10 @@ from edge.testing import LocalCluster
 CYCLES = int(os.environ.get("HEADWATER_FAILOVER_CYCLES", "10"))
 
 
-async def wait_for(cond: Callable[[], Awaitable[bool]], *, timeout: float = 20.0,
-                   what: str = "condition") -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not await cond():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
-
-
-async def create_topic(cluster: LocalCluster, topic: str, *, partitions: int = 1,
-                       **config: Any) -> None:
-    async with Admin(cluster.sc_addr) as admin:
-        await admin.create_topic(topic, partitions=partitions, replication=3,
-                                 config={"min_insync_replicas": 2, **config})
-        await admin.wait_ready(topic)
-
-
-async def rows(cluster: LocalCluster, topic: str) -> list[dict[str, Any]]:
-    return await partition_rows(cluster.sc_addr, topic)
-
-
-async def wait_full_isr(cluster: LocalCluster, topic: str, timeout: float = 30.0) -> None:
-    async def full() -> bool:
-        return all(sorted(r["isr"]) == [1, 2, 3] for r in await rows(cluster, topic))
-    await wait_for(full, timeout=timeout, what=f"ISR of three on every partition of {topic}")
-
-
-async def wait_new_leader(cluster: LocalCluster, topic: str, part: int, old: int) -> int:
-    async def moved() -> bool:
-        r = (await rows(cluster, topic))[part]
-        return r["leader"] not in (None, old)
-    await wait_for(moved, what=f"a leader other than SPU {old} for {topic}/{part}")
-    return int((await rows(cluster, topic))[part]["leader"])
-
-
-async def spu_status(cluster: LocalCluster, spu_id: int, topic: str, part: int = 0
-                     ) -> dict[str, Any]:
-    """What one SPU reports of its replica of ``topic/part`` (PARTITION_STATUS)."""
-    async with ClientConnection(cluster.spu_addr(spu_id)) as conn:
-        meta, _ = await conn.request(ApiKey.PARTITION_STATUS)
-    return next(r for r in meta["partitions"] if r["topic"] == topic and r["partition"] == part)
-
-
-async def leader_ahead_of_followers(cluster: LocalCluster, spu_id: int, topic: str,
-                                    part: int) -> bool:
-    """The leader holds records that no follower has fetched."""
-    status = await spu_status(cluster, spu_id, topic, part)
-    followers = status["followers"] or {}
-    return bool(followers) and all(f["lag"] > 0 for f in followers.values())
-
-
 async def test_repeated_leader_sigkill(tmp_path: Path) -> None:
-    """SIGKILL the leader of a partition, restart it, again and again. Every second
-    cycle the leader is first cut off from its followers (peer proxies) until it
-    holds records they lack: acks=all must not have acknowledged any of them."""
+    """SIGKILL the leader of a partition, restart it, again and again. In half of
+    the cycles the leader is first cut off from its followers (peer proxies) until
+    it holds records they lack: acks=all must not have acknowledged any of them."""
     async with LocalCluster(tmp_path / "c", spus=3, private_proxy=True) as cluster:
         await create_topic(cluster, "kill", partitions=2)
         w = Workload(cluster.sc_addr, "kill", partitions=2, producers=3, consumers=2)
@@ -93,21 +51,8 @@ async def test_repeated_leader_sigkill(tmp_path: Path) -> None:
         try:
             await w.wait_acked(200)
             for cycle in range(CYCLES):
-                part = cycle % 2
-                await wait_full_isr(cluster, "kill")
-                victim = int((await rows(cluster, "kill"))[part]["leader"])
-                if cycle % 4 >= 2:
-                    cluster.isolate(victim)
-                    await wait_for(lambda v=victim, p=part: leader_ahead_of_followers(
-                        cluster, v, "kill", p), what="records only the leader has")
-                killed = time.monotonic()
-                await cluster.kill_spu(victim)
-                cluster.heal(victim)
-                await wait_new_leader(cluster, "kill", part, victim)
-                # Writes go on: producers found the new leader by themselves.
-                await w.wait_acked(50, since=killed, partition=part)
-                await cluster.start_spu(victim)
-            await wait_full_isr(cluster, "kill")
+                await kill_leader_cycle(cluster, w, part=cycle % 2, cut_first=cycle % 4 >= 2)
+            await wait_full_isr(cluster, w.topic)
             history = await w.stop()
         except BaseException:
             await w.cancel()
@@ -117,13 +62,6 @@ async def test_repeated_leader_sigkill(tmp_path: Path) -> None:
         assert report.valid, report.summary()
         assert not w.errors
         assert report.stats["acked"] > 1000, report.summary()
-
-
-def raw_batch(value: str) -> bytes:
-    return codec.encode_batch([[0, None, value.encode()]],
-                              first_timestamp=int(time.time() * 1000))
-
-
 
 
 async def test_paused_leader_steps_down_and_acknowledges_nothing(tmp_path: Path) -> None:
@@ -258,15 +196,6 @@ async def test_diverged_follower_is_truncated_on_rejoin(tmp_path: Path) -> None:
     assert report.valid, report.summary()
 
 
-async def leads(cluster: LocalCluster, spu_id: int, topic: str) -> bool:
-    status = await spu_status(cluster, spu_id, topic)
-    return bool(status["leader"])
-
-
-async def at_epoch(cluster: LocalCluster, spu_id: int, topic: str, epoch: int) -> bool:
-    return int((await spu_status(cluster, spu_id, topic))["epoch"]) == epoch
-
-
 def worst_stall(w: Workload, start: float, end: float) -> float:
     """The longest a record sent in [start, end] waited for its ack, or the longest
     time in the window without any ack, whichever is larger."""
@@ -388,3 +317,30 @@ async def test_network_cut_heals_without_loss(tmp_path: Path) -> None:
     report = check(history)
     print(report.summary())
     assert report.valid, report.summary()
+
+
+async def test_restarted_deposed_leader_waits_for_the_sc(tmp_path: Path) -> None:
+    """A leader killed and replaced comes back while the SC is down: its saved
+    assignment still names it leader, but it must not acknowledge a write until
+    the SC has told it where it stands."""
+    async with LocalCluster(tmp_path / "c", spus=3) as cluster:
+        await create_topic(cluster, "stale")
+        old = int((await rows(cluster, "stale"))[0]["leader"])
+        await produce_raw(cluster.spu_addr(old), "stale", ["before"], Acks.ALL)
+        await cluster.kill_spu(old)
+        new = await wait_new_leader(cluster, "stale", 0, old)
+        await produce_raw(cluster.spu_addr(new), "stale", ["new:0"], Acks.ALL)
+        await cluster.kill_sc()
+        await cluster.start_spu(old)
+        async with ClientConnection(cluster.spu_addr(old)) as conn:
+            answers = [conn.send_request(ApiKey.PRODUCE, raw_batch(f"stale:{i}"),
+                                         topic="stale", partition=0, acks=int(acks))
+                       for i, acks in enumerate((Acks.LEADER, Acks.LEADER))]
+            results = await asyncio.wait_for(asyncio.gather(*answers), 15)
+        assert all(r[0].get("err") == int(NotLeader.code) for r in results), results
+        await cluster.start_sc()
+        await wait_for(lambda: at_epoch(cluster, old, "stale", 1), what="the old leader "
+                       "following epoch 1")
+        await wait_full_isr(cluster, "stale")
+        log = [v for _, v in await read_all(cluster.sc_addr, "stale", 0)]
+    assert log == ["before", "new:0"]
