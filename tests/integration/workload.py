@@ -23,7 +23,7 @@ from edge.protocol.errors import HeadwaterError
 from edge.protocol.messages import ApiKey
 
 
-@dataclass
+@dataclass(slots=True)
 class Ack:
     """When one acknowledged record was sent and acknowledged (monotonic seconds)."""
 
