@@ -191,11 +191,14 @@ class LocalCluster:
         return None if proc is None else await _terminate(proc)
 
     async def wait_spu_online(self, spu_id: int, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait until the SC has the SPU's registration and a heartbeat (health): a
+        restarted SC reports known SPUs online for a grace period before they dial in."""
         async with asyncio.timeout(timeout):
             while True:
                 with contextlib.suppress(HeadwaterError):
                     spus = await _request(self.sc_addr, ApiKey.LIST_SPUS)
-                    if any(s["id"] == spu_id and s["online"] for s in spus["spus"]):
+                    if any(s["id"] == spu_id and s["online"] and s["health"]
+                           for s in spus["spus"]):
                         return
                 await asyncio.sleep(0.05)
 

@@ -207,13 +207,6 @@ def worst_stall(w: Workload, start: float, end: float) -> float:
     return max(waits + gaps)
 
 
-async def spus_heartbeating(cluster: LocalCluster) -> bool:
-    """Every SPU has registered with the (current) SC and sent it a heartbeat."""
-    async with Admin(cluster.sc_addr) as admin:
-        spus = await admin.list_spus()
-    return len(spus) == len(cluster.spu_ids) and all(s["online"] and s["health"] for s in spus)
-
-
 async def test_sc_restart_does_not_interrupt_produce(tmp_path: Path) -> None:
     """SIGKILL the SC mid-run and restart it: produce (acks=leader and acks=all) goes
     on without a stall while it is down, nothing is re-elected when it returns, and
@@ -242,7 +235,8 @@ async def test_sc_restart_does_not_interrupt_produce(tmp_path: Path) -> None:
                 assert w.acked_since(killed) > 500
             restarted = time.monotonic()
             await cluster.start_sc()
-            await wait_for(lambda: spus_heartbeating(cluster), what="SPUs registered again")
+            for spu in cluster.spu_ids:
+                await cluster.wait_spu_online(spu, timeout=15)
             back = time.monotonic()
             for w in loads:
                 await w.wait_acked(300, since=back)
