@@ -154,6 +154,17 @@ class ClusterClient:
                                      topic=topic, partition=partition)
         return md.spus[info.leader]
 
+    def leader_moved(self, topic: str, partition: int, addr: str) -> bool:
+        """True when the metadata (kept current by the watch) names a leader other
+        than ``addr``: a request or stream waiting on ``addr`` should move, since a
+        deposed leader that hangs (a frozen process, a dead host) never answers."""
+        md = self.metadata
+        parts = md.topics.get(topic) if md is not None else None
+        if md is None or parts is None or not 0 <= partition < len(parts):
+            return False
+        leader = parts[partition].leader
+        return leader is not None and md.spus.get(leader, addr) != addr
+
     async def leader(self, topic: str, partition: int) -> ClientConnection:
         """The shared connection to the partition's leader."""
         addr = await self.leader_addr(topic, partition)

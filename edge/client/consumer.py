@@ -18,15 +18,17 @@ from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
 from edge.client.cluster import Backoff, ClusterClient
-from edge.net.connection import ClientConnection
+from edge.net.connection import ClientConnection, Stream
 from edge.protocol import batch as codec
 from edge.protocol.batch import Record
-from edge.protocol.errors import HeadwaterError, InvalidRequest, OffsetOutOfRange
+from edge.protocol.errors import HeadwaterError, InvalidRequest, NotLeader, OffsetOutOfRange
 from edge.protocol.messages import ApiKey
 
 log = logging.getLogger(__name__)
 
 STREAM_QUEUE = 4
+# How often an idle stream checks that its partition's leader has not moved.
+LEADER_CHECK_S = 0.2
 DEFAULT_MAX_BYTES = 256 * 1024
 
 
@@ -179,7 +181,7 @@ class Consumer:
                                           offset=self.positions[index],
                                           max_bytes=self.max_bytes)
                 while limit is None or self.positions[index] < limit:
-                    item = await stream.next()
+                    item = await self._next(stream, conn.addr, index)
                     if item is None:
                         break
                     records = self._decode(index, item[1], limit)
@@ -197,6 +199,19 @@ class Consumer:
             finally:
                 if conn is not None:
                     await conn.close()
+
+    async def _next(self, stream: Stream, addr: str, index: int
+                    ) -> tuple[dict[Any, Any], bytes] | None:
+        """The next push, or NotLeader once the metadata names another leader (a
+        deposed leader that hangs would keep the stream silent forever)."""
+        while True:
+            try:
+                async with asyncio.timeout(LEADER_CHECK_S):
+                    return await stream.next()
+            except TimeoutError:
+                if self.cluster.leader_moved(self.topic, index, addr):
+                    raise NotLeader(f"{self.topic}/{index} moved away from {addr}",
+                                    topic=self.topic, partition=index) from None
 
     def _decode(self, index: int, blob: bytes, limit: int | None) -> list[Record]:
         position = self.positions[index]

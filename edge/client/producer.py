@@ -29,6 +29,7 @@ from edge.protocol.errors import (
     ConnectionLost,
     HeadwaterError,
     InvalidRequest,
+    NotLeader,
     OutOfOrderSequence,
     RequestTimeout,
 )
@@ -37,6 +38,9 @@ from edge.protocol.messages import Acks, ApiKey, check_response
 log = logging.getLogger(__name__)
 
 SEQ_MOD = 2**31
+# How often a request waiting for its answer checks that its partition's leader has
+# not moved (the metadata watch says so at once; the old leader may never answer).
+LEADER_CHECK_S = 0.2
 # Per-record bookkeeping the byte count adds on top of key and value (CBOR headers).
 RECORD_OVERHEAD = 8
 
@@ -418,7 +422,7 @@ class _Sender:
             return
         try:
             async with asyncio.timeout(self.p.request_timeout_s):
-                meta, _ = await fut
+                meta, _ = await self._answer(fut, conn)
             check_response(meta)
         except TimeoutError:
             self._error = self._error or RequestTimeout(f"produce to {conn.addr} timed out")
@@ -435,6 +439,18 @@ class _Sender:
             return
         if not b.future.done():
             b.future.set_result(int(meta["base"]))
+
+    async def _answer(self, fut: asyncio.Future[tuple[dict[Any, Any], bytes]],
+                      conn: ClientConnection) -> tuple[dict[Any, Any], bytes]:
+        """The response, or NotLeader once the metadata names another leader: the
+        resend goes to the new one (idempotence makes it safe) instead of waiting
+        ``request_timeout_s`` for a leader that may never answer."""
+        while not fut.done():
+            if self.p.cluster.leader_moved(self.topic, self.partition, conn.addr):
+                raise NotLeader(f"{self.topic}/{self.partition} moved away from {conn.addr}",
+                                topic=self.topic, partition=self.partition)
+            await asyncio.wait({fut}, timeout=LEADER_CHECK_S)
+        return fut.result()
 
     def _fail_or_retry(self, batches: list[_Batch], exc: HeadwaterError, *, requeue: bool
                        ) -> bool:
