@@ -90,6 +90,14 @@ class Workload:
                     return min(a.acked for a in got)
                 await asyncio.sleep(0.02)
 
+    async def wait_consumed(self, partition: int, offset: int, timeout: float = 30.0) -> None:
+        """Wait until every consumer has received ``offset`` of ``partition``."""
+        async with asyncio.timeout(timeout):
+            while any(self._positions.get((f"c{i}", partition), 0) <= offset
+                      for i in range(self.consumers)):
+                self._raise_if_broken()
+                await asyncio.sleep(0.02)
+
     async def stop(self, settle_timeout: float = 60.0) -> History:
         self._sending = False
         await asyncio.gather(*self._tasks)
