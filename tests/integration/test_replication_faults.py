@@ -92,10 +92,10 @@ async def test_paused_leader_steps_down_and_acknowledges_nothing(tmp_path: Path)
                 assert elected - stopped >= 1.0
                 # Clients follow the new leader while the old one still hangs: the
                 # producers give up their requests to it, the consumers their streams.
-                await w.wait_acked(50, since=elected, partition=0, timeout=3.0)
+                await w.wait_acked(50, since=elected, partition=0, timeout=5.0)
                 newest = max(s.offset or 0 for s in w.history.sends
                              if s.partition == 0 and s.outcome == "ok")
-                await w.wait_consumed(0, newest, timeout=3.0)
+                await w.wait_consumed(0, newest, timeout=5.0)
             finally:
                 cluster.signal_spu(old, signal.SIGCONT)
             # More requests after it runs again, until it has learned the new epoch.
