@@ -74,10 +74,13 @@ class Consumer:
     ``async with Consumer(sc, "t", offset=Offset.beginning()) as c:
     async for record in c: ...``; ``partition=None`` reads every partition.
     With ``consumer="name"`` the stored position wins over ``offset`` and
-    ``commit()`` stores the current one.
+    ``commit()`` stores, per partition, the offset after the last record handed to
+    the application (by iteration, or the last chunk from ``batches()``), never
+    records fetched but not yet handed out. At-least-once: process a record, then
+    commit; after a crash the records since the last commit are read again.
     """
 
-    def __init__(self, sc: str, topic: str, *, partition: int | None = 0,
+    def __init__(self, sc: str, topic: str, *, partition: int | None = None,
                  offset: Offset | None = None, consumer: str | None = None,
                  stop_at_end: bool = False, end_offset: int | None = None,
                  max_bytes: int = DEFAULT_MAX_BYTES, ssl: ssl.SSLContext | None = None,
@@ -90,7 +93,10 @@ class Consumer:
         self.stop_at_end = stop_at_end
         self.end_offset = end_offset
         self.max_bytes = max_bytes
+        # Fetch position per partition (next offset to ask for) ...
         self.positions: dict[int, int] = {}
+        # ... and the position after the last record handed to the application.
+        self.delivered: dict[int, int] = {}
         self._limits: dict[int, int | None] = {}
 
     async def __aenter__(self) -> Consumer:
@@ -111,7 +117,7 @@ class Consumer:
         for i in indexes:
             if not 0 <= i < len(parts):
                 raise InvalidRequest(f"{self.topic} has {len(parts)} partitions, no {i}")
-            self.positions[i] = await self._start_offset(i)
+            self.positions[i] = self.delivered[i] = await self._start_offset(i)
             limit = self.end_offset
             if self.stop_at_end:
                 end = (await self._offsets(i, "end"))["offset"]
@@ -125,12 +131,19 @@ class Consumer:
         return self._records()
 
     async def _records(self) -> AsyncIterator[Record]:
-        async for chunk in self.batches():
+        async for chunk in self._chunks():
             for record in chunk.records:
+                self.delivered[chunk.partition] = record.offset + 1
                 yield record
 
     async def batches(self) -> AsyncIterator[PartitionRecords]:
         """Records as they arrive, a batch (or a few) at a time, with their partition."""
+        async for chunk in self._chunks():
+            if chunk.records:
+                self.delivered[chunk.partition] = chunk.records[-1].offset + 1
+            yield chunk
+
+    async def _chunks(self) -> AsyncIterator[PartitionRecords]:
         if not self.positions:
             await self.resolve()
         if len(self.positions) == 1:
@@ -166,6 +179,7 @@ class Consumer:
         """Every record from the start position up to the current end."""
         self.stop_at_end = True
         self.positions.clear()
+        self.delivered.clear()
         await self.resolve()
         return [r async for r in self]
 
@@ -230,10 +244,10 @@ class Consumer:
         return out
 
     async def commit(self) -> None:
-        """Store the current positions under the consumer name."""
+        """Store, per partition, the offset after the last record handed out."""
         if self.consumer is None:
             raise InvalidRequest("commit needs a consumer name")
-        for index, offset in self.positions.items():
+        for index, offset in self.delivered.items():
             conn = await self.cluster.leader(self.topic, index)
             await conn.request(ApiKey.OFFSET_COMMIT, consumer=self.consumer, topic=self.topic,
                                partition=index, offset=offset)

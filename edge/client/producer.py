@@ -149,6 +149,7 @@ class Producer:
                    headers: dict[str, bytes] | None = None, partition: int | None = None,
                    timestamp_ms: int | None = None) -> RecordFuture:
         """Queue one record; the returned future gives its offset once acknowledged."""
+        value, key, headers = _as_bytes(value, key, headers)
         if self._closed:
             raise InvalidRequest("producer is closed")
         n = self._partition_counts.get(topic)
@@ -319,6 +320,24 @@ class Producer:
                     await self.cluster.refresh()
             else:
                 return meta
+
+
+def _as_bytes(value: object, key: object, headers: dict[str, Any] | None
+              ) -> tuple[bytes, bytes | None, dict[str, bytes] | None]:
+    """The record's parts as ``bytes``; TypeError names the part that is not bytes-like."""
+    return (_one_bytes("value", value),
+            None if key is None else _one_bytes("key", key),
+            None if headers is None else
+            {str(k): _one_bytes(f"header {k!r}", v) for k, v in headers.items()})
+
+
+def _one_bytes(what: str, data: object) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(f"{what} must be bytes, bytearray or memoryview, not "
+                    f"{type(data).__name__} (encode text first, e.g. s.encode())")
 
 
 class _Sender:
