@@ -133,7 +133,7 @@ def encode_batch(
         )
     count = len(records)
     if max_timestamp is None:
-        max_timestamp = first_timestamp + max(r[0] for r in records)
+        max_timestamp = first_timestamp + max(0, *(r[0] for r in records))
     head = HEADER.pack(
         0, HEADER_SIZE - LOG_OVERHEAD + len(body), 0, MAGIC, 0, int(compression), count - 1,
         first_timestamp, max_timestamp, producer_id, producer_epoch, base_sequence, count,
@@ -194,6 +194,33 @@ def verify(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
         raise CorruptBatch(
             f"batch CRC mismatch: stored {h.crc:#010x}, computed {crc:#010x}",
             position=pos, offset=h.base_offset,
+        )
+    return h
+
+
+def validate(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
+    """Header of the batch at ``pos`` once everything a consumer relies on holds.
+
+    Beyond ``verify`` (length, CRC): the records decompress within
+    ``MAX_RECORDS_BYTES`` (bounded before inflating), decode to exactly
+    ``record_count`` records of the documented shape, and no record's timestamp is
+    past ``max_timestamp`` (the time index trusts it as an upper bound; records
+    may come earlier than the first, as producers keep the order of ``send``).
+    Every writer of a log (leader, follower, upstream mirror) calls this before
+    appending, so no reader ever meets a batch it cannot decode.
+    """
+    h = verify(buf, pos)
+    if h.max_timestamp < h.first_timestamp:
+        raise CorruptBatch(
+            f"max timestamp {h.max_timestamp} before first timestamp {h.first_timestamp}",
+            offset=h.base_offset,
+        )
+    records = decode_records(buf, pos, h)
+    latest = max(map(operator.itemgetter(1), records))
+    if latest > h.max_timestamp:
+        raise CorruptBatch(
+            f"record timestamp {latest} past the header's max timestamp {h.max_timestamp}",
+            offset=h.base_offset,
         )
     return h
 

@@ -82,7 +82,7 @@ class PublicApi:
         acks = get(meta, "acks", int, int(Acks.LEADER))
         p = self.replicas.leader(topic, index)
         try:
-            header = batchcodec.verify(blob)
+            header = batchcodec.validate(blob)
         except CorruptBatch as exc:
             self.stats["corrupt_batches"] += 1
             raise CorruptMessage(f"rejected batch for {topic}/{index}: {exc}") from None

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from edge.net.connection import ClientConnection
@@ -29,6 +29,7 @@ from edge.net.server import Connection, Response
 from edge.protocol import batch as codec
 from edge.protocol import messages
 from edge.protocol.errors import (
+    CorruptBatch,
     HeadwaterError,
     NotLeader,
     OffsetOutOfRange,
@@ -136,6 +137,7 @@ class Follower:
         self.epoch = p.leader_epoch
         # Version of the leader's consumer positions this replica holds a copy of.
         self._consumers_seen = (-1, -1)
+        self._refused_corrupt = False
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"follow-{p.name}")
 
@@ -155,6 +157,14 @@ class Follower:
             except StaleEpoch:
                 # Our assignment is older than the leader's: wait for the SC's news.
                 await asyncio.sleep(0.2)
+            except CorruptBatch as exc:
+                # Never appended: this replica keeps only batches a consumer can read.
+                if not self._refused_corrupt:
+                    self._refused_corrupt = True
+                    log.warning("%s: refusing a batch from leader %s: %s", self.p.name,
+                                self.leader_addr, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_S[1])
             except HeadwaterError as exc:
                 log.debug("%s: fetch from %s failed: %s", self.p.name, self.leader_addr, exc)
                 await asyncio.sleep(delay)
@@ -197,7 +207,7 @@ class Follower:
                     await asyncio.sleep(5)
                 continue
             appended = False
-            for header, pos in codec.split_batches(blob):
+            for header, pos in _validated(blob):
                 if header.base_offset != p.log.log_end_offset:
                     break
                 p.append_replica(bytearray(blob[pos:pos + header.size]), header.leader_epoch)
@@ -222,6 +232,15 @@ class Follower:
                     and isinstance(row[1], int)):
                 self._offsets.commit(row[0], self.p.topic, self.p.index, row[1])
         self._consumers_seen = (int(meta.get("cv_epoch", -1)), int(meta.get("cv", -1)))
+
+
+def _validated(blob: bytes) -> Iterator[tuple[codec.BatchHeader, int]]:
+    """``(header, position)`` of each batch in a fetch answer, fully validated."""
+    pos = 0
+    while pos < len(blob):
+        header = codec.validate(blob, pos)
+        yield header, pos
+        pos += header.size
 
 
 class ReplicaManager:
