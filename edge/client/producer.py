@@ -27,6 +27,7 @@ from edge.net.connection import ClientConnection
 from edge.protocol import batch as codec
 from edge.protocol.errors import (
     ConnectionLost,
+    DeliveryUnknown,
     HeadwaterError,
     InvalidRequest,
     NotLeader,
@@ -331,6 +332,18 @@ def _as_bytes(value: object, key: object, headers: dict[str, Any] | None
             {str(k): _one_bytes(f"header {k!r}", v) for k, v in headers.items()})
 
 
+def _outcome(b: _Batch, exc: HeadwaterError) -> HeadwaterError:
+    """The error a batch's future gets: DeliveryUnknown where an earlier attempt was
+    sent and may be stored (a lost answer, or a sequence error on a retry)."""
+    maybe_stored = b.attempts > 1 and isinstance(exc, OutOfOrderSequence)
+    lost_answer = b.attempts > 0 and isinstance(exc, RequestTimeout | ConnectionLost | NotLeader)
+    if not (maybe_stored or lost_answer):
+        return exc
+    return DeliveryUnknown(f"batch for {b.topic}/{b.partition} may be stored: {exc}",
+                           topic=b.topic, partition=b.partition, sequence=b.sequence,
+                           attempts=b.attempts, cause=type(exc).__name__)
+
+
 def _one_bytes(what: str, data: object) -> bytes:
     if isinstance(data, bytes):
         return data
@@ -432,8 +445,17 @@ class _Sender:
 
     async def _complete_head(self, conn: ClientConnection) -> None:
         """Wait for the oldest request in flight and settle its batch."""
+        # The head stays counted in flight until its answer is settled: the SPU keeps
+        # only the last max_in_flight batches per producer, and a sixth outstanding
+        # one would make a retry of the oldest an OutOfOrderSequence.
+        try:
+            await self._settle_head(conn)
+        finally:
+            self._in_flight.popleft()
+
+    async def _settle_head(self, conn: ClientConnection) -> None:
         in_flight, retry = self._in_flight, self._retry
-        b, fut = in_flight.popleft()
+        b, fut = in_flight[0]
         if fut is None:
             await conn.drain()
             if not b.future.done():
@@ -454,7 +476,7 @@ class _Sender:
                 self._error = self._error or exc
                 retry.append(b)
             else:
-                b.future.set_exception(exc)
+                b.future.set_exception(_outcome(b, exc))
             return
         if not b.future.done():
             b.future.set_result(int(meta["base"]))
@@ -478,7 +500,7 @@ class _Sender:
         for b in batches:
             if now > b.deadline or not exc.retriable:
                 if not b.future.done():
-                    b.future.set_exception(exc)
+                    b.future.set_exception(_outcome(b, exc))
                 log.warning("giving up on a batch for %s/%d after %d attempts: %s",
                             self.topic, self.partition, b.attempts, exc)
             else:

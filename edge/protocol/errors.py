@@ -199,6 +199,14 @@ class AuthenticationFailed(RemoteError):
     code = ErrorCode.AUTHENTICATION_FAILED
 
 
+class DeliveryUnknown(HeadwaterError):
+    """A produced batch may or may not be in the log (its answer was lost, or a
+    retry met a sequence error after an earlier attempt may have been stored).
+    Re-sending can create a duplicate; read the log to find out."""
+
+    retriable = False
+
+
 class ConnectionLost(HeadwaterError):
     """The connection closed before the response arrived."""
 
