@@ -8,7 +8,6 @@ gets its replica list, each metadata watcher the new picture.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,14 +16,13 @@ from typing import Any
 from edge.protocol.errors import InvalidConfig, StaleEpoch, TopicExists, TopicNotFound
 from edge.sc.assignment import SpuSlot, assign
 from edge.sc.store import MetadataStore, PartitionRow, TopicRow
-from edge.storage.config import LogConfig
+from edge.storage.config import STORAGE_KEYS, LogConfig, is_topic_name
 
 log = logging.getLogger(__name__)
 
-TOPIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 MAX_PARTITIONS = 1000
-STORAGE_KEYS = {"retention_ms", "retention_bytes", "segment_bytes", "segment_ms",
-                "index_interval_bytes"}
+# Well above any cluster this SC runs; a bignum used to be accepted and stored.
+MAX_REPLICATION = 64
 TOPIC_CONFIG_KEYS = STORAGE_KEYS | {"compression", "min_insync_replicas", "unclean_election"}
 COMPRESSION = ("none", "zlib")
 
@@ -68,13 +66,13 @@ class Controller:
 
     def create_topic(self, name: str, partitions: int, replication: int,
                      config: dict[str, Any]) -> TopicRow:
-        if not TOPIC_NAME.match(name):
+        if not is_topic_name(name):
             raise InvalidConfig(f"invalid topic name {name!r}: use letters, digits, '.', '_', "
                                 "'-' (at most 200, starting with a letter or digit)")
         if not 1 <= partitions <= MAX_PARTITIONS:
             raise InvalidConfig(f"partitions must be 1..{MAX_PARTITIONS}")
-        if replication < 1:
-            raise InvalidConfig("replication must be >= 1")
+        if not 1 <= replication <= MAX_REPLICATION:
+            raise InvalidConfig(f"replication must be 1..{MAX_REPLICATION}")
         config = validate_topic_config(config)
         if config.get("min_insync_replicas", 1) > replication:
             raise InvalidConfig(f"min_insync_replicas {config['min_insync_replicas']} exceeds "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -22,13 +21,12 @@ import cbor2
 
 from edge.protocol.errors import LeaderNotAvailable, NotLeader, PartitionNotFound
 from edge.spu.partition import Partition
-from edge.storage.config import LogConfig
+from edge.storage.config import STORAGE_KEYS, LogConfig, is_topic_name
 from edge.storage.log import PartitionLog
 
 log = logging.getLogger(__name__)
 
 ASSIGNMENT_FILE = "assignment.cbor"
-_SAFE_TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 def _role(r: dict[str, Any]) -> dict[str, Any]:
@@ -42,9 +40,8 @@ def _role(r: dict[str, Any]) -> dict[str, Any]:
 
 def log_config_from(raw: dict[str, Any], durability: str) -> LogConfig:
     """The storage config of a topic as sent by the SC (unknown keys ignored)."""
-    known = {"segment_bytes", "segment_ms", "retention_ms", "retention_bytes",
-             "index_interval_bytes"}
-    return LogConfig(durability=durability, **{k: v for k, v in raw.items() if k in known})
+    return LogConfig(durability=durability,
+                     **{k: v for k, v in raw.items() if k in STORAGE_KEYS})
 
 
 class ReplicaSet:
@@ -99,7 +96,7 @@ class ReplicaSet:
         wanted: dict[tuple[str, int], dict[str, Any]] = {}
         for r in replicas:
             topic, index = str(r["topic"]), int(r["partition"])
-            if not _SAFE_TOPIC.match(topic):
+            if not is_topic_name(topic):
                 log.error("ignoring replica with unsafe topic name %r", topic)
                 continue
             wanted[(topic, index)] = r

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -12,6 +13,23 @@ DURABILITY_MODES: Final = ("group", "always", "never")
 MAX_SEGMENT_BYTES: Final = 2 * 1024**3
 # Below this an index entry per few batches costs more memory than it saves.
 MIN_INDEX_INTERVAL: Final = 64
+# Far beyond any real setting, far below what SQLite, CBOR and time arithmetic hold
+# (a bignum here used to reach the database and fail as UNKNOWN).
+MAX_DURATION_MS: Final = 100 * 365 * 24 * 3600 * 1000
+MAX_LOG_BYTES: Final = 2**50
+
+# A topic name becomes a directory name ``<topic>-<partition>``: letters, digits and
+# ".", "_", "-" only, never starting with a dot. ``fullmatch``: with ``match`` and
+# ``$``, "a\n" passed (``$`` matches before a final newline).
+TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+# The topic settings that are a partition log's own (the rest belong to the SC).
+STORAGE_KEYS: Final = frozenset(
+    {"retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "index_interval_bytes"})
+
+
+def is_topic_name(name: object) -> bool:
+    """Whether ``name`` is a topic name the SC accepts and an SPU may make a directory of."""
+    return isinstance(name, str) and TOPIC_NAME.fullmatch(name) is not None
 
 
 def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
@@ -51,11 +69,12 @@ class LogConfig:
 
     def __post_init__(self) -> None:
         _check_int("segment_bytes", self.segment_bytes, minimum=1, maximum=MAX_SEGMENT_BYTES)
-        _check_int("segment_ms", self.segment_ms, minimum=1)
+        _check_int("segment_ms", self.segment_ms, minimum=1, maximum=MAX_DURATION_MS)
         if self.retention_ms is not None:
-            _check_int("retention_ms", self.retention_ms, minimum=1)
+            _check_int("retention_ms", self.retention_ms, minimum=1, maximum=MAX_DURATION_MS)
         if self.retention_bytes is not None:
-            _check_int("retention_bytes", self.retention_bytes, minimum=1)
+            _check_int("retention_bytes", self.retention_bytes, minimum=1,
+                       maximum=MAX_LOG_BYTES)
         _check_int(
             "index_interval_bytes", self.index_interval_bytes,
             minimum=MIN_INDEX_INTERVAL, maximum=MAX_SEGMENT_BYTES,

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from edge.storage import LogConfig
+from edge.storage.config import is_topic_name
 
 
 def test_defaults_are_valid_and_frozen() -> None:
@@ -46,3 +47,20 @@ def test_none_means_unbounded_retention() -> None:
     cfg = LogConfig(retention_ms=None, retention_bytes=None, durability="never")
     assert cfg.retention_ms is None
     assert cfg.retention_bytes is None
+
+
+@pytest.mark.parametrize("name", ["a\n", "", ".hidden", "..", "a/b", "a b", "x" * 201,
+                                  "\x00", "a\\b", "é", "-lead", 7, None])
+def test_topic_names_that_cannot_be_directories_are_refused(name: object) -> None:
+    assert not is_topic_name(name)
+
+
+@pytest.mark.parametrize("name", ["a", "readings", "site.kitchen_1-raw", "0", "x" * 200])
+def test_topic_names(name: str) -> None:
+    assert is_topic_name(name)
+
+
+@pytest.mark.parametrize("setting", ["retention_ms", "segment_ms", "retention_bytes"])
+def test_bignum_settings_are_refused(setting: str) -> None:
+    with pytest.raises(ValueError, match=setting):
+        LogConfig(**{setting: 2**65})
