@@ -13,7 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.protocol.errors import InvalidConfig, StaleEpoch, TopicExists, TopicNotFound
+from edge.protocol.errors import (
+    InvalidConfig,
+    InvalidRequest,
+    StaleEpoch,
+    TopicExists,
+    TopicNotFound,
+)
 from edge.sc.assignment import SpuSlot, assign
 from edge.sc.store import MetadataStore, PartitionRow, TopicRow
 from edge.storage.config import STORAGE_KEYS, LogConfig, is_topic_name
@@ -137,6 +143,17 @@ class Controller:
         self._elect_leaderless()
         self._changed()
         return state
+
+    def check_replaceable(self, spu_id: int) -> None:
+        """Refuse to hand a live SPU's id to a second connection: only the SPU that
+        stopped heartbeating (or whose connection closed) may be replaced."""
+        state = self.spus.get(spu_id)
+        if state is None or state.push is None or not state.online:
+            return
+        age = time.monotonic() - state.last_heartbeat
+        if age < self.heartbeat_timeout_s:
+            raise InvalidRequest(f"spu: SPU {spu_id} is live on another connection "
+                                 f"(heartbeat {age:.1f}s ago)", field="spu", value=spu_id)
 
     def heartbeat(self, spu_id: int, health: dict[str, Any], partitions: list[dict[str, Any]],
                   stats: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from edge.protocol.errors import InvalidRequest
 from edge.protocol.messages import ApiKey, get
 from edge.sc.config import ScConfig
 from edge.sc.controller import Controller
+from edge.sc.registration import check_address, check_spu_id
 from edge.sc.store import MetadataStore
 from edge.spu.sc_link import cancel
 from edge.tls import server_context
@@ -178,6 +179,10 @@ class Sc:
         spu_id = get(meta, "spu", int)
         public, private = get(meta, "public", str), get(meta, "private", str)
         rack = get(meta, "rack", str, None)
+        check_spu_id(spu_id)
+        check_address("public", public)
+        check_address("private", private)
+        self.controller.check_replaceable(spu_id)
         cid = meta["id"]
         cluster = self.controller.cluster_id
 

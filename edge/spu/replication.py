@@ -10,9 +10,12 @@ Before fetching, a follower asks the leader where its own latest leader epoch
 ended (``OFFSET_FOR_EPOCH``) and truncates there: a tail written by a deposed
 leader and never committed is dropped instead of diverging (KIP-101).
 
-Every fetch carries the follower's view of the leader epoch. A leader that sees
-a higher epoch learns it was deposed and steps down at once; a follower that is
-told its epoch is old waits for the SC's new assignment.
+Every fetch carries the follower's view of the leader epoch. Only the SC issues
+epochs, so a leader never steps down on a peer's word: a higher epoch from a
+follower is refused and the leader waits for the SC's metadata, which deposes it
+if the epoch is real (a forged epoch from one peer must not take a partition
+offline). A follower that is told its epoch is old waits for the SC's new
+assignment. Fetches from an SPU outside the partition's replica set are refused.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from edge.protocol import messages
 from edge.protocol.errors import (
     CorruptBatch,
     HeadwaterError,
+    InvalidRequest,
     NotLeader,
     OffsetOutOfRange,
     PartitionNotFound,
@@ -64,27 +68,38 @@ class LeaderSide:
             raise PartitionNotFound(f"{topic}/{index} is not hosted by SPU {self.spu_id}")
         return p
 
-    def _check_epoch(self, p: Partition, epoch: int) -> None:
-        if epoch > p.leader_epoch and p.is_leader:
-            p.step_down(f"a follower knows epoch {epoch} > {p.leader_epoch}")
+    def _check_epoch(self, conn: Connection, p: Partition, epoch: int) -> None:
         if not p.is_leader:
             raise NotLeader(f"SPU {self.spu_id} does not lead {p.name}")
         if epoch != p.leader_epoch:
+            if epoch > p.leader_epoch:
+                conn.server.stats.log_once(conn.peer, "epoch from a peer",
+                                           f"{p.name}: a follower claims epoch {epoch} > "
+                                           f"{p.leader_epoch}; waiting for the SC")
             raise StaleEpoch(f"{p.name}: epoch {epoch} is not the leader's {p.leader_epoch}",
                              epoch=p.leader_epoch)
+
+    def _check_replica(self, conn: Connection, p: Partition, replica: int) -> None:
+        if replica != self.spu_id and replica in p.replicas:
+            return
+        conn.server.stats.log_once(conn.peer, "fetch from a non-replica",
+                                   f"{p.name}: SPU {replica} is not in {p.replicas}")
+        raise InvalidRequest(f"replica: SPU {replica} is not a replica of {p.name}",
+                             field="replica", replica=replica, replicas=list(p.replicas))
 
     def offset_for_epoch(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                          ) -> Response:
         p = self._partition(meta)
-        self._check_epoch(p, get(meta, "leader_epoch", int))
+        self._check_epoch(conn, p, get(meta, "leader_epoch", int))
         epoch, end = p.epochs.end_offset_for(get(meta, "epoch", int), p.log.log_end_offset)
         return messages.ok(meta["id"], epoch=epoch, end=end), b""
 
     def replica_fetch(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                       ) -> Awaitable[Response]:
         p = self._partition(meta)
-        self._check_epoch(p, get(meta, "epoch", int))
         replica = get(meta, "replica", int)
+        self._check_replica(conn, p, replica)
+        self._check_epoch(conn, p, get(meta, "epoch", int))
         offset = get(meta, "offset", int)
         durable = get(meta, "durable", int, 0)
         if not p.log.log_start_offset <= offset <= p.log.log_end_offset:
