@@ -42,8 +42,9 @@ def main() -> None:
         verify = statistics.median(rate(codec.verify, data, len(rows)) for _ in range(args.runs))
         full = statistics.median(rate(codec.validate, data, len(rows)) for _ in range(args.runs))
         share = args.produce_rate / full
-        print(f"{compression.name.lower():5} verify {verify:>12,.0f} rec/s  validate {full:>10,.0f} "
-              f"rec/s  cost at {args.produce_rate:,.0f} rec/s: {share:.1%} of one core")
+        print(f"{compression.name.lower():5} verify {verify:>12,.0f} rec/s  "
+              f"validate {full:>10,.0f} rec/s  "
+              f"cost at {args.produce_rate:,.0f} rec/s: {share:.1%} of one core")
 
 
 if __name__ == "__main__":
