@@ -44,7 +44,11 @@ class ErrorCode(IntEnum):
     SPU_NOT_FOUND = 43
     NOT_ENOUGH_REPLICAS = 44
     STALE_EPOCH = 45
+    NOT_CONTIGUOUS = 46
+    MIRROR_SOURCE_MISMATCH = 47
     CONSUMER_NOT_FOUND = 50
+    SITE_NOT_FOUND = 51
+    SITE_EXISTS = 52
     AUTHENTICATION_FAILED = 60
 
 
@@ -191,8 +195,31 @@ class StaleEpoch(RemoteError):
     retriable = True
 
 
+class NotContiguous(RemoteError):
+    """A mirrored batch does not continue the cloud partition; carries
+    ``log_end_offset``, where the uplink resumes."""
+
+    code = ErrorCode.NOT_CONTIGUOUS
+    retriable = True
+
+
+class MirrorSourceMismatch(RemoteError):
+    """The edge log a site mirrors is not the one its cloud partition holds
+    (the edge topic was re-created or wiped): an operator decides what happens."""
+
+    code = ErrorCode.MIRROR_SOURCE_MISMATCH
+
+
 class ConsumerNotFound(RemoteError):
     code = ErrorCode.CONSUMER_NOT_FOUND
+
+
+class SiteNotFound(RemoteError):
+    code = ErrorCode.SITE_NOT_FOUND
+
+
+class SiteExists(RemoteError):
+    code = ErrorCode.SITE_EXISTS
 
 
 class AuthenticationFailed(RemoteError):
@@ -221,7 +248,8 @@ _BY_CODE: dict[int, type[RemoteError]] = {
         LeaderNotAvailable, OffsetOutOfRange, InvalidConfig, InsufficientResources,
         OutOfOrderSequence, InvalidProducerEpoch, StorageError, DiskFull, RequestTimeout,
         ShuttingDown, NotController, SpuNotFound, NotEnoughReplicas, StaleEpoch,
-        ConsumerNotFound, AuthenticationFailed,
+        NotContiguous, MirrorSourceMismatch, ConsumerNotFound, SiteNotFound, SiteExists,
+        AuthenticationFailed,
     )
 }
 

@@ -42,6 +42,16 @@ class ApiKey(IntEnum):
     CLUSTER_STATUS = 18
     INIT_PRODUCER_ID = 19
     PARTITION_REBALANCE = 20
+    # SPU public: the upstream mirror (cloud side) and the uplink's state (edge side)
+    MIRROR_OFFSETS = 21
+    MIRROR_APPEND = 22
+    UPSTREAM_STATUS = 23
+    # SC public: edge sites (cloud side)
+    SITE_REGISTER = 24
+    SITE_UNREGISTER = 25
+    LIST_SITES = 26
+    DESCRIBE_SITE = 27
+    MIRROR_RESOLVE = 28
     # SC private (SPU -> SC)
     REGISTER_SPU = 30
     HEARTBEAT = 31

@@ -23,13 +23,15 @@ from edge.protocol.errors import (
 from edge.sc.assignment import SpuSlot, assign
 from edge.sc.store import MetadataStore, PartitionRow, TopicRow
 from edge.storage.config import STORAGE_KEYS, LogConfig, is_topic_name
+from edge.storage.mirror import MirrorOwner
 
 log = logging.getLogger(__name__)
 
 MAX_PARTITIONS = 1000
 # Well above any cluster this SC runs; a bignum used to be accepted and stored.
 MAX_REPLICATION = 64
-TOPIC_CONFIG_KEYS = STORAGE_KEYS | {"compression", "min_insync_replicas", "unclean_election"}
+TOPIC_CONFIG_KEYS = STORAGE_KEYS | {"compression", "min_insync_replicas", "unclean_election",
+                                    "upstream"}
 COMPRESSION = ("none", "zlib")
 
 
@@ -85,13 +87,13 @@ class Controller:
                                 f"replication {replication}")
         if self.store.topic(name) is not None:
             raise TopicExists(f"topic {name!r} already exists", topic=name)
-        placement = assign(partitions, replication, self._slots())
+        placement = assign(partitions, replication, self.slots())
         status = "ready" if placement else "insufficient-resources"
         row = TopicRow(name, partitions, replication, config, status, int(time.time() * 1000))
         self.store.add_topic(row, _partition_rows(name, placement))
         if placement is None:
             log.warning("topic %s waits for %d online SPUs (have %d)", name, replication,
-                        len(self._slots()))
+                        len(self.slots()))
         self._changed()
         return row
 
@@ -111,14 +113,15 @@ class Controller:
         for t in self.store.topics():
             if t.status != "insufficient-resources":
                 continue
-            placement = assign(t.partitions, t.replication, self._slots())
+            placement = assign(t.partitions, t.replication, self.slots())
             if placement is not None:
                 self.store.place_topic(t.name, _partition_rows(t.name, placement))
                 log.info("placed waiting topic %s", t.name)
                 placed = True
         return placed
 
-    def _slots(self) -> list[SpuSlot]:
+    def slots(self) -> list[SpuSlot]:
+        """The online SPUs, with their leader counts, for placement."""
         leaders: dict[int, int] = {}
         for p in self.store.partitions():
             if p.leader is not None:
@@ -269,13 +272,23 @@ class Controller:
 
     def replicas_for(self, spu_id: int) -> list[dict[str, Any]]:
         topics = {t.name: t for t in self.store.topics()}
+        owners = self._mirror_owners()
         out = []
         for p in self.store.partitions():
             if spu_id in p.replicas and p.topic in topics:
+                t = topics[p.topic]
                 out.append({"topic": p.topic, "partition": p.idx, "leader": p.leader,
                             "replicas": p.replicas, "epoch": p.epoch, "isr": p.isr,
-                            "config": topics[p.topic].config})
+                            "config": t.config, "mirror": owners.get((p.topic, p.idx)),
+                            # The edge log's identity, which the cloud pins a mirror to.
+                            "source": f"{self.cluster_id}/{t.name}/{t.created_ms}"})
         return out
+
+    def _mirror_owners(self) -> dict[tuple[str, int], dict[str, Any]]:
+        digests = {s.name: s.token_sha256 for s in self.store.sites()}
+        return {(m.topic, m.cloud_partition):
+                MirrorOwner(m.site, digests[m.site], m.incarnation, m.edge_partition).to_wire()
+                for m in self.store.mirrors() if m.site in digests}
 
     # metadata -------------------------------------------------------------
 
@@ -310,6 +323,10 @@ class Controller:
     def peers(self) -> dict[str, str]:
         return {str(s.id): s.private for s in self.spus.values()}
 
+    def changed(self) -> None:
+        """Push the new picture to every SPU and watcher."""
+        self._changed()
+
     def _changed(self) -> None:
         self.version += 1
         for state in self.spus.values():
@@ -332,6 +349,8 @@ def validate_topic_config(config: dict[str, Any]) -> dict[str, Any]:
         raise InvalidConfig("min_insync_replicas must be an integer >= 1")
     if not isinstance(config.get("unclean_election", False), bool):
         raise InvalidConfig("unclean_election must be true or false")
+    if not isinstance(config.get("upstream", False), bool):
+        raise InvalidConfig("upstream must be true or false")
     storage = {k: v for k, v in config.items() if k in STORAGE_KEYS}
     try:
         LogConfig(**storage)

@@ -16,6 +16,7 @@ from edge.protocol.messages import ApiKey, get
 from edge.sc.config import ScConfig
 from edge.sc.controller import Controller
 from edge.sc.registration import check_address, check_spu_id
+from edge.sc.sites import SiteRegistry
 from edge.sc.store import MetadataStore
 from edge.spu.sc_link import cancel
 from edge.tls import server_context
@@ -34,6 +35,7 @@ class Sc:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = MetadataStore(cfg.data_dir / "metadata.sqlite")
         self.controller = Controller(self.store, heartbeat_timeout_s=cfg.heartbeat_timeout_s)
+        self.sites = SiteRegistry(self.controller)
         ctx = server_context(cfg.tls) if cfg.tls and cfg.tls.cert else None
         self.public = FrameServer("SC public", self._dispatch_public, ssl_context=ctx)
         self.private = FrameServer("SC private", self._dispatch_private, ssl_context=ctx)
@@ -53,6 +55,11 @@ class Sc:
             ApiKey.CLUSTER_STATUS: self.cluster_status,
             ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
             ApiKey.PARTITION_REBALANCE: self.partition_rebalance,
+            ApiKey.SITE_REGISTER: self.site_register,
+            ApiKey.SITE_UNREGISTER: self.site_unregister,
+            ApiKey.LIST_SITES: self.list_sites,
+            ApiKey.DESCRIBE_SITE: self.describe_site,
+            ApiKey.MIRROR_RESOLVE: self.mirror_resolve,
         }
         self._private: dict[ApiKey, Handler] = {
             ApiKey.API_VERSIONS: self.api_versions,
@@ -212,6 +219,31 @@ class Sc:
                             ) -> Response:
         moved = self.controller.rebalance(get(meta, "topic", str, None))
         return messages.ok(meta["id"], moved=moved), b""
+
+    # edge sites --------------------------------------------------------------
+
+    def site_register(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        row, token = self.sites.register(get(meta, "name", str))
+        return messages.ok(meta["id"], name=row.name, token=token,
+                           created_ms=row.created_ms), b""
+
+    def site_unregister(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                        ) -> Response:
+        self.sites.unregister(get(meta, "name", str))
+        return messages.ok(meta["id"]), b""
+
+    def list_sites(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        return messages.ok(meta["id"], sites=self.sites.list()), b""
+
+    def describe_site(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        return messages.ok(meta["id"], **self.sites.describe(get(meta, "name", str))), b""
+
+    def mirror_resolve(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        mirror, leader = self.sites.resolve(
+            get(meta, "site", str), get(meta, "token", str), get(meta, "topic", str),
+            get(meta, "partition", int), get(meta, "source", str))
+        return messages.ok(meta["id"], partition=mirror.cloud_partition, leader=leader,
+                           incarnation=mirror.incarnation), b""
 
 
 def _route(table: dict[ApiKey, Handler], where: str, conn: Connection, meta: dict[Any, Any],

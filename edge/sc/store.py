@@ -41,6 +41,22 @@ CREATE TABLE IF NOT EXISTS spus (
     rack TEXT,
     registered_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sites (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mirrors (
+    site TEXT NOT NULL REFERENCES sites(name) ON DELETE CASCADE,
+    topic TEXT NOT NULL,
+    edge_partition INTEGER NOT NULL,
+    cloud_partition INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    incarnation TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (site, topic, edge_partition),
+    UNIQUE (topic, cloud_partition)
+);
 """
 
 
@@ -68,6 +84,24 @@ class SpuRow(NamedTuple):
     private: str
     rack: str | None
     registered_ms: int
+
+
+class SiteRow(NamedTuple):
+    name: str
+    token_sha256: str
+    created_ms: int
+
+
+class MirrorRow(NamedTuple):
+    """Where one (site, topic, edge partition) lives in the cloud."""
+
+    site: str
+    topic: str
+    edge_partition: int
+    cloud_partition: int
+    source: str
+    incarnation: str
+    created_ms: int
 
 
 class MetadataStore:
@@ -123,6 +157,7 @@ class MetadataStore:
 
     def delete_topic(self, name: str) -> bool:
         with self._tx():
+            self._db.execute("DELETE FROM mirrors WHERE topic=?", (name,))
             cur = self._db.execute("DELETE FROM topics WHERE name=?", (name,))
         return cur.rowcount > 0
 
@@ -166,6 +201,49 @@ class MetadataStore:
     def spus(self) -> list[SpuRow]:
         rows = self._db.execute("SELECT * FROM spus ORDER BY id").fetchall()
         return [SpuRow(*r) for r in rows]
+
+
+    # sites and their mirror partitions --------------------------------------
+
+    def add_site(self, site: SiteRow) -> bool:
+        """False if the name is taken."""
+        with self._tx():
+            cur = self._db.execute("INSERT OR IGNORE INTO sites VALUES (?, ?, ?)", site)
+        return cur.rowcount > 0
+
+    def delete_site(self, name: str) -> bool:
+        with self._tx():
+            cur = self._db.execute("DELETE FROM sites WHERE name=?", (name,))
+        return cur.rowcount > 0
+
+    def sites(self) -> list[SiteRow]:
+        return [SiteRow(*r) for r in
+                self._db.execute("SELECT * FROM sites ORDER BY name").fetchall()]
+
+    def site(self, name: str) -> SiteRow | None:
+        r = self._db.execute("SELECT * FROM sites WHERE name=?", (name,)).fetchone()
+        return None if r is None else SiteRow(*r)
+
+    def mirrors(self, site: str | None = None) -> list[MirrorRow]:
+        rows = self._db.execute(
+            "SELECT * FROM mirrors WHERE ? IS NULL OR site=? ORDER BY site, topic, "
+            "edge_partition", (site, site)).fetchall()
+        return [MirrorRow(*r) for r in rows]
+
+    def add_mirror_partition(self, mirror: MirrorRow, partition: PartitionRow,
+                             topic: TopicRow | None) -> None:
+        """Record a site's new home partition: the topic (when new), one more
+        partition of it, and the mapping, in one transaction."""
+        with self._tx():
+            if topic is not None:
+                self._db.execute(
+                    "INSERT INTO topics VALUES (?, ?, ?, ?, ?, ?)",
+                    (topic.name, 0, topic.replication, json.dumps(topic.config),
+                     topic.status, topic.created_ms))
+            self._db.execute("UPDATE topics SET partitions=partitions+1 WHERE name=?",
+                             (partition.topic,))
+            self._put_partition(partition)
+            self._db.execute("INSERT INTO mirrors VALUES (?, ?, ?, ?, ?, ?, ?)", mirror)
 
 
 class _Transaction:

@@ -22,6 +22,7 @@ from edge.protocol.errors import (
     OffsetOutOfRange,
 )
 from edge.protocol.messages import Acks, ApiKey, get
+from edge.spu.mirror import MirrorApi
 from edge.spu.partition import Partition
 from edge.spu.replicas import ReplicaSet
 from edge.storage.offsets import ConsumerOffsets
@@ -50,6 +51,7 @@ class PublicApi:
         self.offsets = offsets
         self.stats = {"produce_batches": 0, "produce_records": 0, "duplicates": 0,
                       "corrupt_batches": 0, "fetches": 0, "streams": 0}
+        self.mirror = MirrorApi(replicas, self.stats)
         self._handlers: dict[ApiKey, Handler] = {
             ApiKey.API_VERSIONS: self.api_versions,
             ApiKey.PRODUCE: self.produce,
@@ -60,6 +62,7 @@ class PublicApi:
             ApiKey.OFFSET_FETCH: self.offset_fetch,
             ApiKey.LIST_CONSUMERS: self.list_consumers,
             ApiKey.PARTITION_STATUS: self.partition_status,
+            **self.mirror.handlers(),
         }
 
     def dispatch(self, conn: Connection, meta: dict[Any, Any], blob: bytes
@@ -81,6 +84,9 @@ class PublicApi:
         topic, index = get(meta, "topic", str), get(meta, "partition", int)
         acks = get(meta, "acks", int, int(Acks.LEADER))
         p = self.replicas.leader(topic, index)
+        if p.mirror is not None:
+            raise InvalidRequest(f"{p.name} mirrors site {p.mirror.site!r}: only its uplink "
+                                 "writes it (MIRROR_APPEND)", topic=topic, partition=index)
         try:
             header = batchcodec.validate(blob)
         except CorruptBatch as exc:

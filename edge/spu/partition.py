@@ -32,6 +32,7 @@ from edge.protocol.errors import NotEnoughReplicas, NotLeader, StorageError
 from edge.protocol.messages import Acks
 from edge.storage.epochs import EpochCache
 from edge.storage.log import AppendResult, PartitionLog
+from edge.storage.mirror import MirrorOwner, check_chain
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class Partition:
         self.consumer_version = 0
         self.failed: StorageError | None = None
         self.closed = False
+        # Cloud side: the site that alone writes this partition (None: a normal one).
+        self.mirror: MirrorOwner | None = None
+        # Edge side: the edge log's identity when the topic is mirrored upstream.
+        self.upstream_source: str | None = None
         self._ack_guard = ack_guard or (lambda: True)
         self._flush_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._hw_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
@@ -169,6 +174,28 @@ class Partition:
         if not result.duplicate:
             self._appended()
         return result
+
+    def append_mirrored(self, batches: list[bytearray], chain: list[tuple[int, int]]
+                        ) -> int:
+        """Append an edge's verified batches at the edge's offsets, all or none:
+        only if ``chain`` (base, next offset of each) continues this log exactly.
+        Returns the new log end. The leader epoch field is this cluster's own, as for
+        any batch (it drives the cloud's replica truncation); offsets and every
+        CRC-covered byte stay the edge's."""
+        if self.failed is not None:
+            raise self.failed
+        if not self.is_leader:
+            raise NotLeader(f"this SPU does not lead {self.name}", topic=self.topic,
+                            partition=self.index)
+        check_chain(chain, self.log.log_end_offset)
+        try:
+            for batch in batches:
+                self.log.append(batch, leader_epoch=self.leader_epoch, replica=True)
+        except StorageError as exc:
+            self._fail(exc)
+            raise
+        self._appended()
+        return self.log.log_end_offset
 
     def check_min_isr(self) -> None:
         if len(self.isr) < self.min_isr:

@@ -23,6 +23,7 @@ from edge.protocol.errors import LeaderNotAvailable, NotLeader, PartitionNotFoun
 from edge.spu.partition import Partition
 from edge.storage.config import STORAGE_KEYS, LogConfig, is_topic_name
 from edge.storage.log import PartitionLog
+from edge.storage.mirror import MirrorOwner
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,10 @@ class ReplicaSet:
                      role["leader_id"], role["epoch"], plog.log_end_offset)
         else:
             p.update_role(**role)
+        p.mirror = MirrorOwner.parse(r.get("mirror"))
+        source = r.get("source")
+        upstream = r.get("config", {}).get("upstream") is True
+        p.upstream_source = source if upstream and isinstance(source, str) else None
 
     async def _remove(self, key: tuple[str, int], *, delete: bool) -> None:
         p = self.partitions.pop(key)

@@ -1,0 +1,102 @@
+"""Cloud side of the upstream mirror: MIRROR_OFFSETS and MIRROR_APPEND.
+
+An edge site's uplink asks the cloud leader of its home partition where the
+cloud log ends (at every connect), then sends stored edge batches unchanged
+with their edge offsets. They are validated like any produce and appended only
+where they continue the log (``check_chain``); the answer waits until the high
+watermark covers them (``acks=all``), so the edge counts a batch as delivered
+only once every in-sync cloud replica has it on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+from edge.net.server import Connection, Response
+from edge.protocol import batch as batchcodec
+from edge.protocol import messages
+from edge.protocol.errors import (
+    AuthenticationFailed,
+    CorruptBatch,
+    CorruptMessage,
+    InvalidRequest,
+    NotLeader,
+)
+from edge.protocol.messages import Acks, ApiKey, get
+from edge.spu.partition import Partition
+from edge.spu.replicas import ReplicaSet
+
+
+class MirrorApi:
+    """The two mirror handlers of the SPU public port."""
+
+    def __init__(self, replicas: ReplicaSet, stats: dict[str, int]) -> None:
+        self.replicas = replicas
+        self.stats = stats
+        stats.update(mirror_batches=0, mirror_records=0, mirror_refused=0)
+
+    def handlers(self) -> dict[ApiKey, Any]:
+        return {ApiKey.MIRROR_OFFSETS: self.mirror_offsets,
+                ApiKey.MIRROR_APPEND: self.mirror_append}
+
+    def _owned(self, meta: dict[Any, Any]) -> Partition:
+        """The led mirror partition the request names, if its site may write it."""
+        topic, index = get(meta, "topic", str), get(meta, "partition", int)
+        site, token = get(meta, "site", str), get(meta, "token", str)
+        p = self.replicas.leader(topic, index)
+        if p.mirror is None:
+            raise InvalidRequest(f"{p.name} is not a mirror partition", topic=topic)
+        if not p.mirror.admits(site, token):
+            self.stats["mirror_refused"] += 1
+            raise AuthenticationFailed(f"site {site!r} may not write {p.name}", topic=topic,
+                                       partition=index)
+        return p
+
+    def mirror_offsets(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                       ) -> Response:
+        p = self._owned(meta)
+        return messages.ok(meta["id"], **_position(p)), b""
+
+    def mirror_append(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                      ) -> Response | Awaitable[Response]:
+        p = self._owned(meta)
+        batches, chain, records = _split(blob, p.name)
+        p.check_min_isr()
+        end = p.append_mirrored(batches, chain)
+        self.stats["mirror_batches"] += len(batches)
+        self.stats["mirror_records"] += records
+        pending = p.ack_future(end, Acks.ALL)
+        return _confirm(pending, p, meta["id"])
+
+
+def _split(blob: bytes, name: str) -> tuple[list[bytearray], list[tuple[int, int]], int]:
+    """Every batch of ``blob``, fully validated, with its (base, next) offsets."""
+    if not blob:
+        raise InvalidRequest("MIRROR_APPEND carries at least one batch")
+    batches, chain, records, pos = [], [], 0, 0
+    while pos < len(blob):
+        try:
+            h = batchcodec.validate(blob, pos)
+        except CorruptBatch as exc:
+            raise CorruptMessage(f"rejected mirrored batch for {name}: {exc}") from None
+        batches.append(bytearray(blob[pos:pos + h.size]))
+        chain.append((h.base_offset, h.next_offset))
+        records += h.record_count
+        pos += h.size
+    return batches, chain, records
+
+
+async def _confirm(pending: Awaitable[None] | None, p: Partition, cid: int) -> Response:
+    if pending is not None:
+        await pending
+    if not p.may_acknowledge():
+        raise NotLeader(f"SPU {p.spu_id} cannot confirm it still leads {p.name}; retry",
+                        topic=p.topic, partition=p.index)
+    return messages.ok(cid, **_position(p)), b""
+
+
+def _position(p: Partition) -> dict[str, Any]:
+    incarnation = p.mirror.incarnation if p.mirror is not None else ""
+    return {"end": p.log.log_end_offset, "hw": p.high_watermark,
+            "start": p.log.log_start_offset, "incarnation": incarnation}
