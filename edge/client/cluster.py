@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 from typing import Any, NamedTuple
 
+from edge.net.backoff import Backoff
 from edge.net.connection import ClientConnection
 from edge.protocol.errors import (
     ConnectionLost,
@@ -25,6 +25,8 @@ from edge.protocol.errors import (
 from edge.protocol.messages import ApiKey
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Backoff", "ClusterClient", "Metadata", "PartitionInfo"]
 
 
 class PartitionInfo(NamedTuple):
@@ -51,22 +53,6 @@ class Metadata(NamedTuple):
                 if v.get("online", True)}
         return cls(int(meta.get("version", 0)), topics, spus,
                    dict(meta.get("compression", {})))
-
-
-class Backoff:
-    """Jittered exponential backoff."""
-
-    def __init__(self, initial: float = 0.05, maximum: float = 2.0) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.delay = initial
-
-    async def sleep(self) -> None:
-        await asyncio.sleep(self.delay * random.uniform(0.5, 1.0))
-        self.delay = min(self.delay * 2, self.maximum)
-
-    def reset(self) -> None:
-        self.delay = self.initial
 
 
 class ClusterClient:

@@ -14,6 +14,54 @@ DURABILITY = ("group", "always", "never")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+# A mirrored request carries whole stored batches up to this many bytes: well
+# inside a frame, big enough that a backlog moves at link speed.
+UPLINK_BATCH_BYTES = 1024 * 1024
+MAX_UPLINK_BATCH_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpstreamConfig:
+    """The ``[upstream]`` table: where this edge site mirrors its upstream topics."""
+
+    sc: str
+    site: str
+    token: str
+    max_request_bytes: int = UPLINK_BATCH_BYTES
+    # Reconnect attempts back off up to this; a link never gives up.
+    max_backoff_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        _check_addr("upstream.sc", self.sc)
+        if not self.site or not self.token:
+            raise ConfigError("upstream.site and upstream.token are required "
+                              "(from `headwater site register NAME --export FILE`)")
+        if not 0 < self.max_request_bytes <= MAX_UPLINK_BATCH_BYTES:
+            raise ConfigError(f"upstream.max_request_bytes must be 1..{MAX_UPLINK_BATCH_BYTES}")
+        if self.max_backoff_s <= 0:
+            raise ConfigError("upstream.max_backoff_s must be > 0")
+
+    @classmethod
+    def from_table(cls, table: object) -> UpstreamConfig:
+        if not isinstance(table, dict):
+            raise ConfigError("upstream must be a table")
+        raw = dict(table)
+        cfg = cls(sc=take(raw, "sc", str, ""), site=take(raw, "site", str, ""),
+                  token=take(raw, "token", str, ""),
+                  max_request_bytes=take(raw, "max_request_bytes", int, UPLINK_BATCH_BYTES),
+                  max_backoff_s=take(raw, "max_backoff_s", float, 60.0))
+        reject_unknown(raw, "upstream")
+        return cfg
+
+    @classmethod
+    def from_toml(cls, path: Path) -> UpstreamConfig:
+        """A file holding an ``[upstream]`` table (what ``site register --export`` writes)."""
+        raw = load_toml(path)
+        if "upstream" not in raw:
+            raise ConfigError(f"{path} has no [upstream] table")
+        return cls.from_table(raw["upstream"])
+
+
 @dataclass(frozen=True, kw_only=True)
 class SpuConfig:
     """Everything an SPU process needs; validated at construction."""
@@ -43,6 +91,7 @@ class SpuConfig:
     pause_s: float = 1.0
     log_level: str = "info"
     tls: TlsConfig | None = None
+    upstream: UpstreamConfig | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.id < 2**31:
@@ -93,6 +142,8 @@ class SpuConfig:
             "pause_s": take(raw, "pause_s", float, cls.pause_s),
             "log_level": take(raw, "log_level", str, cls.log_level),
             "tls": tls_from(raw),
+            "upstream": (UpstreamConfig.from_table(raw.pop("upstream"))
+                         if "upstream" in raw else None),
         }
         reject_unknown(raw, "spu config")
         values.update({k: v for k, v in overrides.items() if v is not None})

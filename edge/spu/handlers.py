@@ -46,9 +46,11 @@ Handler = Callable[[Connection, dict[Any, Any], bytes], Response | Awaitable[Res
 class PublicApi:
     """Dispatch for the SPU public port."""
 
-    def __init__(self, replicas: ReplicaSet, offsets: ConsumerOffsets) -> None:
+    def __init__(self, replicas: ReplicaSet, offsets: ConsumerOffsets, *,
+                 upstream_rows: Callable[[], list[dict[str, Any]]] = list) -> None:
         self.replicas = replicas
         self.offsets = offsets
+        self._upstream_rows = upstream_rows
         self.stats = {"produce_batches": 0, "produce_records": 0, "duplicates": 0,
                       "corrupt_batches": 0, "fetches": 0, "streams": 0}
         self.mirror = MirrorApi(replicas, self.stats)
@@ -62,6 +64,7 @@ class PublicApi:
             ApiKey.OFFSET_FETCH: self.offset_fetch,
             ApiKey.LIST_CONSUMERS: self.list_consumers,
             ApiKey.PARTITION_STATUS: self.partition_status,
+            ApiKey.UPSTREAM_STATUS: self.upstream_status,
             **self.mirror.handlers(),
         }
 
@@ -222,6 +225,10 @@ class PublicApi:
                          ) -> Response:
         rows = [p.status() for p in self.replicas.partitions.values()]
         return messages.ok(meta["id"], partitions=rows, stats=dict(self.stats)), b""
+
+    def upstream_status(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        return messages.ok(meta["id"], partitions=self._upstream_rows(),
+                           spu=self.replicas.spu_id), b""
 
 
 async def _after(pending: Awaitable[None], p: Partition, reply: dict[str, Any]) -> Response:

@@ -19,6 +19,7 @@ from edge.spu.handlers import PublicApi
 from edge.spu.replicas import ReplicaSet
 from edge.spu.replication import LeaderSide, ReplicaManager
 from edge.spu.sc_link import ScLink, cancel
+from edge.spu.upstream import Upstream
 from edge.storage.offsets import ConsumerOffsets
 from edge.tls import client_context, server_context
 
@@ -50,11 +51,13 @@ class Spu:
         self.private_addr = ""
         self.link: ScLink | None = None
         self.replication: ReplicaManager | None = None
+        # The uplink is plain TCP for now: the cloud's TLS settings are not the site's.
+        self.upstream = Upstream(cfg.upstream, self.replicas)
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
         self.offsets = ConsumerOffsets.open(self.cfg.data_dir / "consumers.sqlite")
-        self.api = PublicApi(self.replicas, self.offsets)
+        self.api = PublicApi(self.replicas, self.offsets, upstream_rows=self.upstream.rows)
         self.leader_side.offsets = self.offsets
         self.link = ScLink(self.cfg, self.replicas, public="", private="",
                            ssl_context=self._client_ssl,
@@ -82,6 +85,7 @@ class Spu:
             asyncio.create_task(self._isr_checks(), name="isr"),
             asyncio.create_task(self._checkpoints(), name="checkpoints"),
             asyncio.create_task(self._retention(), name="retention"),
+            asyncio.create_task(self.upstream.run(), name="upstream"),
         ]
         log.info("SPU %d serving clients on %s, peers on %s", self.cfg.id, self.public_addr,
                  self.private_addr)
@@ -90,6 +94,7 @@ class Spu:
         """Stop listening, flush and close every partition (SIGTERM path)."""
         for task in self._tasks:
             await cancel(task)
+        await self.upstream.close()
         if self.replication is not None:
             await self.replication.close()
         await self.public.close()
@@ -124,6 +129,7 @@ class Spu:
         raise InvalidRequest(f"{api.name} is not served on the SPU private port")
 
     async def _sync_replication(self) -> None:
+        self.upstream.sync()
         if self.replication is not None:
             await self.replication.sync(self.replicas.partitions, self.replicas.peers)
 
