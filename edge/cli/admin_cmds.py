@@ -49,9 +49,11 @@ def topic_create(
                                        "needs (default 1)."),
     unclean_election: bool = typer.Option(False, help="Allow an out-of-sync replica to lead "
                                           "when no in-sync one is left (may lose records)."),
+    upstream: bool = typer.Option(False, "--upstream", help="Mirror this topic to the cloud "
+                                  "cluster of the SPUs' [upstream] config."),
 ) -> None:
     """Create a topic."""
-    config: dict[str, Any] = {}
+    config: dict[str, Any] = {"upstream": True} if upstream else {}
     if min_isr is not None:
         config["min_insync_replicas"] = min_isr
     if unclean_election:

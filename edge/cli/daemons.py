@@ -17,7 +17,15 @@ run_app = typer.Typer(help="Run a Headwater daemon in the foreground (what syste
                       no_args_is_help=True)
 
 CONFIG_HELP = "TOML file with the daemon's settings; flags override it."
+UPSTREAM_HELP = ("TOML file with an [upstream] table (from `headwater site register NAME "
+                 "--export FILE` on the cloud): mirror upstream topics there.")
 CHECK_HELP = "Validate the configuration, print the result and exit (0 valid, 2 invalid)."
+
+
+def _upstream(path: Path | None) -> Any:
+    from edge.spu.config import UpstreamConfig
+
+    return None if path is None else UpstreamConfig.from_toml(path)
 
 
 def _default_data_dir(name: str) -> Path:
@@ -74,6 +82,7 @@ def run_spu(
     durability: str | None = typer.Option(None, help="group, always or never (default group)."),
     rack: str | None = typer.Option(None, help="Rack or site label used for placement."),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
+    upstream: Path | None = typer.Option(None, "--upstream", help=UPSTREAM_HELP),
     check_config: bool = typer.Option(False, "--check-config", help=CHECK_HELP),
 ) -> None:
     """Run a Streaming Processing Unit (data plane)."""
@@ -83,6 +92,7 @@ def run_spu(
                                  "private_addr": private_addr, "sc": sc, "durability": durability,
                                  "rack": rack, "log_level": log_level}
     try:
+        overrides["upstream"] = _upstream(upstream)
         if config:
             cfg = SpuConfig.from_toml(config, **overrides)
         else:
@@ -115,6 +125,7 @@ def local(
                              "from --spu-port up (several SPUs allow replication -r > 1)."),
     durability: str = typer.Option("group", help="group, always or never."),
     log_level: str = typer.Option("warning", help="debug, info, warning or error."),
+    upstream: Path | None = typer.Option(None, "--upstream", help=UPSTREAM_HELP),
 ) -> None:
     """Run an SC and SPUs until Ctrl-C (for development; one asyncio loop).
 
@@ -127,13 +138,14 @@ def local(
     if not 1 <= spus <= 16:
         fail("--spus must be 1..16", 2)
     try:
+        uplink = _upstream(upstream)
         sc_cfg = ScConfig(data_dir=data_dir / "sc", public_addr=f"{host}:{sc_port}",
                           private_addr=f"{host}:{sc_port + 1}", log_level=log_level)
         spu_cfgs = [SpuConfig(id=i, data_dir=data_dir / f"spu-{i}",
                               public_addr=f"{host}:{spu_port + 2 * (i - 1)}",
                               private_addr=f"{host}:{spu_port + 2 * (i - 1) + 1}",
                               sc=f"{host}:{sc_port + 1}", durability=durability,
-                              log_level=log_level)
+                              log_level=log_level, upstream=uplink)
                     for i in range(1, spus + 1)]
     except ConfigError as exc:
         fail(str(exc), 2)
@@ -153,6 +165,9 @@ def local(
             for spu in units:
                 typer.echo(f"  SPU {spu.cfg.id}  clients {spu.public_addr}   "
                            f"peers {spu.private_addr}")
+            if uplink is not None:
+                typer.echo(f"  upstream to {uplink.sc} as site {uplink.site}; mirror a topic "
+                           f"with: headwater --sc {sc.public_addr} topic create NAME --upstream")
             typer.echo(f"Try:  headwater --sc {sc.public_addr} topic create greetings")
             typer.echo("Stop with Ctrl-C.")
 

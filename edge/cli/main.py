@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from edge.cli import admin_cmds, daemons, stream_cmds
+from edge.cli import admin_cmds, daemons, site_cmds, stream_cmds
 from edge.cli.common import resolve_target
 
 app = typer.Typer(
@@ -42,6 +42,8 @@ app.add_typer(admin_cmds.partition_app, name="partition")
 app.add_typer(admin_cmds.spu_app, name="spu")
 app.add_typer(admin_cmds.cluster_app, name="cluster")
 app.add_typer(admin_cmds.consumer_app, name="consumer")
+app.add_typer(site_cmds.site_app, name="site")
+app.add_typer(site_cmds.upstream_app, name="upstream")
 app.command("local")(daemons.local)
 app.command("ping")(daemons.ping)
 app.command("produce")(stream_cmds.produce)

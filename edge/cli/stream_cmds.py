@@ -14,9 +14,10 @@ from typing import IO, Any
 
 import typer
 
-from edge.cli.common import fail, run, target
-from edge.client import Acks, Consumer, Offset, Producer
+from edge.cli.common import Target, fail, run, target
+from edge.client import Acks, Admin, Consumer, Offset, Producer
 from edge.protocol.batch import Record
+from edge.protocol.errors import InvalidRequest
 
 READ_CHUNK = 256 * 1024
 
@@ -110,6 +111,8 @@ def consume(
     output: str = typer.Option("text", "--output", "-O", help="text or json (one object a line)."),
     consumer_name: str | None = typer.Option(None, "--consumer", help="Resume from the position "
                                              "stored under NAME and store it as you go."),
+    site: str | None = typer.Option(None, "--site", help="On a cloud cluster: only the "
+                                    "partitions mirrored from this edge site."),
 ) -> None:
     """Print records of TOPIC; follows new records until Ctrl-C unless -d."""
     if output not in ("text", "json"):
@@ -122,7 +125,10 @@ def consume(
     t = target(ctx)
 
     async def main() -> None:
-        async with Consumer(t.sc, topic, partition=partition, offset=start,
+        chosen: int | list[int] | None = partition
+        if site is not None:
+            chosen = await _site_partitions(t, site, topic, partition)
+        async with Consumer(t.sc, topic, partition=chosen, offset=start,
                             consumer=consumer_name, stop_at_end=disable_continuous,
                             end_offset=end, ssl=t.ssl(),
                             server_hostname=t.server_name) as consumer:
@@ -142,6 +148,19 @@ def consume(
 
     with contextlib.suppress(BrokenPipeError):  # `| head` closed the pipe: done
         run(main, what=f"consume {topic}", target_=t)
+
+
+async def _site_partitions(t: Target, site: str, topic: str, partition: int | None
+                           ) -> list[int]:
+    async with Admin(t.sc, ssl=t.ssl(), server_hostname=t.server_name) as admin:
+        parts = await admin.site_partitions(site, topic)
+    if not parts:
+        raise InvalidRequest(f"site {site!r} mirrors nothing into {topic!r} yet")
+    if partition is not None:
+        if partition not in parts:
+            raise InvalidRequest(f"partition {partition} of {topic} is not site {site!r}'s")
+        return [partition]
+    return parts
 
 
 def _text(data: bytes | None) -> str:

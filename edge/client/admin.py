@@ -75,6 +75,37 @@ class Admin:
             rows.extend(meta["consumers"])
         return sorted(rows, key=lambda r: (r["consumer"], r["topic"], r["partition"]))
 
+    # edge sites (on a cloud SC) and the uplink (on an edge cluster) --------------
+
+    async def register_site(self, name: str) -> dict[str, Any]:
+        """Register an edge site; the answer holds its token, shown this once."""
+        meta = await self.cluster.sc_request(ApiKey.SITE_REGISTER, name=name)
+        return {k: v for k, v in meta.items() if k not in ("id", "err")}
+
+    async def unregister_site(self, name: str) -> None:
+        await self.cluster.sc_request(ApiKey.SITE_UNREGISTER, name=name)
+
+    async def list_sites(self) -> list[dict[str, Any]]:
+        meta = await self.cluster.sc_request(ApiKey.LIST_SITES)
+        return list(meta["sites"])
+
+    async def describe_site(self, name: str) -> dict[str, Any]:
+        meta = await self.cluster.sc_request(ApiKey.DESCRIBE_SITE, name=name)
+        return {k: v for k, v in meta.items() if k not in ("id", "err")}
+
+    async def site_partitions(self, site: str, topic: str) -> list[int]:
+        """The cloud partitions of ``topic`` that hold ``site``'s mirror."""
+        info = await self.describe_site(site)
+        return sorted(m["cloud_partition"] for m in info["mirrors"] if m["topic"] == topic)
+
+    async def upstream_status(self) -> list[dict[str, Any]]:
+        """Every uplink of an edge cluster, collected from its online SPUs."""
+        rows: list[dict[str, Any]] = []
+        for conn in await self.cluster.spu_connections():
+            meta, _ = await conn.request(ApiKey.UPSTREAM_STATUS)
+            rows.extend({**r, "spu": meta.get("spu")} for r in meta["partitions"])
+        return sorted(rows, key=lambda r: (r["topic"], r["partition"]))
+
     async def wait_ready(self, topic: str, *, timeout: float = 10.0) -> None:
         """Wait until every partition of ``topic`` answers on its leader."""
         async with asyncio.timeout(timeout):

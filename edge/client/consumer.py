@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, NamedTuple
 
 from edge.client.cluster import Backoff, ClusterClient
@@ -80,7 +80,7 @@ class Consumer:
     commit; after a crash the records since the last commit are read again.
     """
 
-    def __init__(self, sc: str, topic: str, *, partition: int | None = None,
+    def __init__(self, sc: str, topic: str, *, partition: int | Sequence[int] | None = None,
                  offset: Offset | None = None, consumer: str | None = None,
                  stop_at_end: bool = False, end_offset: int | None = None,
                  max_bytes: int = DEFAULT_MAX_BYTES, ssl: ssl.SSLContext | None = None,
@@ -113,7 +113,9 @@ class Consumer:
     async def resolve(self) -> dict[int, int]:
         """Find the partitions and the starting offset of each."""
         parts = await self.cluster.partitions(self.topic)
-        indexes = [p.partition for p in parts] if self.partition is None else [self.partition]
+        indexes = ([p.partition for p in parts] if self.partition is None
+                   else [self.partition] if isinstance(self.partition, int)
+                   else list(self.partition))
         for i in indexes:
             if not 0 <= i < len(parts):
                 raise InvalidRequest(f"{self.topic} has {len(parts)} partitions, no {i}")

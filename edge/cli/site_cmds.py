@@ -1,0 +1,155 @@
+"""``site`` commands (on a cloud SC) and ``upstream status`` (on an edge cluster)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from edge.cli.common import fail, print_json, print_table, run, target
+from edge.client.admin import Admin
+
+site_app = typer.Typer(help="Edge sites that mirror their topics into this (cloud) cluster.",
+                       no_args_is_help=True)
+upstream_app = typer.Typer(help="The uplink of this edge site to its cloud.",
+                           no_args_is_help=True)
+
+OUTPUT_HELP = "table or json."
+
+
+def _admin(ctx: typer.Context) -> Admin:
+    t = target(ctx)
+    return Admin(t.sc, ssl=t.ssl(), server_hostname=t.server_name)
+
+
+def _check_output(output: str) -> None:
+    if output not in ("table", "json"):
+        fail(f"--output must be table or json, not {output!r}")
+
+
+def upstream_toml(cloud_sc: str, site: str, token: str) -> str:
+    """The ``[upstream]`` table an edge SPU (or ``headwater local``) reads."""
+    return ("# Edge site credentials for the cloud cluster; keep this file private.\n"
+            "[upstream]\n"
+            f"sc = {json.dumps(cloud_sc)}\n"
+            f"site = {json.dumps(site)}\n"
+            f"token = {json.dumps(token)}\n")
+
+
+@site_app.command("register")
+def site_register(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Site name (letters, digits, '.', '_', '-')."),
+    export: Path | None = typer.Option(None, "--export", help="Write the edge's [upstream] "
+                                       "config (cloud address, site, token) to this file."),
+    cloud_addr: str | None = typer.Option(None, help="Cloud SC address the edge should dial "
+                                          "(default the --sc address used here)."),
+) -> None:
+    """Register an edge site and print (or export) what it needs to connect."""
+
+    async def main() -> dict[str, Any]:
+        async with _admin(ctx) as admin:
+            return await admin.register_site(name)
+
+    info = run(main, what=f"register site {name}", target_=target(ctx))
+    text = upstream_toml(cloud_addr or target(ctx).sc, name, info["token"])
+    if export is None:
+        typer.echo(f"site {name} registered; its token is shown only now:\n")
+        typer.echo(text, nl=False)
+        return
+    export.touch(mode=0o600, exist_ok=True)
+    export.write_text(text)
+    typer.echo(f"site {name} registered; edge config written to {export} "
+               f"(use: headwater local --upstream {export})")
+
+
+@site_app.command("unregister")
+def site_unregister(ctx: typer.Context, name: str = typer.Argument(..., help="Site name.")
+                    ) -> None:
+    """Forget a site and its credentials (its mirrored data stays in the cloud topics)."""
+
+    async def main() -> None:
+        async with _admin(ctx) as admin:
+            await admin.unregister_site(name)
+
+    run(main, what=f"unregister site {name}", target_=target(ctx))
+    typer.echo(f"site {name} unregistered")
+
+
+@site_app.command("list")
+def site_list(ctx: typer.Context,
+              output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)) -> None:
+    """Registered sites, their mirrored partitions and last contact."""
+    _check_output(output)
+
+    async def main() -> list[dict[str, Any]]:
+        async with _admin(ctx) as admin:
+            return await admin.list_sites()
+
+    rows = run(main, what="list sites", target_=target(ctx))
+    if output == "json":
+        print_json(rows)
+    elif not rows:
+        typer.echo("no sites (register one with: headwater site register NAME --export FILE)")
+    else:
+        print_table([[r["name"], r["mirrors"], _ago(r.get("last_contact_s")),
+                      _when(r["created_ms"])] for r in rows],
+                    ["SITE", "MIRRORS", "LAST CONTACT", "REGISTERED"])
+
+
+@site_app.command("describe")
+def site_describe(ctx: typer.Context, name: str = typer.Argument(..., help="Site name."),
+                  output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)
+                  ) -> None:
+    """A site's mirrored partitions: edge partition → cloud partition, leader, HW."""
+    _check_output(output)
+
+    async def main() -> dict[str, Any]:
+        async with _admin(ctx) as admin:
+            return await admin.describe_site(name)
+
+    info = run(main, what=f"describe site {name}", target_=target(ctx))
+    if output == "json":
+        print_json(info)
+        return
+    typer.echo(f"site          {info['name']}")
+    typer.echo(f"registered    {_when(info['created_ms'])}")
+    typer.echo(f"last contact  {_ago(info.get('last_contact_s'))}\n")
+    print_table([[m["topic"], m["edge_partition"], m["cloud_partition"], m["leader"],
+                  m["hw"], m["leo"]] for m in info["mirrors"]],
+                ["TOPIC", "EDGE PARTITION", "CLOUD PARTITION", "LEADER", "HW", "LEO"])
+
+
+@upstream_app.command("status")
+def upstream_status(ctx: typer.Context,
+                    output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)
+                    ) -> None:
+    """Per upstream partition: edge end, what the cloud acknowledged, lag, link state."""
+    _check_output(output)
+
+    async def main() -> list[dict[str, Any]]:
+        async with _admin(ctx) as admin:
+            return await admin.upstream_status()
+
+    rows = run(main, what="upstream status", target_=target(ctx))
+    if output == "json":
+        print_json(rows)
+    elif not rows:
+        typer.echo("no upstream topics (create one with: headwater topic create NAME "
+                   "--upstream)")
+    else:
+        print_table([[r["topic"], r["partition"], r["spu"], r["edge_end"], r["cloud_acked"],
+                      r["lag"], r["state"], r["last_error"]] for r in rows],
+                    ["TOPIC", "PARTITION", "SPU", "EDGE END", "CLOUD ACKED", "LAG", "STATE",
+                     "LAST ERROR"])
+
+
+def _ago(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds:.0f}s ago"
+
+
+def _when(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
