@@ -218,3 +218,25 @@ async def _answers(spu: str, owner: dict, token: str) -> bool:
     except Exception:  # the assignment may not have reached the SPU yet
         return False
     return True
+
+
+async def test_a_new_edge_leader_continues_the_uplink(tmp_path: Path) -> None:
+    async with LocalCluster(tmp_path / "cloud") as cloud:
+        await register(cloud, "field", tmp_path / "field.toml")
+        async with LocalCluster(tmp_path / "edge", spus=2,
+                                extra_spu_args=["--upstream", str(tmp_path / "field.toml")]
+                                ) as edge:
+            await edge_topic(edge, partitions=1, replication=2)
+            await produce(edge, 0, 1500)
+            async with Admin(edge.sc_addr) as admin:
+                holder = (await admin.upstream_status())[0]["spu"]
+            await edge.kill_spu(holder)
+            await produce(edge, 1500, 1500)
+            await wait_for(lambda: mirrored(cloud, edge, "field", 1), timeout=60)
+            async with Admin(edge.sc_addr) as admin:
+                rows = await admin.upstream_status()
+            assert [(r["spu"], r["state"], r["cloud_acked"]) for r in rows] == [
+                (3 - holder, "connected", 3000)]
+            home = (await site_map(cloud, "field"))[0]
+            got = (await records_by_partition(cloud.sc_addr, [home]))[home]
+            assert got == [(i, b"r%d" % i) for i in range(3000)]
