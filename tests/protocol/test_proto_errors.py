@@ -38,7 +38,11 @@ TABLE: dict[ErrorCode, tuple[type[RemoteError], bool]] = {
     ErrorCode.SPU_NOT_FOUND: (errors.SpuNotFound, False),
     ErrorCode.NOT_ENOUGH_REPLICAS: (errors.NotEnoughReplicas, True),
     ErrorCode.STALE_EPOCH: (errors.StaleEpoch, True),
+    ErrorCode.NOT_CONTIGUOUS: (errors.NotContiguous, True),
+    ErrorCode.MIRROR_SOURCE_MISMATCH: (errors.MirrorSourceMismatch, False),
     ErrorCode.CONSUMER_NOT_FOUND: (errors.ConsumerNotFound, False),
+    ErrorCode.SITE_NOT_FOUND: (errors.SiteNotFound, False),
+    ErrorCode.SITE_EXISTS: (errors.SiteExists, False),
     ErrorCode.AUTHENTICATION_FAILED: (errors.AuthenticationFailed, False),
 }
 CODES = [c for c in ErrorCode if c is not ErrorCode.NONE]
