@@ -96,7 +96,33 @@ def target(ctx: typer.Context) -> Target:
     obj = ctx.find_root().obj
     if not isinstance(obj, Target):
         fail("internal: no cluster target")
+    _find_on_lan(obj)
     return obj
+
+
+def _find_on_lan(t: Target) -> None:
+    """Turn ``--sc mdns[:SITE]`` into the address the LAN announces, once per command.
+
+    (Inside a running event loop the clients find it themselves.)
+    """
+    from edge.discovery.spec import parse_sc
+
+    spec = parse_sc(t.sc)
+    if spec is None:
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return
+    from edge.discovery.finder import find_sc
+
+    try:
+        found = asyncio.run(find_sc(spec))
+    except HeadwaterError as exc:
+        fail(f"--sc {spec} (from {t.source}): {exc}")
+    t.sc, t.source = found, f"{t.source}, {spec} on mDNS"
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

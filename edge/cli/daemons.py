@@ -20,6 +20,8 @@ CONFIG_HELP = "TOML file with the daemon's settings; flags override it."
 UPSTREAM_HELP = ("TOML file with an [upstream] table (from `headwater site register NAME "
                  "--export FILE` on the cloud): mirror upstream topics there.")
 CHECK_HELP = "Validate the configuration, print the result and exit (0 valid, 2 invalid)."
+SITE_HELP = ("Site name: announce this node on the LAN (mDNS) so that the site's SPUs, "
+             "gateways and clients find it without addresses.")
 
 
 def _upstream(path: Path | None) -> Any:
@@ -42,6 +44,7 @@ def run_sc(
     heartbeat_timeout_s: float | None = typer.Option(
         None, help="Seconds of SPU silence before it counts as offline (default 2)."),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
+    site: str | None = typer.Option(None, "--site", help=SITE_HELP),
     check_config: bool = typer.Option(False, "--check-config", help=CHECK_HELP),
 ) -> None:
     """Run the Streaming Controller (control plane)."""
@@ -49,7 +52,7 @@ def run_sc(
 
     overrides: dict[str, Any] = {"data_dir": data_dir, "public_addr": public_addr,
                                  "private_addr": private_addr, "log_level": log_level,
-                                 "heartbeat_timeout_s": heartbeat_timeout_s}
+                                 "heartbeat_timeout_s": heartbeat_timeout_s, "site": site}
     try:
         cfg = (ScConfig.from_toml(config, **overrides) if config
                else ScConfig.from_dict({"data_dir": str(_default_data_dir("sc"))}, **overrides))
@@ -77,12 +80,14 @@ def run_spu(
     data_dir: Path | None = typer.Option(None, help="Where partitions and offsets live."),
     public_addr: str | None = typer.Option(None, help="Client listener (default 0.0.0.0:9005)."),
     private_addr: str | None = typer.Option(None, help="Peer listener (default 0.0.0.0:9006)."),
-    sc: str | None = typer.Option(None, "--sc", help="SC private address (default "
-                                  "127.0.0.1:9004)."),
+    sc: str | None = typer.Option(None, "--sc", help="SC private address HOST:PORT, or "
+                                  "mdns:SITE to find it on the LAN (default 127.0.0.1:9004, "
+                                  "or the SC of --site)."),
     durability: str | None = typer.Option(None, help="group, always or never (default group)."),
     rack: str | None = typer.Option(None, help="Rack or site label used for placement."),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
     upstream: Path | None = typer.Option(None, "--upstream", help=UPSTREAM_HELP),
+    site: str | None = typer.Option(None, "--site", help=SITE_HELP),
     check_config: bool = typer.Option(False, "--check-config", help=CHECK_HELP),
 ) -> None:
     """Run a Streaming Processing Unit (data plane)."""
@@ -90,7 +95,7 @@ def run_spu(
 
     overrides: dict[str, Any] = {"id": spu_id, "data_dir": data_dir, "public_addr": public_addr,
                                  "private_addr": private_addr, "sc": sc, "durability": durability,
-                                 "rack": rack, "log_level": log_level}
+                                 "rack": rack, "log_level": log_level, "site": site}
     try:
         overrides["upstream"] = _upstream(upstream)
         if config:
@@ -126,26 +131,34 @@ def local(
     durability: str = typer.Option("group", help="group, always or never."),
     log_level: str = typer.Option("warning", help="debug, info, warning or error."),
     upstream: Path | None = typer.Option(None, "--upstream", help=UPSTREAM_HELP),
+    site: str | None = typer.Option(None, "--site", help=SITE_HELP + " The SC and every "
+                                    "SPU announce themselves (listen with --host 0.0.0.0 "
+                                    "to be reachable from other machines)."),
 ) -> None:
     """Run an SC and SPUs until Ctrl-C (for development; one asyncio loop).
 
     On a multi-core machine or a Pi, run one `headwater run spu` process per core
     instead (see deploy/ansible), or use --spus for a replicated test cluster.
     """
+    from edge.discovery.config import DiscoveryConfig
     from edge.sc.config import ScConfig
-    from edge.spu.config import SpuConfig
+    from edge.spu.config import WILDCARD_HOSTS, SpuConfig
 
     if not 1 <= spus <= 16:
         fail("--spus must be 1..16", 2)
     try:
         uplink = _upstream(upstream)
+        discovery = DiscoveryConfig(site=site)
         sc_cfg = ScConfig(data_dir=data_dir / "sc", public_addr=f"{host}:{sc_port}",
-                          private_addr=f"{host}:{sc_port + 1}", log_level=log_level)
+                          private_addr=f"{host}:{sc_port + 1}", log_level=log_level,
+                          discovery=discovery)
+        # The SPUs of one process know where their SC is; only announcing needs the site.
+        local_sc = f"{'127.0.0.1' if host in WILDCARD_HOSTS else host}:{sc_port + 1}"
         spu_cfgs = [SpuConfig(id=i, data_dir=data_dir / f"spu-{i}",
                               public_addr=f"{host}:{spu_port + 2 * (i - 1)}",
                               private_addr=f"{host}:{spu_port + 2 * (i - 1) + 1}",
-                              sc=f"{host}:{sc_port + 1}", durability=durability,
-                              log_level=log_level, upstream=uplink)
+                              sc=local_sc, durability=durability,
+                              log_level=log_level, upstream=uplink, discovery=discovery)
                     for i in range(1, spus + 1)]
     except ConfigError as exc:
         fail(str(exc), 2)
@@ -168,6 +181,9 @@ def local(
             if uplink is not None:
                 typer.echo(f"  upstream to {uplink.sc} as site {uplink.site}; mirror a topic "
                            f"with: headwater --sc {sc.public_addr} topic create NAME --upstream")
+            if site is not None:
+                typer.echo(f"  announced on the LAN as site {site}: headwater --sc mdns:{site} "
+                           "...  and  headwater discover")
             typer.echo(f"Try:  headwater --sc {sc.public_addr} topic create greetings")
             typer.echo("Stop with Ctrl-C.")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from edge.cli import admin_cmds, daemons, site_cmds, stream_cmds
+from edge.cli import admin_cmds, daemons, discover_cmds, site_cmds, stream_cmds
 from edge.cli.common import resolve_target
 
 app = typer.Typer(
@@ -25,7 +25,9 @@ app = typer.Typer(
 def _root(
     ctx: typer.Context,
     sc: str | None = typer.Option(None, "--sc", envvar=None,
-                                  help="SC address HOST:PORT of the cluster to talk to."),
+                                  help="SC address HOST:PORT of the cluster to talk to, or "
+                                  "mdns:SITE (mdns when the LAN has one site) to find it "
+                                  "on the LAN."),
     tls_ca: Path | None = typer.Option(None, help="CA bundle to verify the cluster with "
                                        "(switches TLS on)."),
     tls_cert: Path | None = typer.Option(None, help="Client certificate (mutual TLS)."),
@@ -46,6 +48,7 @@ app.add_typer(site_cmds.site_app, name="site")
 app.add_typer(site_cmds.upstream_app, name="upstream")
 app.command("local")(daemons.local)
 app.command("ping")(daemons.ping)
+app.command("discover")(discover_cmds.discover)
 app.command("produce")(stream_cmds.produce)
 app.command("consume")(stream_cmds.consume)
 

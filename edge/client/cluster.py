@@ -13,6 +13,7 @@ import logging
 import ssl
 from typing import Any, NamedTuple
 
+from edge.discovery.spec import parse_sc
 from edge.net.backoff import Backoff
 from edge.net.connection import ClientConnection
 from edge.protocol.errors import (
@@ -68,6 +69,9 @@ class ClusterClient:
         self._lock = asyncio.Lock()
         self.metadata: Metadata | None = None
         self._watch: asyncio.Task[None] | None = None
+        # ``sc = "mdns:SITE"``: the address last found on the LAN, looked up again
+        # whenever it stops answering.
+        self._found: str | None = None
 
     def start_watch(self) -> None:
         """Follow the SC's metadata stream, so leader changes arrive as they happen
@@ -81,7 +85,7 @@ class ClusterClient:
         while True:
             conn = None
             try:
-                conn = await self.connect(self.sc_addr)
+                conn = await self.connect_sc()
                 stream = conn.open_stream(ApiKey.WATCH_METADATA)
                 while (item := await stream.next()) is not None:
                     self.metadata = Metadata.parse(item[0])
@@ -95,8 +99,23 @@ class ClusterClient:
 
     async def sc(self) -> ClientConnection:
         if self._sc is None or self._sc.closed:
-            self._sc = await self.connect(self.sc_addr)
+            self._sc = await self.connect_sc()
         return self._sc
+
+    async def connect_sc(self) -> ClientConnection:
+        """A new connection to the SC, finding it on the LAN for an ``mdns`` address."""
+        spec = parse_sc(self.sc_addr)
+        if spec is None:
+            return await self.connect(self.sc_addr)
+        if self._found is not None:
+            try:
+                return await self.connect(self._found)
+            except ConnectionLost:
+                self._found = None
+        from edge.discovery.finder import find_sc
+
+        self._found = await find_sc(spec)
+        return await self.connect(self._found)
 
     async def connect(self, addr: str) -> ClientConnection:
         conn = ClientConnection(addr, ssl_context=self.ssl, server_hostname=self.server_hostname)

@@ -98,6 +98,14 @@ class ClientConnection:
         self._reader_task: asyncio.Task[None] | None = None
         self.closed = False
         self.versions: dict[int, tuple[int, int]] = {}
+        # What the peer said it is in its API_VERSIONS answer.
+        self.role: str | None = None
+        self.cluster: str | None = None
+
+    def local_host(self) -> str | None:
+        """The local address this connection leaves from (the one the peer can reach)."""
+        sockname = self._writer.get_extra_info("sockname") if self._writer else None
+        return str(sockname[0]) if sockname else None
 
     async def connect(self, *, handshake: bool = True) -> ClientConnection:
         host, port = split_addr(self.addr)
@@ -119,6 +127,9 @@ class ClientConnection:
             meta, _ = await self.request(ApiKey.API_VERSIONS)
             raw = meta.get("versions", {})
             self.versions = {int(k): (int(v[0]), int(v[1])) for k, v in raw.items()}
+            role, cluster = meta.get("role"), meta.get("cluster")
+            self.role = role if isinstance(role, str) else None
+            self.cluster = cluster if isinstance(cluster, str) else None
         return self
 
     async def close(self) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge.config import ConfigError, load_toml, reject_unknown, take, tls_from
+from edge.discovery.config import DiscoveryConfig
 from edge.net.connection import split_addr
 from edge.tls import TlsConfig
 
@@ -25,6 +26,8 @@ class ScConfig:
     heartbeat_timeout_s: float = 2.0
     log_level: str = "info"
     tls: TlsConfig | None = None
+    # ``site = "NAME"``: announce this SC on the LAN (mDNS) for that site.
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     def __post_init__(self) -> None:
         for key in ("public_addr", "private_addr"):
@@ -55,6 +58,7 @@ class ScConfig:
             "log_level": take(raw, "log_level", str, cls.log_level),
             "tls": tls_from(raw),
         }
+        discovery = DiscoveryConfig.take_from(raw, site=overrides.pop("site", None))
         reject_unknown(raw, "sc config")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls(**values, discovery=discovery)

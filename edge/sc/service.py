@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.net.connection import split_addr
 from edge.net.server import Connection, FrameServer, Response
@@ -20,6 +20,9 @@ from edge.sc.sites import SiteRegistry
 from edge.sc.store import MetadataStore
 from edge.spu.sc_link import cancel
 from edge.tls import server_context
+
+if TYPE_CHECKING:
+    from edge.discovery.announcer import Announcer
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class Sc:
         self.public_addr = ""
         self.private_addr = ""
         self._tasks: list[asyncio.Task[Any]] = []
+        self.announcer: Announcer | None = None
         self._public: dict[ApiKey, Handler] = {
             ApiKey.API_VERSIONS: self.api_versions,
             ApiKey.CREATE_TOPIC: self.create_topic,
@@ -74,10 +78,30 @@ class Sc:
         self.public_addr = f"{_host(pub[0])}:{pub[1]}"
         self.private_addr = f"{_host(priv[0])}:{priv[1]}"
         self._tasks.append(asyncio.create_task(self._liveness(), name="liveness"))
+        self._announce(pub, priv)
         log.info("SC serving clients on %s, SPUs on %s (cluster %s)", self.public_addr,
                  self.private_addr, self.controller.cluster_id)
 
+    def _announce(self, pub: tuple[str, int], priv: tuple[str, int]) -> None:
+        site = self.cfg.discovery.site
+        if site is None:
+            return
+        from edge.discovery.announcer import Announcer
+        from edge.discovery.mdns import shared, software_version
+        from edge.discovery.txt import Announcement, Role
+
+        announcement = Announcement(
+            role=Role.SC, site=site, cluster=self.controller.cluster_id or None,
+            public_port=pub[1], private_port=priv[1], tls=self.cfg.tls is not None,
+            version=software_version())
+        mdns = shared(self.cfg.discovery.interfaces, ipv6=self.cfg.discovery.ipv6)
+        self.announcer = Announcer(mdns, announcement, bind_host=pub[0])
+        self.announcer.start()
+
     async def stop(self) -> None:
+        # Goodbye first: SPUs and clients stop dialing a stopping SC at once.
+        if self.announcer is not None:
+            await self.announcer.stop()
         for task in self._tasks:
             await cancel(task)
         await self.public.close()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge.config import ConfigError, load_toml, reject_unknown, take, tls_from
+from edge.discovery.config import DiscoveryConfig, check_sc_address
 from edge.net.connection import split_addr
 from edge.tls import TlsConfig
 
@@ -72,6 +73,8 @@ class SpuConfig:
     private_addr: str = "0.0.0.0:9006"
     advertise_public: str | None = None
     advertise_private: str | None = None
+    # HOST:PORT of the SC's private port, or "mdns" / "mdns:SITE" to find it on the
+    # LAN; with only ``site`` set, the SC of that site is looked up.
     sc: str = "127.0.0.1:9004"
     rack: str | None = None
     durability: str = "group"
@@ -92,12 +95,14 @@ class SpuConfig:
     log_level: str = "info"
     tls: TlsConfig | None = None
     upstream: UpstreamConfig | None = None
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.id < 2**31:
             raise ConfigError(f"id must be in 0..{2**31 - 1}, not {self.id}")
-        for key in ("public_addr", "private_addr", "sc"):
+        for key in ("public_addr", "private_addr"):
             _check_addr(key, getattr(self, key))
+        check_sc_address("sc", self.sc)
         for key in ("advertise_public", "advertise_private"):
             if getattr(self, key) is not None:
                 _check_addr(key, getattr(self, key))
@@ -129,7 +134,7 @@ class SpuConfig:
             "private_addr": take(raw, "private_addr", str, cls.private_addr),
             "advertise_public": take(raw, "advertise_public", str, None),
             "advertise_private": take(raw, "advertise_private", str, None),
-            "sc": take(raw, "sc", str, cls.sc),
+            "sc": take(raw, "sc", str, None),
             "rack": take(raw, "rack", str, None),
             "durability": take(raw, "durability", str, cls.durability),
             "heartbeat_interval_s": take(raw, "heartbeat_interval_s", float,
@@ -145,9 +150,12 @@ class SpuConfig:
             "upstream": (UpstreamConfig.from_table(raw.pop("upstream"))
                          if "upstream" in raw else None),
         }
+        discovery = DiscoveryConfig.take_from(raw, site=overrides.pop("site", None))
         reject_unknown(raw, "spu config")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        if values["sc"] is None:
+            values["sc"] = f"mdns:{discovery.site}" if discovery.site else cls.sc
+        return cls(**values, discovery=discovery)
 
 
 def _check_addr(key: str, value: str) -> None:
@@ -157,12 +165,22 @@ def _check_addr(key: str, value: str) -> None:
         raise ConfigError(f"{key}: {exc}") from None
 
 
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def is_wildcard(listen: str, configured: str | None) -> bool:
+    """A listener on every address with no advertised address configured: the SC
+    link registers it with the local address of its connection to the SC."""
+    return configured is None and split_addr(listen)[0] in WILDCARD_HOSTS
+
+
 def advertised(bound: tuple[str, int], configured: str | None) -> str:
-    """The address peers should use: the configured one, else the bound one
-    (a wildcard bind is advertised as loopback, which only suits one machine)."""
+    """The address shown for a listener: the configured one, else the bound one
+    (a wildcard bind is shown as loopback; the SC link registers the address of its
+    connection instead, see ``is_wildcard``)."""
     if configured:
         return configured
     host, port = bound
-    if host in ("0.0.0.0", "::", ""):
+    if host in WILDCARD_HOSTS:
         host = "127.0.0.1"
     return f"{host}:{port}"

@@ -15,7 +15,7 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge import health
 from edge.net.connection import ClientConnection
@@ -26,12 +26,17 @@ from edge.spu.guard import LeadershipGuard
 from edge.spu.partition import Partition
 from edge.spu.replicas import ReplicaSet
 
+if TYPE_CHECKING:
+    from edge.discovery.finder import ScFinder
+
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.1
 # Redial at least every second: a restarted SC waits one heartbeat timeout (2 s)
 # for registered SPUs before it elects new leaders for their partitions.
 BACKOFF_MAX_S = 1.0
+# How long one dial waits for the SC to be announced before it reports it missing.
+DISCOVERY_WAIT_S = 5.0
 
 
 class ScLink:
@@ -41,8 +46,14 @@ class ScLink:
                  ssl_context: ssl.SSLContext | None,
                  stats: Callable[[], dict[str, Any]],
                  on_assignment: Callable[[], Awaitable[None]],
-                 guard: LeadershipGuard) -> None:
+                 guard: LeadershipGuard, finder: ScFinder | None = None,
+                 advertise_from_link: tuple[bool, bool] = (False, False)) -> None:
         self.cfg = cfg
+        # With ``sc = "mdns..."`` the SC's address comes from the LAN at every dial.
+        self.finder = finder
+        # A wildcard listener without a configured advertised address is announced
+        # with the local address of the link to the SC: the one the SC's side can reach.
+        self.advertise_from_link = advertise_from_link
         self.replicas = replicas
         self.public = public
         self.private = private
@@ -75,11 +86,11 @@ class ScLink:
             delay = min(delay * 2, BACKOFF_MAX_S)
 
     async def _session(self) -> None:
-        conn = ClientConnection(self.cfg.sc, ssl_context=self._ssl)
-        await conn.connect()
+        conn = await self._dial()
         try:
+            public, private = self._advertised(conn)
             stream = conn.open_stream(
-                ApiKey.REGISTER_SPU, spu=self.cfg.id, public=self.public, private=self.private,
+                ApiKey.REGISTER_SPU, spu=self.cfg.id, public=public, private=private,
                 rack=self.cfg.rack, partitions=self._status(),
             )
             first = await stream.next()
@@ -88,16 +99,62 @@ class ScLink:
             self.connects += 1
             self._conn = conn
             self.connected.set()
-            log.info("registered with SC %s as SPU %d", self.cfg.sc, self.cfg.id)
+            log.info("registered with SC %s as SPU %d (advertising %s, %s)", conn.addr,
+                     self.cfg.id, public, private)
             await self._apply(first[0])
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._heartbeats(conn), name="heartbeat")
                 tg.create_task(self._follow(stream), name="assignments")
+                if self.finder is not None:
+                    tg.create_task(self._watch_moved(self.finder, conn.addr), name="sc-moved")
         except* (HeadwaterError, OSError) as eg:
             raise eg.exceptions[0] from None
         finally:
             self._conn = None
             await conn.close()
+
+    async def _dial(self) -> ClientConnection:
+        if self.finder is None:
+            conn = ClientConnection(self.cfg.sc, ssl_context=self._ssl)
+            return await conn.connect()
+        failure: Exception | None = None
+        for addr in await self.finder.wait(timeout=DISCOVERY_WAIT_S):
+            conn = ClientConnection(addr, ssl_context=self._ssl)
+            try:
+                await conn.connect()
+            except HeadwaterError as exc:
+                failure = exc
+                continue
+            joined = self.replicas.cluster_id
+            if joined is not None and conn.cluster != joined:
+                # The announcement claimed our cluster; the SC itself says otherwise.
+                self.finder.directory.log_once(
+                    addr, f"answers {conn.cluster}", "SC at %s (found on mDNS) is of cluster "
+                    "%s, not %s which this SPU joined; not registering there", addr,
+                    conn.cluster, joined)
+                await conn.close()
+                failure = ConnectionError(f"{addr} is not an SC of cluster {joined}")
+                continue
+            return conn
+        raise failure or ConnectionError(f"no SC at {self.cfg.sc}")
+
+    def _advertised(self, conn: ClientConnection) -> tuple[str, str]:
+        host = conn.local_host()
+        public, private = self.public, self.private
+        if host is not None and self.advertise_from_link[0]:
+            public = _with_host(public, host)
+        if host is not None and self.advertise_from_link[1]:
+            private = _with_host(private, host)
+        return public, private
+
+    async def _watch_moved(self, finder: ScFinder, addr: str) -> None:
+        """End the session when the SC is announced elsewhere (a new DHCP lease):
+        the old connection may otherwise hang until a heartbeat times out."""
+        while True:
+            await finder.directory.wait_changed()
+            now = finder.candidates()
+            if now and addr not in now:
+                raise ConnectionError(f"the SC moved from {addr} to {', '.join(now)}")
 
     async def _follow(self, stream: Any) -> None:
         while (item := await stream.next()) is not None:
@@ -144,6 +201,11 @@ class ScLink:
 
     def _status(self) -> list[dict[str, Any]]:
         return [p.status() for p in self.replicas.partitions.values()]
+
+
+def _with_host(addr: str, host: str) -> str:
+    port = addr.rpartition(":")[2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _reason(exc: BaseException) -> str:

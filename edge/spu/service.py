@@ -13,7 +13,8 @@ from edge.net.server import Connection, FrameServer, Response
 from edge.protocol import messages
 from edge.protocol.errors import InvalidRequest, StorageError
 from edge.protocol.messages import ApiKey
-from edge.spu.config import SpuConfig, advertised
+from edge.spu.config import SpuConfig, advertised, is_wildcard
+from edge.spu.discovery import SpuDiscovery
 from edge.spu.guard import LeadershipGuard
 from edge.spu.handlers import PublicApi
 from edge.spu.replicas import ReplicaSet
@@ -53,6 +54,7 @@ class Spu:
         self.replication: ReplicaManager | None = None
         # The uplink is plain TCP for now: the cloud's TLS settings are not the site's.
         self.upstream = Upstream(cfg.upstream, self.replicas)
+        self.discovery = SpuDiscovery(cfg, self.replicas)
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
@@ -62,7 +64,11 @@ class Spu:
         self.link = ScLink(self.cfg, self.replicas, public="", private="",
                            ssl_context=self._client_ssl,
                            stats=lambda: dict(self.api.stats) if self.api else {},
-                           on_assignment=self._sync_replication, guard=self.guard)
+                           on_assignment=self._sync_replication, guard=self.guard,
+                           finder=await self.discovery.start_finding(),
+                           advertise_from_link=(
+                               is_wildcard(self.cfg.public_addr, self.cfg.advertise_public),
+                               is_wildcard(self.cfg.private_addr, self.cfg.advertise_private)))
         self.replication = ReplicaManager(ssl_context=self._client_ssl,
                                           propose_isr=self.link.propose_isr,
                                           lag_s=self.cfg.replica_lag_s)
@@ -73,11 +79,11 @@ class Spu:
             await self.replicas.apply(saved, cluster_id=self.replicas.cluster_id, version=-1,
                                       save=False)
             await self._sync_replication()
-        self.public_addr = advertised(await self.public.start(*split_addr(self.cfg.public_addr)),
-                                      self.cfg.advertise_public)
-        self.private_addr = advertised(
-            await self.private.start(*split_addr(self.cfg.private_addr)),
-            self.cfg.advertise_private)
+        public = await self.public.start(*split_addr(self.cfg.public_addr))
+        private = await self.private.start(*split_addr(self.cfg.private_addr))
+        self.public_addr = advertised(public, self.cfg.advertise_public)
+        self.private_addr = advertised(private, self.cfg.advertise_private)
+        self.discovery.start_announcing(public, private)
         self.link.public, self.link.private = self.public_addr, self.private_addr
         self._tasks = [
             asyncio.create_task(self.guard.run(), name="leadership-guard"),
@@ -92,6 +98,7 @@ class Spu:
 
     async def stop(self) -> None:
         """Stop listening, flush and close every partition (SIGTERM path)."""
+        await self.discovery.stop()
         for task in self._tasks:
             await cancel(task)
         await self.upstream.close()
@@ -130,6 +137,7 @@ class Spu:
 
     async def _sync_replication(self) -> None:
         self.upstream.sync()
+        await self.discovery.assignment_applied()
         if self.replication is not None:
             await self.replication.sync(self.replicas.partitions, self.replicas.peers)
 
