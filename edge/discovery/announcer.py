@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import secrets
 import socket
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -38,6 +39,10 @@ class Announcer:
         self._info: AsyncServiceInfo | None = None
         self._task: asyncio.Task[None] | None = None
         self._acquired = False
+        # The host name of the A records: unique per process, so that two nodes
+        # claiming one instance name (two SCs for one site) cannot merge.
+        self._server = (f"{announcement.instance.replace('_', '-')}-{_host_label()}-"
+                        f"{secrets.token_hex(3)}.local.")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"mdns-{self.announcement.instance}")
@@ -87,7 +92,7 @@ class Announcer:
         name = self.name or f"{a.instance}.{SERVICE_TYPE}"
         return AsyncServiceInfo(
             SERVICE_TYPE, name, port=a.public_port, properties=dict(a.to_txt()),
-            server=f"{a.instance.replace('_', '-')}-{_host_label()}.local.",
+            server=self._server,
             addresses=[ipaddress.ip_address(x).packed for x in self._addresses()])
 
     async def _reannounce(self) -> None:

@@ -85,8 +85,18 @@ class Announcement:
 
     @property
     def instance(self) -> str:
-        """The DNS-SD instance label: ``kitchen-spu-2``, ``kitchen-sc``."""
-        suffix = "" if self.node_id is None else f"-{self.node_id}"
+        """The DNS-SD instance label: ``kitchen-spu-2``, ``kitchen-sc-10febbc4``.
+
+        An SC's label carries the start of its cluster id: zeroconf renames a clashing
+        name only when it already knows the other one, and two SCs started together
+        for one site must still be told apart (and reported as ambiguous).
+        """
+        if self.node_id is not None:
+            suffix = f"-{self.node_id}"
+        elif self.cluster is not None:
+            suffix = f"-{self.cluster[:8]}"
+        else:
+            suffix = ""
         return f"{self.site}-{self.role.value}{suffix}"
 
     def bumped(self) -> Announcement:
@@ -107,7 +117,11 @@ class Announcement:
     @classmethod
     def from_txt(cls, raw: dict[bytes, bytes | None]) -> Announcement:
         """Decode and check a TXT record set; InvalidAnnouncementError names the bad key."""
-        txt = {_text(k): _text(v) for k, v in raw.items() if v is not None}
+        txt: dict[str, str] = {}
+        for k, v in raw.items():
+            key = _text(k, "a TXT key")
+            if v is not None:
+                txt[key] = _text(v, f"TXT key {key!r}")
         if txt.get("v") != TXT_VERSION:
             raise InvalidAnnouncementError(f"TXT version {txt.get('v')!r}, expected {TXT_VERSION}")
         try:
@@ -127,13 +141,13 @@ class Announcement:
             raise InvalidAnnouncementError(str(exc)) from None
 
 
-def _text(value: bytes) -> str:
+def _text(value: bytes, what: str) -> str:
     if len(value) > 255:
-        raise InvalidAnnouncementError("TXT string longer than 255 bytes")
+        raise InvalidAnnouncementError(f"{what}: longer than 255 bytes")
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidAnnouncementError("TXT string is not UTF-8") from None
+        raise InvalidAnnouncementError(f"{what}: not UTF-8") from None
 
 
 def _int(txt: dict[str, str], key: str, limit: int) -> int:
