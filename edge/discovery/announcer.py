@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from edge.discovery import constants
 from edge.discovery.mdns import Mdns, MdnsUnavailableError
-from edge.discovery.txt import SERVICE_TYPE, Announcement
+from edge.discovery.txt import MAX_ADDRESSES, SERVICE_TYPE, Announcement
 
 if TYPE_CHECKING:
     from zeroconf.asyncio import AsyncServiceInfo
@@ -88,12 +88,13 @@ class Announcer:
     def _build(self) -> AsyncServiceInfo:
         from zeroconf.asyncio import AsyncServiceInfo
 
-        a = self.announcement
+        addresses = self._addresses()[:MAX_ADDRESSES]
+        a = replace(self.announcement, addresses=tuple(addresses))
         name = self.name or f"{a.instance}.{SERVICE_TYPE}"
         return AsyncServiceInfo(
             SERVICE_TYPE, name, port=a.public_port, properties=dict(a.to_txt()),
             server=self._server,
-            addresses=[ipaddress.ip_address(x).packed for x in self._addresses()])
+            addresses=[ipaddress.ip_address(x).packed for x in addresses])
 
     async def _reannounce(self) -> None:
         if self.mdns.zc is None or self._info is None:

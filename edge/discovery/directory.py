@@ -149,7 +149,8 @@ class Directory:
             self.invalid += 1
             self.log_once(name, "invalid", "mDNS: ignoring %s: %s", name, exc)
             return
-        addresses = tuple(info.parsed_scoped_addresses())
+        # The announced list is current; A records of a former address linger in caches.
+        addresses = ann.addresses or tuple(info.parsed_scoped_addresses())
         entry = Entry(name, ann, addresses, time.time())
         old = self.entries.get(name)
         self.entries[name] = entry

@@ -16,13 +16,17 @@ TXT keys (RFC 6763: short keys, every value well under 255 bytes):
     priv     private (SC<->SPU, SPU<->SPU) port, SC and SPU only
     tls      "1" when the ports speak TLS
     ver      the software version
+    ip       the addresses the node is reachable on, comma-separated: the A records
+             of an address that went away stay in browsers' caches for up to two
+             minutes, so the announcement says which ones are current
     gen      changes with every update of the announcement, so that browsers see
-             an update even when only the addresses (A records) changed
+             an update even when only the addresses changed
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from dataclasses import dataclass, replace
 from typing import Final
@@ -35,6 +39,7 @@ CLUSTER_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 VERSION: Final = re.compile(r"[A-Za-z0-9.+_-]{1,32}")
 MAX_NODE_ID: Final = 2**31 - 1
 MAX_GEN: Final = 2**32 - 1
+MAX_ADDRESSES: Final = 8
 
 
 class Role(enum.StrEnum):
@@ -68,6 +73,7 @@ class Announcement:
     tls: bool = False
     version: str = "0"
     gen: int = 0
+    addresses: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_site(self.site)
@@ -82,6 +88,14 @@ class Announcement:
             raise InvalidAnnouncementError(f"invalid version {self.version!r}")
         if not 0 <= self.gen <= MAX_GEN:
             raise InvalidAnnouncementError(f"gen {self.gen} out of range")
+        if len(self.addresses) > MAX_ADDRESSES:
+            raise InvalidAnnouncementError(f"more than {MAX_ADDRESSES} addresses")
+        for a in self.addresses:
+            try:
+                ipaddress.ip_address(a)
+            except ValueError:
+                raise InvalidAnnouncementError(f"TXT key 'ip': {a!r} is not an address") \
+                    from None
 
     @property
     def instance(self) -> str:
@@ -112,6 +126,8 @@ class Announcement:
             txt["id"] = str(self.node_id)
         if self.private_port is not None:
             txt["priv"] = str(self.private_port)
+        if self.addresses:
+            txt["ip"] = ",".join(self.addresses)
         return txt
 
     @classmethod
@@ -134,7 +150,8 @@ class Announcement:
                        node_id=_opt_int(txt, "id", MAX_NODE_ID),
                        private_port=_opt_int(txt, "priv", 65535),
                        tls=_flag(txt, "tls"), version=txt.get("ver", "0"),
-                       gen=_opt_int(txt, "gen", MAX_GEN) or 0)
+                       gen=_opt_int(txt, "gen", MAX_GEN) or 0,
+                       addresses=tuple(txt["ip"].split(",")) if txt.get("ip") else ())
         except InvalidAnnouncementError:
             raise
         except ValueError as exc:

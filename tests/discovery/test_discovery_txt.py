@@ -14,7 +14,8 @@ from edge.sc.config import ScConfig
 from edge.spu.config import SpuConfig
 
 SPU = Announcement(role=Role.SPU, site="kitchen", cluster="c0ffee", node_id=2,
-                   public_port=9005, private_port=9006, tls=True, version="0.1.0", gen=7)
+                   public_port=9005, private_port=9006, tls=True, version="0.1.0", gen=7,
+                   addresses=("198.18.0.2", "fd00::2"))
 
 
 def _wire(ann: Announcement) -> dict[bytes, bytes | None]:
@@ -54,6 +55,8 @@ def test_txt_stays_small() -> None:
     ("tls", "yes", "tls"),
     ("cluster", "x" * 65, "cluster"),
     ("ver", "1 0", "version"),
+    ("ip", "198.18.0.2,../x", "'ip'"),
+    ("ip", ",".join(["10.0.0.1"] * 9), "addresses"),
 ])
 def test_bad_values_are_refused_naming_the_key(key: str, value: str, named: str) -> None:
     txt = _wire(SPU)
