@@ -11,6 +11,7 @@ privilege a failure in CI.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -109,10 +110,8 @@ class Lab:
     def close(self) -> None:
         for proc in self.processes:
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 proc.wait(10)
         for ns in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
