@@ -7,7 +7,7 @@ fall back to a default.
 
 Example::
 
-    sc = "127.0.0.1:9003"
+    sc = "127.0.0.1:9003"          # or site = "kitchen": the site's SC, found on the LAN
     dead_letter_topic = "dead-letters"
 
     [status]
@@ -42,6 +42,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
+from edge.config import ConfigError as EdgeConfigError
+from edge.discovery.config import DiscoveryConfig
+from edge.discovery.spec import parse_sc
 from edge.protocol.errors import HeadwaterError
 from gateway.mqtt.topics import TopicFilterError, filter_levels, filters_overlap
 
@@ -307,8 +310,14 @@ class ProducerConfig:
 class GatewayConfig:
     """The whole ``gateway.toml``."""
 
+    # The SC's public HOST:PORT, or "mdns" / "mdns:SITE"; empty with ``site`` set:
+    # the SC of that site, found on the LAN.
     sc: str
     tls: TlsConfig | None = None
+    # ``site`` announces the gateway on the LAN and finds its site's SC and SPUs.
+    site: str | None = None
+    interfaces: tuple[str, ...] = ()
+    ipv6: bool = False
     dead_letter_topic: str = "dead-letters"
     create_topics: bool = False
     status: StatusConfig = field(default_factory=StatusConfig)
@@ -317,7 +326,20 @@ class GatewayConfig:
     mqtt: MqttConfig | None = None
 
     def __post_init__(self) -> None:
-        _check_address("sc", self.sc)
+        try:
+            discovery = DiscoveryConfig(site=self.site, interfaces=self.interfaces,
+                                        ipv6=self.ipv6)
+        except EdgeConfigError as exc:
+            key, _, message = str(exc).partition(": ")
+            raise ConfigError(key, message) from None
+        if not self.sc and discovery.site:
+            object.__setattr__(self, "sc", f"mdns:{discovery.site}")
+        try:
+            spec = parse_sc(self.sc)
+        except ValueError as exc:
+            raise ConfigError("sc", str(exc)) from None
+        if spec is None:
+            _check_address("sc", self.sc)
         _check_topic("dead_letter_topic", self.dead_letter_topic)
         if not self.serial and self.mqtt is None:
             raise ConfigError("", "nothing to run: configure [[serial]] ports or [mqtt]")
@@ -463,6 +485,9 @@ def parse_config(data: Mapping[str, Any]) -> GatewayConfig:
         GatewayConfig,
         sc=top.get("sc", str, ""),
         tls=_tls(top.table("tls")),
+        site=top.get("site", str),
+        interfaces=tuple(top.get("interfaces", list, [])),
+        ipv6=top.get("ipv6", bool),
         dead_letter_topic=top.get("dead_letter_topic", str),
         create_topics=top.get("create_topics", bool),
         status=status.build(

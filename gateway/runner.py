@@ -29,6 +29,7 @@ from edge.protocol.errors import HeadwaterError, TopicExists
 from edge.tls import TlsConfig as EdgeTls
 from edge.tls import client_context
 from gateway.config import GatewayConfig, TlsConfig
+from gateway.discovery import GatewayDiscovery
 from gateway.mqtt.bridge import MqttBridge
 from gateway.status import STATUS_VERSION, StatusServer
 
@@ -77,6 +78,7 @@ class Gateway:
         self._started = time.monotonic()
         self._bridges: list[_Running] = []
         self.status_address: str | None = None
+        self.discovery = GatewayDiscovery(config)
 
     def stop(self) -> None:
         """Begin a clean shutdown (what SIGTERM and SIGINT do)."""
@@ -148,6 +150,13 @@ class Gateway:
         return bridges
 
     async def _serve(self) -> None:
+        await self.discovery.start()
+        try:
+            await self._serve_bridges()
+        finally:
+            await self.discovery.stop()
+
+    async def _serve_bridges(self) -> None:
         async with StatusServer(self.config.status, self.snapshot) as status, \
                 asyncio.TaskGroup() as tg:
             self.status_address = status.address
@@ -195,12 +204,15 @@ class Gateway:
         tls = self.config.tls
         while True:
             try:
+                local = await self.discovery.local_spu()
                 async with Admin(self.config.sc, ssl=tls_context(tls),
                                  server_hostname=tls.server_name if tls else None) as admin:
                     for topic in self.config.topics():
                         with contextlib.suppress(TopicExists):
-                            await admin.create_topic(topic, partitions=1, replication=1)
-                            log.info("created topic %s", topic)
+                            await admin.create_topic(topic, partitions=1, replication=1,
+                                                     prefer_leader=local)
+                            log.info("created topic %s%s", topic, "" if local is None
+                                     else f" (led by SPU {local} on this host)")
             except (HeadwaterError, OSError) as exc:
                 log.debug("creating topics: %s (retrying)", exc)
                 await backoff.sleep()

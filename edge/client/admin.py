@@ -32,11 +32,16 @@ class Admin:
         await self.cluster.close()
 
     async def create_topic(self, name: str, *, partitions: int = 1, replication: int = 1,
-                           config: dict[str, Any] | None = None) -> str:
-        """Create a topic; returns its status (``ready`` or ``insufficient-resources``)."""
+                           config: dict[str, Any] | None = None,
+                           prefer_leader: int | None = None) -> str:
+        """Create a topic; returns its status (``ready`` or ``insufficient-resources``).
+
+        ``prefer_leader``: an SPU id to lead every partition, if it is online.
+        """
+        extra = {} if prefer_leader is None else {"prefer_leader": prefer_leader}
         meta = await self.cluster.sc_request(
             ApiKey.CREATE_TOPIC, name=name, partitions=partitions, replication=replication,
-            config=config or {})
+            config=config or {}, **extra)
         return str(meta["status"])
 
     async def delete_topic(self, name: str) -> None:

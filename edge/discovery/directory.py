@@ -97,6 +97,11 @@ class Directory:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self._changed)
 
+    async def settled(self) -> None:
+        """Wait for the instances seen so far to be resolved (or to time out)."""
+        while self._pending:
+            await asyncio.wait(list(self._pending.values()))
+
     def _notify(self) -> None:
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)

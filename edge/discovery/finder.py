@@ -107,6 +107,7 @@ async def find_sc(spec: MdnsSpec, *, private: bool = False,
             raise DiscoveryError(f"{finder.problem} within {timeout:g}s (is the site's SC "
                                  "running with site set, on this LAN?)") from None
         await asyncio.sleep(constants.SETTLE_S)
+        await directory.settled()
         found = finder.candidates()
         if not found:
             raise DiscoveryError(finder.problem)

@@ -74,6 +74,8 @@ class Announcement:
     version: str = "0"
     gen: int = 0
     addresses: tuple[str, ...] = ()
+    # Names a gateway's instance (it has no id): its host name. Not in the TXT.
+    label: str | None = None
 
     def __post_init__(self) -> None:
         check_site(self.site)
@@ -82,8 +84,13 @@ class Announcement:
         if self.node_id is not None and not 0 <= self.node_id <= MAX_NODE_ID:
             raise InvalidAnnouncementError(f"node id {self.node_id} out of range")
         for port in (self.public_port, self.private_port):
-            if port is not None and not 1 <= port <= 65535:
+            if port is not None and not 0 <= port <= 65535:
                 raise InvalidAnnouncementError(f"port {port} out of range")
+        # A gateway serves no Headwater port (0); an SC or SPU always does.
+        if self.public_port == 0 and self.role is not Role.GATEWAY:
+            raise InvalidAnnouncementError(f"an {self.role.value} needs a public port")
+        if self.label is not None and not SITE_NAME.fullmatch(self.label):
+            raise InvalidAnnouncementError(f"invalid label {self.label!r}")
         if not VERSION.fullmatch(self.version):
             raise InvalidAnnouncementError(f"invalid version {self.version!r}")
         if not 0 <= self.gen <= MAX_GEN:
@@ -109,6 +116,8 @@ class Announcement:
             suffix = f"-{self.node_id}"
         elif self.cluster is not None:
             suffix = f"-{self.cluster[:8]}"
+        elif self.label is not None:
+            suffix = f"-{self.label}"
         else:
             suffix = ""
         return f"{self.site}-{self.role.value}{suffix}"

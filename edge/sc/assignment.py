@@ -59,3 +59,17 @@ def assign(partitions: int, replication: int, spus: Sequence[SpuSlot]) -> list[l
             k += 1
         result.append(replicas)
     return result
+
+
+def led_by(placement: list[list[int]], spu: int) -> list[list[int]]:
+    """``placement`` with ``spu`` leading every partition (a gateway asks for the SPU
+    on its own host, so device records do not cross the LAN twice).
+
+    Where ``spu`` is not a replica it takes the place of the last one, so a
+    partition's replicas stay distinct and their number unchanged.
+    """
+    out = []
+    for replicas in placement:
+        rest = [r for r in replicas if r != spu]
+        out.append([spu, *rest[:len(replicas) - 1]])
+    return out

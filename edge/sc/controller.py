@@ -20,7 +20,7 @@ from edge.protocol.errors import (
     TopicExists,
     TopicNotFound,
 )
-from edge.sc.assignment import SpuSlot, assign
+from edge.sc.assignment import SpuSlot, assign, led_by
 from edge.sc.store import MetadataStore, PartitionRow, TopicRow
 from edge.storage.config import STORAGE_KEYS, LogConfig, is_topic_name
 from edge.storage.mirror import MirrorOwner
@@ -73,7 +73,7 @@ class Controller:
     # topics ---------------------------------------------------------------
 
     def create_topic(self, name: str, partitions: int, replication: int,
-                     config: dict[str, Any]) -> TopicRow:
+                     config: dict[str, Any], *, prefer_leader: int | None = None) -> TopicRow:
         if not is_topic_name(name):
             raise InvalidConfig(f"invalid topic name {name!r}: use letters, digits, '.', '_', "
                                 "'-' (at most 200, starting with a letter or digit)")
@@ -87,7 +87,11 @@ class Controller:
                                 f"replication {replication}")
         if self.store.topic(name) is not None:
             raise TopicExists(f"topic {name!r} already exists", topic=name)
-        placement = assign(partitions, replication, self.slots())
+        slots = self.slots()
+        placement = assign(partitions, replication, slots)
+        if (placement is not None and prefer_leader is not None
+                and prefer_leader in {slot.id for slot in slots}):
+            placement = led_by(placement, prefer_leader)
         status = "ready" if placement else "insufficient-resources"
         row = TopicRow(name, partitions, replication, config, status, int(time.time() * 1000))
         self.store.add_topic(row, _partition_rows(name, placement))

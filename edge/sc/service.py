@@ -15,7 +15,7 @@ from edge.protocol.errors import InvalidRequest
 from edge.protocol.messages import ApiKey, get
 from edge.sc.config import ScConfig
 from edge.sc.controller import Controller
-from edge.sc.registration import check_address, check_spu_id
+from edge.sc.registration import MAX_SPU_ID, check_address, check_spu_id
 from edge.sc.sites import SiteRegistry
 from edge.sc.store import MetadataStore
 from edge.spu.sc_link import cancel
@@ -129,9 +129,14 @@ class Sc:
                            role="sc", cluster=self.controller.cluster_id), b""
 
     def create_topic(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        prefer = get(meta, "prefer_leader", int, None)
+        if prefer is not None and not 0 <= prefer <= MAX_SPU_ID:
+            raise InvalidRequest(f"prefer_leader: SPU id {prefer} is outside 0..{MAX_SPU_ID}",
+                                 field="prefer_leader", value=prefer, max=MAX_SPU_ID)
         row = self.controller.create_topic(
             get(meta, "name", str), get(meta, "partitions", int, 1),
-            get(meta, "replication", int, 1), get(meta, "config", dict, {}))
+            get(meta, "replication", int, 1), get(meta, "config", dict, {}),
+            prefer_leader=prefer)
         return messages.ok(meta["id"], status=row.status), b""
 
     def delete_topic(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
