@@ -16,7 +16,7 @@ from edge.discovery.mdns import Mdns, MdnsUnavailableError
 from edge.discovery.txt import MAX_ADDRESSES, SERVICE_TYPE, Announcement
 
 if TYPE_CHECKING:
-    from zeroconf.asyncio import AsyncServiceInfo
+    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,7 @@ class Announcer:
         await self._reannounce()
 
     async def _run(self) -> None:
-        try:
-            zc = await self.mdns.acquire()
-        except MdnsUnavailableError as exc:
-            _static(f"mDNS discovery off: {exc}")
-            return
+        zc = await self._acquire()
         self._acquired = True
         registered = self.announcement
         info = self._build()
@@ -79,6 +75,19 @@ class Announcer:
             if await self.mdns.refresh():
                 self.announcement = self.announcement.bumped()
                 await self._reannounce()
+
+    async def _acquire(self) -> AsyncZeroconf:
+        """zeroconf, retried every poll interval: an interface may get its address
+        late, another mDNS stack may let go of UDP 5353. Said once, not per retry."""
+        said = False
+        while True:
+            try:
+                return await self.mdns.acquire()
+            except MdnsUnavailableError as exc:
+                if not said:
+                    _static(f"mDNS discovery off: {exc}")
+                    said = True
+            await asyncio.sleep(constants.ADDRESS_POLL_S)
 
     def _addresses(self) -> list[str]:
         if self.bind_host not in WILDCARDS:
@@ -125,7 +134,8 @@ class Announcer:
 
 
 def _static(reason: str) -> None:
-    log.error("%s; serving on static configuration", reason)
+    log.error("%s; serving on static configuration (retrying every %.0f s)", reason,
+              constants.ADDRESS_POLL_S)
 
 
 def _host_label() -> str:

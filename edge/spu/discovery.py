@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -27,6 +29,7 @@ class SpuDiscovery:
         self.announcer: Announcer | None = None
         self.directory: Directory | None = None
         self.finder: ScFinder | None = None
+        self._retry: asyncio.Task[None] | None = None
         self._spec = parse_sc(cfg.sc)
         if self._spec is not None and self._spec.site is None and cfg.discovery.site:
             self._spec = type(self._spec)(cfg.discovery.site)
@@ -49,13 +52,27 @@ class SpuDiscovery:
             await self.directory.start()
         except OSError as exc:
             self._off(exc)
+            self._retry = asyncio.create_task(self._browse_later(self.directory),
+                                              name="mdns-browse-retry")
         self.finder = ScFinder(self.directory, self._spec, private=True,
                                joined=lambda: self.replicas.cluster_id)
         return self.finder
 
+    async def _browse_later(self, directory: Directory) -> None:
+        from edge.discovery.constants import ADDRESS_POLL_S
+
+        while True:
+            await asyncio.sleep(ADDRESS_POLL_S)
+            try:
+                await directory.start()
+            except OSError:
+                continue
+            log.info("mDNS browsing on: looking for %s", self.cfg.sc)
+            return
+
     def _off(self, exc: OSError) -> None:
         log.error("mDNS discovery off: %s; the SC address %s cannot be found until it is "
-                  "fixed (or set sc = HOST:PORT)", exc, self.cfg.sc)
+                  "fixed (retrying; or set sc = HOST:PORT)", exc, self.cfg.sc)
 
     def start_announcing(self, public: tuple[str, int], private: tuple[str, int]) -> None:
         site = self.cfg.discovery.site
@@ -90,6 +107,10 @@ class SpuDiscovery:
             await self.announcer.update(replace(current, cluster=self.replicas.cluster_id))
 
     async def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
         if self.announcer is not None:
             await self.announcer.stop()
         if self.directory is not None:

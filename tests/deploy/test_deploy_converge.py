@@ -235,3 +235,28 @@ def test_a_config_the_daemon_rejects_never_replaces_the_old_one(edge_root: EdgeR
     assert bad.returncode != 0
     assert "failed to validate" in bad.output or "unknown key" in bad.output, bad.output[-4000:]
     assert path.read_bytes() == before
+
+
+def test_a_site_name_alone_configures_discovery(edge_root: EdgeRoot) -> None:
+    """Leave every address out and set only the site: the rendered files name the
+    site and no SC address (found on the LAN), and the daemons accept them."""
+    site_only = {"headwater_common_site": "kitchen", "headwater_spu_sc": "",
+                 "headwater_gateway_sc": "", "headwater_spu_advertise_host": "",
+                 "headwater_common_mdns_interfaces": ["eth0"]}
+    etc = edge_root.root / "etc/headwater"
+    try:
+        run = run_playbook("edge.yml", edge_root.inventory, tmp=edge_root.work,
+                           mount_root=edge_root.root, extra_vars=site_only)
+        assert run.returncode == 0, run.output[-4000:]
+        for name in ("sc.toml", "gateway.toml", *(f"spu-{i}.toml" for i in edge_root.spu_ids)):
+            config = tomllib.loads((etc / name).read_text())
+            assert config["site"] == "kitchen", name
+            assert config["interfaces"] == ["eth0"], name
+            if name != "sc.toml":
+                assert "sc" not in config, name
+            assert "advertise_public" not in config, name
+    finally:
+        restored = run_playbook("edge.yml", edge_root.inventory, tmp=edge_root.work,
+                                mount_root=edge_root.root)
+        assert restored.returncode == 0, restored.output[-4000:]
+    assert "site" not in tomllib.loads((etc / "sc.toml").read_text())

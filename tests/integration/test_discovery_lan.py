@@ -228,7 +228,7 @@ def test_a_clean_stop_withdraws_the_announcement_at_once(site: Site) -> None:
     assert watcher.poll() is None
 
 
-def test_mdns_port_taken_leaves_the_node_on_static_configuration(tmp_path: Path) -> None:
+def test_mdns_port_taken_leaves_the_node_on_static_configuration_until_it_is_free(tmp_path: Path) -> None:
     lab = netlab.Lab()
     try:
         sw = lab.bridge("sw")
@@ -252,5 +252,9 @@ def test_mdns_port_taken_leaves_the_node_on_static_configuration(tmp_path: Path)
         assert "5353" in lines[0]
         assert "static configuration" in lines[0]
         assert holder.poll() is None
+        # The other stack goes away: the SC announces itself without a restart.
+        holder.kill()
+        _until("announced once 5353 is free", lambda: "announcing x-sc-" in log.read_text(), 15)
+        assert sc.poll() is None
     finally:
         lab.close()
