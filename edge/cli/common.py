@@ -107,7 +107,10 @@ def _find_on_lan(t: Target) -> None:
     """
     from edge.discovery.spec import parse_sc
 
-    spec = parse_sc(t.sc)
+    try:
+        spec = parse_sc(t.sc)
+    except ValueError as exc:
+        fail(f"--sc {t.sc} (from {t.source}): {exc}", 2)
     if spec is None:
         return
     try:
