@@ -95,7 +95,7 @@ def main() -> None:
                 time.sleep(0.1)
             times: dict[str, list[float]] = {"mdns": [], "static": []}
             for i in range(args.runs):
-                for kind in times:
+                for kind in ("mdns", "static"):
                     spu_id = 1 + 2 * i + (kind == "static")
                     times[kind].append(time_to_register(
                         h2, spu_argv(spu_id, data, discovered=kind == "mdns")))

@@ -228,7 +228,7 @@ def test_a_clean_stop_withdraws_the_announcement_at_once(site: Site) -> None:
     assert watcher.poll() is None
 
 
-def test_mdns_port_taken_leaves_the_node_on_static_configuration_until_it_is_free(tmp_path: Path) -> None:
+def test_mdns_port_taken_leaves_the_node_static_until_it_is_free(tmp_path: Path) -> None:
     lab = netlab.Lab()
     try:
         sw = lab.bridge("sw")
