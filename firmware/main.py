@@ -2,6 +2,7 @@
 # each reading to the gateway over UART1 (or to a broker, see USE_MQTT).
 # Copy firmware/headwater/ and this file to the board (mpremote cp, or mip).
 
+import sys
 import time
 
 import machine
@@ -45,7 +46,13 @@ def main():
         link = MqttLink(DEVICE_ID, "192.0.2.10", port=8883, boot_epoch=epoch)
         link.add_stream(STREAM, buf)
     else:
-        uart = machine.UART(1, baudrate=115200, timeout=0)
+        # Pass the pins: ESP32's UART1 defaults to GPIO9/10, the SPI flash on most
+        # modules (see firmware/README.md for the pins of each board).
+        if "ESP32" in sys.implementation._machine:
+            uart = machine.UART(2, baudrate=115200, tx=17, rx=16, timeout=0)
+        else:
+            uart = machine.UART(1, baudrate=115200, tx=machine.Pin(4), rx=machine.Pin(5),
+                                timeout=0)
         link = SerialLink(uart, DEVICE_ID, epoch)
         link.add_stream(STREAM, buf)
     next_read = time.ticks_ms()
