@@ -30,6 +30,16 @@ def _upstream(path: Path | None) -> Any:
     return None if path is None else UpstreamConfig.from_toml(path)
 
 
+def _lan_address() -> str | None:
+    """This machine's first non-loopback address: what other machines can reach the
+    SPUs of ``headwater local --host 0.0.0.0 --site`` on (they link to their SC on
+    loopback, so the link's own address would be 127.0.0.1)."""
+    from edge.discovery.mdns import interface_addresses
+
+    found = [a for a in interface_addresses(()) if not a.startswith("127.")]
+    return found[0] if found else None
+
+
 def _default_data_dir(name: str) -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "headwater" / name
@@ -154,10 +164,15 @@ def local(
                           discovery=discovery)
         # The SPUs of one process know where their SC is; only announcing needs the site.
         local_sc = f"{'127.0.0.1' if host in WILDCARD_HOSTS else host}:{sc_port + 1}"
+        advertise = _lan_address() if host in WILDCARD_HOSTS and site else None
         spu_cfgs = [SpuConfig(id=i, data_dir=data_dir / f"spu-{i}",
                               public_addr=f"{host}:{spu_port + 2 * (i - 1)}",
                               private_addr=f"{host}:{spu_port + 2 * (i - 1) + 1}",
                               sc=local_sc, durability=durability,
+                              advertise_public=advertise and
+                              f"{advertise}:{spu_port + 2 * (i - 1)}",
+                              advertise_private=advertise and
+                              f"{advertise}:{spu_port + 2 * (i - 1) + 1}",
                               log_level=log_level, upstream=uplink, discovery=discovery)
                     for i in range(1, spus + 1)]
     except ConfigError as exc:
