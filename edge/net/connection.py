@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 256 * 1024
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 30.0
+# Request ids start at 1; a server's error frame with id 0 is about the connection.
+CONNECTION_ERROR_ID = 0
 
 
 def split_addr(addr: str, default_port: int | None = None) -> tuple[str, int]:
@@ -215,6 +217,13 @@ class ClientConnection:
     async def _deliver(self, meta: dict[Any, Any], blob: bytes) -> None:
         cid = meta.get("id")
         if not isinstance(cid, int):
+            return
+        if cid == CONNECTION_ERROR_ID:
+            # The server refuses the whole connection (too many open): say why.
+            try:
+                messages.check_response(meta)
+            except HeadwaterError as exc:
+                self._fail(exc)
             return
         fut = self._pending.pop(cid, None)
         if fut is not None:

@@ -10,7 +10,14 @@ in any order.
 
 Bad input gets an error response when the frame itself was readable, and a
 closed connection when framing is lost; either way it is counted and logged
-once per peer and kind, never per byte.
+once per peer and kind, never per byte. An exception no handler expected (a
+bug) is answered UNKNOWN, counted, and logged with its traceback once per kind.
+
+Every listener is bounded by :class:`~edge.net.limits.ServerLimits`: connections
+beyond the cap are refused with an error frame (correlation id 0) and closed;
+idle connections and frames that stall halfway are cut; a connection's requests
+in flight, its long polls and the partial frames of all connections together
+are bounded.
 """
 
 from __future__ import annotations
@@ -21,22 +28,42 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import cbor2
 
+from edge.logstate import StateLog
+from edge.net.connection import CONNECTION_ERROR_ID
+from edge.net.limits import FREE_SHARE_BYTES, BufferPool, ServerLimits, charge_of
 from edge.protocol import messages
-from edge.protocol.errors import HeadwaterError, InvalidRequest, ProtocolError
+from edge.protocol.errors import (
+    HeadwaterError,
+    InsufficientResources,
+    InvalidRequest,
+    ProtocolError,
+)
 from edge.protocol.framing import FrameDecoder, encode_frame, frame_header
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK = 256 * 1024
+READ_CHUNK: Final = 256 * 1024
+# What the stream reader holds ahead of the decoder (it buffers up to twice this
+# plus one socket read before it stops reading the socket); small, because it is
+# per connection and unbounded by anything else.
+READER_LIMIT: Final = 64 * 1024
 # Responses queue in the transport up to this many bytes before a slow reader
 # pauses its own requests (flow control towards that one peer only).
-WRITE_HIGH_WATER = 1024 * 1024
+WRITE_HIGH_WATER: Final = 256 * 1024
+# Dead peers on a long-idle stream are found by TCP keepalive: probes after 60 s
+# of silence, every 10 s, 6 unanswered probes close the connection.
+KEEPALIVE: Final = ((getattr(socket, "TCP_KEEPIDLE", None), 60),
+                    (getattr(socket, "TCP_KEEPINTVL", None), 10),
+                    (getattr(socket, "TCP_KEEPCNT", None), 6))
+# Kinds of unexpected error remembered for log-once; past it they are counted only.
+MAX_ERROR_KINDS: Final = 256
 
 Response = tuple[dict[str, Any], bytes] | None
 Dispatch = Callable[["Connection", dict[Any, Any], bytes], Response | Awaitable[Response]]
@@ -50,7 +77,17 @@ class ServerStats:
     requests: int = 0
     protocol_errors: int = 0
     request_errors: int = 0
+    # Connections refused at the cap, closed idle, cut halfway through a frame,
+    # cut because they did not read their answers; long polls refused.
+    refused: int = 0
+    idle_closed: int = 0
+    frame_timeouts: int = 0
+    write_timeouts: int = 0
+    long_polls_refused: int = 0
+    # Exceptions no handler expected (answered UNKNOWN).
+    unexpected_errors: int = 0
     _logged: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    _kinds: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
     def log_once(self, peer: str, kind: str, message: str) -> None:
         """Log the first error of a kind from a host; count the rest silently."""
@@ -62,6 +99,21 @@ class ServerStats:
         self._logged.add((host, kind))
         log.warning("%s from %s: %s (further %s errors from this host are counted, not logged)",
                     kind, peer, message, kind)
+
+    def unexpected(self, server: str, where: str, exc: BaseException) -> None:
+        """Count an exception no handler expected; log it with its traceback once
+        per (type, place) for the life of the process."""
+        self.unexpected_errors += 1
+        kind = (type(exc).__name__, where)
+        if kind in self._kinds or len(self._kinds) > MAX_ERROR_KINDS:
+            return
+        self._kinds.add(kind)
+        if len(self._kinds) > MAX_ERROR_KINDS:
+            log.error("%s: more than %d kinds of unexpected error; new kinds are counted, "
+                      "not logged", server, MAX_ERROR_KINDS)
+            return
+        log.error("%s: unexpected %s in %s (answered UNKNOWN; further ones of this kind are "
+                  "counted, not logged)", server, kind[0], where, exc_info=exc)
 
 
 class Connection:
@@ -78,8 +130,20 @@ class Connection:
         self.tls = writer.get_extra_info("ssl_object") is not None
         self._write_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._task_ended = asyncio.Event()
+        self.long_polls = 0
         self.closed = False
         self.on_close: list[Callable[[], None]] = []
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being served (and answers waiting for the writer)."""
+        return len(self._tasks)
+
+    async def task_ended(self) -> None:
+        """Until one of this connection's tasks finished."""
+        self._task_ended.clear()
+        await self._task_ended.wait()
 
     @property
     def principal(self) -> str | None:
@@ -139,9 +203,10 @@ class Connection:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._task_ended.set()
         if not task.cancelled() and (exc := task.exception()) is not None:
             if not isinstance(exc, ConnectionError | OSError):
-                log.error("task %s for %s failed", task.get_name(), self.peer, exc_info=exc)
+                self.server.stats.unexpected(self.server.name, f"task {task.get_name()}", exc)
             self.abort()
 
     def abort(self) -> None:
@@ -159,24 +224,42 @@ class Connection:
 
 
 class FrameServer:
-    """Listener that decodes frames and dispatches requests."""
+    """Listener that decodes frames and dispatches requests, within its limits.
+
+    ``max_connections`` defaults to ``limits.max_connections`` (a private port
+    passes ``limits.max_peer_connections``); ``pool`` is shared by the listeners
+    of one process. ``long_polls`` are the API keys whose requests may wait for
+    long (fetches with a wait, streams, watches): each connection may park at
+    most ``limits.max_long_polls`` of them, further ones are refused at once.
+    """
 
     def __init__(
         self, name: str, dispatch: Dispatch, *, ssl_context: ssl.SSLContext | None = None,
-        max_frame_bytes: int | None = None,
+        max_frame_bytes: int | None = None, limits: ServerLimits | None = None,
+        max_connections: int | None = None, pool: BufferPool | None = None,
+        long_polls: Collection[int] = (),
     ) -> None:
         self.name = name
         self._dispatch = dispatch
         self._ssl = ssl_context
         self._max_frame = max_frame_bytes
+        self.limits = limits or ServerLimits()
+        self.max_connections = max_connections or self.limits.max_connections
+        self.pool = pool or BufferPool(self.limits.max_buffered_bytes)
+        self._long_polls = frozenset(long_polls)
         self._server: asyncio.Server | None = None
         self._connections: set[Connection] = set()
+        self._refusing = StateLog(log)
         self.stats = ServerStats()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; return the bound (host, port) — port 0 picks a free one."""
         self._server = await asyncio.start_server(
-            self._handle, host, port, ssl=self._ssl, limit=READ_CHUNK,
+            self._handle, host, port, ssl=self._ssl, limit=READER_LIMIT,
             ssl_handshake_timeout=10.0 if self._ssl else None,
         )
         sock = self._server.sockets[0]
@@ -195,63 +278,154 @@ class FrameServer:
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _tune_socket(writer)
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        if len(self._connections) >= self.max_connections:
+            self._refuse(writer)
+            return
         conn = Connection(reader, writer, self)
         self._connections.add(conn)
         self.stats.connections += 1
         decoder = (FrameDecoder(max_frame_bytes=self._max_frame) if self._max_frame
                    else FrameDecoder())
+        charged = _Charge(self.pool)
         try:
-            await self._read_loop(conn, decoder)
+            await self._read_loop(conn, decoder, charged)
         except ProtocolError as exc:
             self.stats.protocol_errors += 1
             self.stats.log_once(conn.peer, "protocol error", str(exc))
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             self.stats.log_once(conn.peer, "connection error", str(exc) or type(exc).__name__)
         finally:
+            charged.set(0)
             self._connections.discard(conn)
             conn._finish()
+            if self._refusing.active and len(self._connections) < self.max_connections:
+                self._refusing.end("%s: accepting connections again, %d open", self.name,
+                                   len(self._connections))
 
-    async def _read_loop(self, conn: Connection, decoder: FrameDecoder) -> None:
+    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Answer a connection over the cap with one error frame, then close it."""
+        self.stats.refused += 1
+        self._refusing.begin("%s: %d connections open, the limit: refusing new ones "
+                             "(counted; one line when it ends)", self.name,
+                             len(self._connections))
+        exc = InsufficientResources(
+            f"{self.name} refuses the connection: {self.max_connections} connections open "
+            "(limits.max_connections)", limit=self.max_connections)
+        with contextlib.suppress(Exception):
+            writer.write(encode_frame(messages.error_response(CONNECTION_ERROR_ID, exc)))
+            writer.transport.close()  # flushes the error frame first
+
+    async def _read_loop(self, conn: Connection, decoder: FrameDecoder,
+                         charged: _Charge) -> None:
+        partial_s = 0.0  # time spent waiting for the rest of a started frame
         while not conn.closed:
-            data = await conn.reader.read(READ_CHUNK)
+            while True:
+                if conn.in_flight >= self.limits.max_in_flight:
+                    # Pipelining is bounded: the next request waits in the decoder.
+                    await conn.task_ended()
+                    continue
+                frame = decoder.next_frame()
+                if frame is None:
+                    break
+                partial_s = 0.0
+                self.stats.requests += 1
+                self._serve(conn, frame.meta, frame.blob)
+                await self._drain_if_full(conn)
+            charged.set(charge_of(decoder.buffered))
+            if decoder.buffered == 0:
+                partial_s = 0.0
+            started = time.monotonic()
+            data = await self._read(conn, decoder.buffered, charged, partial_s)
+            if decoder.buffered:
+                partial_s += time.monotonic() - started
             if not data:
                 return
             decoder.feed(data)
-            while (frame := decoder.next_frame()) is not None:
-                self.stats.requests += 1
-                self._serve(conn, frame.meta, frame.blob)
-            # Back-pressure: stop reading while responses pile up for a slow reader.
-            if conn.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-                async with conn._write_lock:
-                    await conn.writer.drain()
+            charged.set(charge_of(decoder.buffered))
+
+    async def _read(self, conn: Connection, buffered: int, charged: _Charge,
+                    partial_s: float) -> bytes:
+        """The next bytes of ``conn`` within its time limits and the buffer pool;
+        b"" when the connection ends (or is cut)."""
+        limits = self.limits
+        if buffered:
+            timeout: float | None = limits.frame_timeout_s - partial_s
+        elif conn.in_flight == 0:
+            timeout = limits.idle_timeout_s
+        else:
+            timeout = None  # a stream or a long poll is open: not idle
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    room = self.pool.limit - self.pool.used + charged.value
+                    size = min(READ_CHUNK, read_room(buffered, room))
+                    if size > 0:
+                        return await conn.reader.read(size)
+                    await self.pool.wait_freed()
+        except TimeoutError:
+            pass
+        if buffered:
+            self.stats.frame_timeouts += 1
+            self.stats.log_once(conn.peer, "frame timeout",
+                                f"a frame still incomplete after {limits.frame_timeout_s:g} s "
+                                f"({buffered} bytes): connection closed")
+        else:
+            self.stats.idle_closed += 1
+            log.debug("%s: closing %s, idle for %g s", self.name, conn.peer,
+                      limits.idle_timeout_s)
+        return b""
+
+    async def _drain_if_full(self, conn: Connection) -> None:
+        """Back-pressure: stop reading while responses pile up for a slow reader,
+        and cut a reader that takes none of them for the idle timeout."""
+        if conn.writer.transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+            return
+        try:
+            async with asyncio.timeout(self.limits.idle_timeout_s), conn._write_lock:
+                await conn.writer.drain()
+        except TimeoutError:
+            self.stats.write_timeouts += 1
+            self.stats.log_once(conn.peer, "write timeout",
+                                f"answers not read for {self.limits.idle_timeout_s:g} s: "
+                                "connection closed")
+            conn.abort()
 
     def _serve(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> None:
         raw_id = meta.get("id")
         cid = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else -1
+        api = meta.get("api")
+        long_poll = isinstance(api, int) and api in self._long_polls
         try:
             if cid != raw_id:
                 raise InvalidRequest("request without an integer correlation id")  # noqa: TRY301
+            if long_poll and conn.long_polls >= self.limits.max_long_polls:
+                self.stats.long_polls_refused += 1
+                raise InsufficientResources(  # noqa: TRY301
+                    f"{conn.long_polls} long polls open on this connection "
+                    "(limits.max_long_polls)", limit=self.limits.max_long_polls)
             result = self._dispatch(conn, meta, blob)
         except HeadwaterError as exc:
             self._count_error(conn, exc)
-            conn.spawn(conn.send(messages.error_response(cid, exc)), f"{self.name}-error")
+            conn.send_soon(messages.error_response(cid, exc))
             return
         except Exception as exc:
-            log.exception("%s: request %r from %s failed", self.name, meta.get("api"), conn.peer)
-            conn.spawn(conn.send(messages.error_response(cid, exc)), f"{self.name}-error")
+            self.stats.unexpected(self.name, _api_name(api), exc)
+            conn.send_soon(messages.error_response(cid, exc))
             return
         if result is None:
             return
         if isinstance(result, tuple):
             conn.send_soon(*result)
             return
-        conn.spawn(self._finish_later(conn, cid, result), f"{self.name}-pending")
+        if long_poll:
+            conn.long_polls += 1
+        conn.spawn(self._finish_later(conn, cid, _api_name(api), result, long_poll),
+                   f"{self.name}-pending")
 
-    async def _finish_later(self, conn: Connection, cid: int, pending: Awaitable[Response]) -> None:
+    async def _finish_later(self, conn: Connection, cid: int, where: str,
+                            pending: Awaitable[Response], long_poll: bool) -> None:
         try:
             result = await pending
         except HeadwaterError as exc:
@@ -261,9 +435,12 @@ class FrameServer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("%s: request from %s failed", self.name, conn.peer)
+            self.stats.unexpected(self.name, where, exc)
             await conn.send(messages.error_response(cid, exc))
             return
+        finally:
+            if long_poll:
+                conn.long_polls -= 1
         if result is not None:
             await conn.send(*result)
 
@@ -271,3 +448,40 @@ class FrameServer:
         self.stats.request_errors += 1
         if not exc.retriable:
             self.stats.log_once(conn.peer, type(exc).__name__, str(exc))
+
+
+class _Charge:
+    """What one connection currently draws from its process's buffer pool."""
+
+    def __init__(self, pool: BufferPool) -> None:
+        self.pool = pool
+        self.value = 0
+
+    def set(self, value: int) -> None:
+        if value != self.value:
+            self.pool.charge(self.value, value)
+            self.value = value
+
+
+def read_room(buffered: int, pool_room: int) -> int:
+    """Bytes a connection holding ``buffered`` may read: its free share, then what
+    the pool has left (``pool_room`` counts the connection's own charge as free)."""
+    return FREE_SHARE_BYTES + pool_room - buffered
+
+
+def _api_name(api: object) -> str:
+    if isinstance(api, int) and not isinstance(api, bool):
+        with contextlib.suppress(ValueError):
+            return messages.ApiKey(api).name
+    return "a request"
+
+
+def _tune_socket(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in KEEPALIVE:
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)

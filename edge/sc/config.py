@@ -9,6 +9,7 @@ from typing import Any
 from edge.config import ConfigError, load_toml, reject_unknown, take, tls_from
 from edge.discovery.config import DiscoveryConfig
 from edge.net.connection import split_addr
+from edge.net.limits import ServerLimits, limits_from
 from edge.tls import TlsConfig
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -28,6 +29,7 @@ class ScConfig:
     tls: TlsConfig | None = None
     # ``site = "NAME"``: announce this SC on the LAN (mDNS) for that site.
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
     def __post_init__(self) -> None:
         for key in ("public_addr", "private_addr"):
@@ -57,6 +59,7 @@ class ScConfig:
                                         cls.heartbeat_timeout_s),
             "log_level": take(raw, "log_level", str, cls.log_level),
             "tls": tls_from(raw),
+            "limits": limits_from(raw),
         }
         discovery = DiscoveryConfig.take_from(raw, site=overrides.pop("site", None))
         reject_unknown(raw, "sc config")

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from edge.net.connection import split_addr
+from edge.net.limits import BufferPool
 from edge.net.server import Connection, FrameServer, Response
 from edge.protocol import messages
 from edge.protocol.errors import InvalidRequest
@@ -40,8 +41,14 @@ class Sc:
         self.controller = Controller(self.store, heartbeat_timeout_s=cfg.heartbeat_timeout_s)
         self.sites = SiteRegistry(self.controller)
         ctx = server_context(cfg.tls) if cfg.tls and cfg.tls.cert else None
-        self.public = FrameServer("SC public", self._dispatch_public, ssl_context=ctx)
-        self.private = FrameServer("SC private", self._dispatch_private, ssl_context=ctx)
+        pool = BufferPool(cfg.limits.max_buffered_bytes)
+        self.public = FrameServer("SC public", self._dispatch_public, ssl_context=ctx,
+                                  limits=cfg.limits, pool=pool,
+                                  long_polls=(ApiKey.WATCH_METADATA,))
+        self.private = FrameServer("SC private", self._dispatch_private, ssl_context=ctx,
+                                   limits=cfg.limits, pool=pool,
+                                   max_connections=cfg.limits.max_peer_connections,
+                                   long_polls=(ApiKey.REGISTER_SPU,))
         self.public_addr = ""
         self.private_addr = ""
         self._tasks: list[asyncio.Task[Any]] = []

@@ -9,6 +9,7 @@ from typing import Any
 from edge.config import ConfigError, load_toml, reject_unknown, take, tls_from
 from edge.discovery.config import DiscoveryConfig, check_sc_address
 from edge.net.connection import split_addr
+from edge.net.limits import ServerLimits, limits_from
 from edge.tls import TlsConfig
 
 DURABILITY = ("group", "always", "never")
@@ -94,6 +95,7 @@ class SpuConfig:
     pause_s: float = 1.0
     log_level: str = "info"
     tls: TlsConfig | None = None
+    limits: ServerLimits = field(default_factory=ServerLimits)
     upstream: UpstreamConfig | None = None
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
@@ -147,6 +149,7 @@ class SpuConfig:
             "pause_s": take(raw, "pause_s", float, cls.pause_s),
             "log_level": take(raw, "log_level", str, cls.log_level),
             "tls": tls_from(raw),
+            "limits": limits_from(raw),
             "upstream": (UpstreamConfig.from_table(raw.pop("upstream"))
                          if "upstream" in raw else None),
         }

@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from edge.net.connection import split_addr
+from edge.net.limits import BufferPool
 from edge.net.server import Connection, FrameServer, Response
 from edge.protocol import messages
 from edge.protocol.errors import InvalidRequest, StorageError
@@ -44,10 +45,14 @@ class Spu:
         self.api: PublicApi | None = None
         server_ssl = server_context(cfg.tls) if cfg.tls and cfg.tls.cert else None
         self._client_ssl = client_context(cfg.tls) if cfg.tls else None
+        pool = BufferPool(cfg.limits.max_buffered_bytes)
         self.public = FrameServer(f"SPU {cfg.id} public", self._dispatch_public,
-                                  ssl_context=server_ssl)
+                                  ssl_context=server_ssl, limits=cfg.limits, pool=pool,
+                                  long_polls=(ApiKey.FETCH, ApiKey.STREAM_FETCH))
         self.private = FrameServer(f"SPU {cfg.id} private", self._dispatch_private,
-                                   ssl_context=server_ssl)
+                                   ssl_context=server_ssl, limits=cfg.limits, pool=pool,
+                                   max_connections=cfg.limits.max_peer_connections,
+                                   long_polls=(ApiKey.REPLICA_FETCH,))
         self.public_addr = ""
         self.private_addr = ""
         self.link: ScLink | None = None
