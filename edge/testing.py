@@ -49,13 +49,15 @@ class LocalCluster:
 
     ``spu_settings`` go into a TOML config file given to every SPU (any
     ``SpuConfig`` key, e.g. ``replica_lag_s``); command-line flags win over it.
+    ``limits`` become the ``[limits]`` table of the SC and of every SPU.
     """
 
     def __init__(self, data_dir: Path, *, spus: int = 1, durability: str = "group",
                  log_level: str = "warning", extra_spu_args: list[str] | None = None,
                  env: dict[str, str] | None = None,
                  spu_settings: dict[str, str | int | float | bool] | None = None,
-                 private_proxy: bool = False) -> None:
+                 private_proxy: bool = False,
+                 limits: dict[str, int | float] | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.host = "127.0.0.1"
         self.sc_port = free_port()
@@ -71,6 +73,7 @@ class LocalCluster:
         self.sc_proc: subprocess.Popen[bytes] | None = None
         self.spu_procs: dict[int, subprocess.Popen[bytes]] = {}
         self.spu_settings = dict(spu_settings or {})
+        self.limits = dict(limits or {})
         self.proxies: dict[int, TcpProxy] = (
             {i: TcpProxy(f"{self.host}:{self.spu_ports[i][1]}", origin=self._spu_of_port)
              for i in self.spu_ids} if private_proxy else {})
@@ -113,7 +116,7 @@ class LocalCluster:
         self.sc_proc = self._spawn(
             ["run", "sc", "--data-dir", str(self.data_dir / "sc"),
              "--public-addr", self.sc_addr, "--private-addr", self.sc_private_addr,
-             "--log-level", self.log_level], "sc.log")
+             "--log-level", self.log_level, *self._sc_config_args()], "sc.log")
         await self._wait_answers(self.sc_addr, self.sc_proc, "sc.log")
 
     async def start_spu(self, spu_id: int = 1) -> None:
@@ -133,10 +136,18 @@ class LocalCluster:
         settings = dict(self.spu_settings)
         if spu_id in self.proxies:
             settings["advertise_private"] = self.proxies[spu_id].addr
-        if not settings:
+        if not settings and not self.limits:
             return []
         path = self.data_dir / f"spu-{spu_id}.toml"
-        path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in settings.items()))
+        path.write_text(_toml_text(settings, self.limits))
+        return ["--config", str(path)]
+
+    def _sc_config_args(self) -> list[str]:
+        if not self.limits:
+            return []
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "sc.toml"
+        path.write_text(_toml_text({}, self.limits))
         return ["--config", str(path)]
 
     def signal_spu(self, spu_id: int, sig: int) -> None:
@@ -212,6 +223,14 @@ class LocalCluster:
                     await _request(addr, ApiKey.API_VERSIONS)
                     return
                 await asyncio.sleep(0.05)
+
+
+def _toml_text(settings: dict[str, str | int | float | bool],
+               limits: dict[str, int | float]) -> str:
+    text = "".join(f"{k} = {_toml_value(v)}\n" for k, v in settings.items())
+    if limits:
+        text += "[limits]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in limits.items())
+    return text
 
 
 def _toml_value(value: str | int | float | bool) -> str:

@@ -256,6 +256,18 @@ class FrameServer:
     def open_connections(self) -> int:
         return len(self._connections)
 
+    def status(self) -> dict[str, int]:
+        """What the listener holds now and its counters (PARTITION_STATUS shows it)."""
+        st = self.stats
+        return {"open": len(self._connections),
+                "in_flight": sum(c.in_flight for c in self._connections),
+                "connections": st.connections,
+                "refused": st.refused, "idle_closed": st.idle_closed,
+                "frame_timeouts": st.frame_timeouts, "write_timeouts": st.write_timeouts,
+                "long_polls_refused": st.long_polls_refused,
+                "protocol_errors": st.protocol_errors,
+                "unexpected_errors": st.unexpected_errors}
+
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; return the bound (host, port) — port 0 picks a free one."""
         self._server = await asyncio.start_server(
@@ -362,6 +374,9 @@ class FrameServer:
                     room = self.pool.limit - self.pool.used + charged.value
                     size = min(READ_CHUNK, read_room(buffered, room))
                     if size > 0:
+                        # Reserved before the read, so connections reading at once
+                        # cannot overcommit the pool; settled after it.
+                        charged.set(charge_of(buffered + size))
                         return await conn.reader.read(size)
                     await self.pool.wait_freed()
         except TimeoutError:
@@ -466,7 +481,7 @@ class _Charge:
 def read_room(buffered: int, pool_room: int) -> int:
     """Bytes a connection holding ``buffered`` may read: its free share, then what
     the pool has left (``pool_room`` counts the connection's own charge as free)."""
-    return FREE_SHARE_BYTES + pool_room - buffered
+    return max(FREE_SHARE_BYTES - buffered, FREE_SHARE_BYTES + pool_room - buffered)
 
 
 def _api_name(api: object) -> str:

@@ -47,10 +47,12 @@ class PublicApi:
     """Dispatch for the SPU public port."""
 
     def __init__(self, replicas: ReplicaSet, offsets: ConsumerOffsets, *,
-                 upstream_rows: Callable[[], list[dict[str, Any]]] = list) -> None:
+                 upstream_rows: Callable[[], list[dict[str, Any]]] = list,
+                 server_status: Callable[[], dict[str, Any]] = dict) -> None:
         self.replicas = replicas
         self.offsets = offsets
         self._upstream_rows = upstream_rows
+        self._server_status = server_status
         self.stats = {"produce_batches": 0, "produce_records": 0, "duplicates": 0,
                       "corrupt_batches": 0, "fetches": 0, "streams": 0}
         self.mirror = MirrorApi(replicas, self.stats)
@@ -224,7 +226,8 @@ class PublicApi:
     def partition_status(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                          ) -> Response:
         rows = [p.status() for p in self.replicas.partitions.values()]
-        return messages.ok(meta["id"], partitions=rows, stats=dict(self.stats)), b""
+        return messages.ok(meta["id"], partitions=rows, stats=dict(self.stats),
+                           servers=self._server_status()), b""
 
     def upstream_status(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
         return messages.ok(meta["id"], partitions=self._upstream_rows(),

@@ -64,7 +64,8 @@ class Spu:
 
     async def start(self) -> None:
         self.offsets = ConsumerOffsets.open(self.cfg.data_dir / "consumers.sqlite")
-        self.api = PublicApi(self.replicas, self.offsets, upstream_rows=self.upstream.rows)
+        self.api = PublicApi(self.replicas, self.offsets, upstream_rows=self.upstream.rows,
+                             server_status=self.server_status)
         self.leader_side.offsets = self.offsets
         self.link = ScLink(self.cfg, self.replicas, public="", private="",
                            ssl_context=self._client_ssl,
@@ -115,6 +116,12 @@ class Spu:
         if self.offsets is not None:
             self.offsets.close()
         log.info("SPU %d stopped cleanly", self.cfg.id)
+
+    def server_status(self) -> dict[str, Any]:
+        """The listeners' state and counters, the bytes of partial frames they hold
+        together, and the process's asyncio tasks."""
+        return {"public": self.public.status(), "private": self.private.status(),
+                "buffered": self.public.pool.used, "tasks": len(asyncio.all_tasks())}
 
     def _dispatch_public(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                          ) -> Any:
