@@ -28,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edge.protocol.errors import NotEnoughReplicas, NotLeader, StorageError
+from edge.logstate import StateLog
+from edge.protocol.errors import DiskFull, NotEnoughReplicas, NotLeader, StorageError
 from edge.protocol.messages import Acks
 from edge.storage.epochs import EpochCache
 from edge.storage.log import AppendResult, PartitionLog
@@ -71,6 +72,8 @@ class Partition:
         # (leader epoch, version) differs from the copy they hold.
         self.consumer_version = 0
         self.failed: StorageError | None = None
+        # Disk full is a state, logged when it begins and when it ends, not per append.
+        self.disk_full = StateLog(log)
         self.closed = False
         # Cloud side: the site that alone writes this partition (None: a normal one).
         self.mirror: MirrorOwner | None = None
@@ -168,9 +171,13 @@ class Partition:
                             partition=self.index)
         try:
             result = self.log.append(batch, leader_epoch=self.leader_epoch)
+        except DiskFull as exc:
+            self._refused(exc)
+            raise
         except StorageError as exc:
             self._fail(exc)
             raise
+        self._disk_ok()
         if not result.duplicate:
             self._appended()
         return result
@@ -191,9 +198,13 @@ class Partition:
         try:
             for batch in batches:
                 self.log.append(batch, leader_epoch=self.leader_epoch, replica=True)
+        except DiskFull as exc:
+            self._refused(exc)
+            raise
         except StorageError as exc:
             self._fail(exc)
             raise
+        self._disk_ok()
         self._appended()
         return self.log.log_end_offset
 
@@ -286,10 +297,23 @@ class Partition:
             self.epochs.assign(epoch, self.log.log_end_offset)
         try:
             self.log.append(batch, leader_epoch=epoch, replica=True)
+        except DiskFull as exc:
+            self._refused(exc)
+            raise
         except StorageError as exc:
             self._fail(exc)
             raise
+        self._disk_ok()
         self._appended()
+
+    def _refused(self, exc: DiskFull) -> None:
+        self.disk_full.begin("%s: disk full, appends refused (%s); clients get DISK_FULL "
+                             "until space is freed (counted; one line when it ends)",
+                             self.name, exc)
+
+    def _disk_ok(self) -> None:
+        if self.disk_full.active:
+            self.disk_full.end("%s: appends succeed again after disk full", self.name)
 
     def follower_hw(self, leader_hw: int) -> None:
         self._set_hw(min(leader_hw, self.log.log_end_offset))

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+from edge.logstate import StateLog
 from edge.net.connection import split_addr
 from edge.net.limits import BufferPool
 from edge.net.server import Connection, FrameServer, Response
@@ -160,25 +161,37 @@ class Spu:
                 await self.replication.check_isr(self.replicas.partitions)
 
     async def _checkpoints(self) -> None:
+        # Fails every round while the disk is full: logged when it begins and ends.
+        failing = StateLog(log)
         while True:
             await asyncio.sleep(self.cfg.checkpoint_interval_s)
+            failed = False
             for p in list(self.replicas.partitions.values()):
                 if p.failed is None and not p.closed:
                     try:
                         p.log.write_checkpoints()
                     except (OSError, StorageError) as exc:
-                        log.error("checkpoint of %s failed: %s", p.name, exc)  # noqa: TRY400
+                        failed = True
+                        failing.begin("checkpoint of %s failed: %s (start-up scans more "
+                                      "until checkpoints succeed again)", p.name, exc)
+            if not failed:
+                failing.end("checkpoints succeed again")
 
     async def _retention(self) -> None:
+        failing = StateLog(log)
         while True:
             await asyncio.sleep(self.cfg.retention_check_interval_s)
             now = int(time.time() * 1000)
+            failed = False
             for p in list(self.replicas.partitions.values()):
                 if p.failed is None and not p.closed:
                     try:
                         removed = p.log.apply_retention(now, max_offset=p.high_watermark)
                     except StorageError as exc:
-                        log.error("retention of %s failed: %s", p.name, exc)  # noqa: TRY400
+                        failed = True
+                        failing.begin("retention of %s failed: %s", p.name, exc)
                         continue
                     if removed:
                         log.info("retention removed %d bytes from %s", removed, p.name)
+            if not failed:
+                failing.end("retention succeeds again")

@@ -1,0 +1,68 @@
+"""A full disk is a state in the SPU's log: one line when appends start failing,
+one when they succeed again, while every refused client still gets DISK_FULL.
+The SPU's data directory is a real, tiny tmpfs (needs root)."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import require_root
+
+from edge.client import Admin
+from edge.net.connection import ClientConnection
+from edge.protocol.batch import encode_batch
+from edge.protocol.errors import DiskFull
+from edge.protocol.messages import ApiKey
+from edge.testing import LocalCluster
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    require_root()
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with filler.open("wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    return filler
+
+
+async def test_disk_full_is_logged_when_it_begins_and_when_it_ends(
+        tmp_path: Path, tiny_disk: Path) -> None:
+    async with LocalCluster(tmp_path / "c", log_level="info",
+                            extra_spu_args=["--data-dir", str(tiny_disk / "spu-1")]) as c:
+        async with Admin(c.sc_addr) as admin:
+            await admin.create_topic("t", partitions=1)
+            await admin.wait_ready("t")
+        batch = encode_batch([[0, None, b"v" * 16384]] * 4, first_timestamp=1)
+        filler = _fill(tiny_disk)
+        refused = 0
+        async with ClientConnection(c.spu_addr()) as conn:
+            for _ in range(200):
+                try:
+                    await conn.request(ApiKey.PRODUCE, batch, topic="t", partition=0, acks=1)
+                except DiskFull:
+                    refused += 1
+            assert refused >= 150  # the rest fitted the pages the segment already had
+            filler.unlink()
+            meta, _ = await conn.request(ApiKey.PRODUCE, batch, topic="t", partition=0,
+                                         acks=1)
+            assert meta["base"] >= 0
+        log = (c.data_dir / "spu-1.log").read_text()
+    assert log.count("t/0: disk full, appends refused") == 1, log
+    assert log.count("t/0: appends succeed again after disk full") == 1, log
+    assert f"({refused} time(s) in" in log
