@@ -15,7 +15,7 @@ from typing import IO, Any
 import typer
 
 from edge.cli.common import Target, fail, run, target
-from edge.client import Acks, Admin, Consumer, Offset, Producer
+from edge.client import Acks, Admin, Consumer, Offset, Producer, SkippedBatch
 from edge.protocol.batch import Record
 from edge.protocol.errors import InvalidRequest
 
@@ -113,6 +113,10 @@ def consume(
                                              "stored under NAME and store it as you go."),
     site: str | None = typer.Option(None, "--site", help="On a cloud cluster: only the "
                                     "partitions mirrored from this edge site."),
+    skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="Go past a batch "
+                                         "that cannot be read (damaged on disk) to the next "
+                                         "readable offset, saying so on stderr, instead of "
+                                         "stopping there."),
 ) -> None:
     """Print records of TOPIC; follows new records until Ctrl-C unless -d."""
     if output not in ("text", "json"):
@@ -130,14 +134,15 @@ def consume(
             chosen = await _site_partitions(t, site, topic, partition)
         async with Consumer(t.sc, topic, partition=chosen, offset=start,
                             consumer=consumer_name, stop_at_end=disable_continuous,
-                            end_offset=end, ssl=t.ssl(),
-                            server_hostname=t.server_name) as consumer:
+                            end_offset=end, ssl=t.ssl(), server_hostname=t.server_name,
+                            skip_unreadable=skip_unreadable, on_skip=_report_skip) as consumer:
             last_commit = time.monotonic()
             try:
                 async for chunk in consumer.batches():
                     lines = [_render(r, chunk.partition, output, fmt, show_keys)
                              for r in chunk.records]
-                    sys.stdout.write("\n".join(lines) + "\n")
+                    if lines:
+                        sys.stdout.write("\n".join(lines) + "\n")
                     if consumer_name and time.monotonic() - last_commit > 1.0:
                         await consumer.commit()
                         last_commit = time.monotonic()
@@ -148,6 +153,11 @@ def consume(
 
     with contextlib.suppress(BrokenPipeError):  # `| head` closed the pipe: done
         run(main, what=f"consume {topic}", target_=t)
+
+
+def _report_skip(skip: SkippedBatch) -> None:
+    typer.echo(f"skipped unreadable records {skip.offset}..{skip.next_offset - 1} of "
+               f"{skip.topic}/{skip.partition}: {skip.reason}", err=True)
 
 
 async def _site_partitions(t: Target, site: str, topic: str, partition: int | None

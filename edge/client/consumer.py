@@ -6,6 +6,14 @@ control keeps a slow consumer from being flooded (the client queues at most
 ``STREAM_QUEUE`` pushes per partition). A lost connection or a leader change is
 retried from the last delivered offset, so records are neither skipped nor
 repeated.
+
+A batch that arrives unreadable (its CRC does not match: the disk under the
+SPU changed it; or its records do not decode: written by an older version)
+stops the consumer with CorruptBatch naming the partition and offset, since
+skipping records silently would lose them. With ``skip_unreadable=True`` the
+consumer instead continues at the next readable offset (the next batch in the
+answer, else where the SPU says the answer ended), counts the skip in
+``skipped``, logs it and hands it to ``on_skip``.
 """
 
 from __future__ import annotations
@@ -14,14 +22,20 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, NamedTuple
 
 from edge.client.cluster import Backoff, ClusterClient
 from edge.net.connection import ClientConnection, Stream
 from edge.protocol import batch as codec
 from edge.protocol.batch import Record
-from edge.protocol.errors import HeadwaterError, InvalidRequest, NotLeader, OffsetOutOfRange
+from edge.protocol.errors import (
+    CorruptBatch,
+    HeadwaterError,
+    InvalidRequest,
+    NotLeader,
+    OffsetOutOfRange,
+)
 from edge.protocol.messages import ApiKey
 
 log = logging.getLogger(__name__)
@@ -66,6 +80,19 @@ class Offset(NamedTuple):
 class PartitionRecords(NamedTuple):
     partition: int
     records: list[Record]
+    # Where this partition's reading goes on: after the last record, or after an
+    # unreadable batch that was skipped.
+    next_offset: int = -1
+
+
+class SkippedBatch(NamedTuple):
+    """An unreadable batch a consumer passed over (``skip_unreadable=True``)."""
+
+    topic: str
+    partition: int
+    offset: int  # the first offset not read
+    next_offset: int  # where reading went on
+    reason: str
 
 
 class Consumer:
@@ -84,7 +111,8 @@ class Consumer:
                  offset: Offset | None = None, consumer: str | None = None,
                  stop_at_end: bool = False, end_offset: int | None = None,
                  max_bytes: int = DEFAULT_MAX_BYTES, ssl: ssl.SSLContext | None = None,
-                 server_hostname: str | None = None) -> None:
+                 server_hostname: str | None = None, skip_unreadable: bool = False,
+                 on_skip: Callable[[SkippedBatch], None] | None = None) -> None:
         self.cluster = ClusterClient(sc, ssl_context=ssl, server_hostname=server_hostname)
         self.topic = topic
         self.partition = partition
@@ -98,6 +126,11 @@ class Consumer:
         # ... and the position after the last record handed to the application.
         self.delivered: dict[int, int] = {}
         self._limits: dict[int, int | None] = {}
+        self.skip_unreadable = skip_unreadable
+        self.on_skip = on_skip
+        self.skipped = 0
+        # Raised once the records before an unreadable batch were handed out.
+        self._unreadable_at: dict[int, CorruptBatch] = {}
 
     async def __aenter__(self) -> Consumer:
         await self.resolve()
@@ -137,12 +170,13 @@ class Consumer:
             for record in chunk.records:
                 self.delivered[chunk.partition] = record.offset + 1
                 yield record
+            self.delivered[chunk.partition] = chunk.next_offset
 
     async def batches(self) -> AsyncIterator[PartitionRecords]:
-        """Records as they arrive, a batch (or a few) at a time, with their partition."""
+        """Records as they arrive, a batch (or a few) at a time, with their partition
+        (a chunk has no records when all it carried was a skipped unreadable batch)."""
         async for chunk in self._chunks():
-            if chunk.records:
-                self.delivered[chunk.partition] = chunk.records[-1].offset + 1
+            self.delivered[chunk.partition] = chunk.next_offset
             yield chunk
 
     async def _chunks(self) -> AsyncIterator[PartitionRecords]:
@@ -200,10 +234,13 @@ class Consumer:
                     item = await self._next(stream, conn.addr, index)
                     if item is None:
                         break
-                    records = self._decode(index, item[1], limit)
-                    if records:
+                    before = self.positions[index]
+                    records = self._decode(index, item, limit)
+                    if self.positions[index] != before:
                         backoff.reset()
-                        yield PartitionRecords(index, records)
+                        yield PartitionRecords(index, records, self.positions[index])
+                    if (unreadable := self._unreadable_at.pop(index, None)) is not None:
+                        raise unreadable  # after the records before it were handed out
             except HeadwaterError as exc:
                 if not exc.retriable:
                     raise
@@ -229,21 +266,56 @@ class Consumer:
                     raise NotLeader(f"{self.topic}/{index} moved away from {addr}",
                                     topic=self.topic, partition=index) from None
 
-    def _decode(self, index: int, blob: bytes, limit: int | None) -> list[Record]:
+    def _decode(self, index: int, item: tuple[dict[Any, Any], bytes], limit: int | None
+                ) -> list[Record]:
+        blob = item[1]
         position = self.positions[index]
         out: list[Record] = []
-        for header, pos in codec.split_batches(blob):
-            if header.next_offset <= position:
+        pos = 0
+        while pos < len(blob):
+            try:
+                header = codec.verify(blob, pos)
+                records = (codec.decode_records(blob, pos, header)
+                           if header.next_offset > position else [])
+            except CorruptBatch as exc:
+                if not self.skip_unreadable:
+                    self._unreadable_at[index] = CorruptBatch(
+                        f"{self.topic}/{index}: unreadable batch at offset {position}: {exc} "
+                        "(skip it with --skip-unreadable, Consumer(skip_unreadable=True))",
+                        topic=self.topic, partition=index, offset=position)
+                    break
+                pos, position = self._skip(index, item, pos, position, exc)
                 continue
-            records = codec.decode_records(blob, pos, header)
-            if records[0].offset < position:
+            pos += header.size
+            if records and records[0].offset < position:
                 records = records[position - records[0].offset:]
-            out.extend(records)
+            if records:
+                out.extend(records)
+                position = records[-1].offset + 1
         if limit is not None and out and out[-1].offset >= limit:
             out = [r for r in out if r.offset < limit]
-        if out:
-            self.positions[index] = out[-1].offset + 1
+            position = out[-1].offset + 1 if out else self.positions[index]
+        self.positions[index] = position
         return out
+
+    def _skip(self, index: int, item: tuple[dict[Any, Any], bytes], pos: int,
+              position: int, exc: CorruptBatch) -> tuple[int, int]:
+        """Skip the unreadable batch at ``pos``: ``(next position in the blob, next
+        offset)``. Its own header is not trusted: the next offset is the next
+        batch's, else the end of the SPU's answer."""
+        meta, blob = item
+        where = f"{self.topic}/{index}: unreadable batch at offset {position}"
+        end = pos + _size_or_rest(blob, pos)
+        resume = codec.batch_prefix(blob, end)[0] if end < len(blob) else meta.get("next")
+        if not isinstance(resume, int) or resume <= position:
+            raise CorruptBatch(f"{where}: {exc}; no readable offset after it",
+                               topic=self.topic, partition=index, offset=position) from None
+        skip = SkippedBatch(self.topic, index, position, resume, str(exc))
+        self.skipped += 1
+        log.warning("%s: skipped to offset %d: %s", where, resume, exc)
+        if self.on_skip is not None:
+            self.on_skip(skip)
+        return end, resume
 
     async def commit(self) -> None:
         """Store, per partition, the offset after the last record handed out."""
@@ -281,3 +353,20 @@ class Consumer:
             return int((await self._offsets(index, "timestamp", timestamp=value))["offset"])
         meta = await self._offsets(index, "end")
         return max(int(meta["offset"]) - value, int(meta["start"]))
+
+
+def _size_or_rest(blob: bytes, pos: int) -> int:
+    """Bytes of the batch at ``pos`` by its length field, or the rest of ``blob``
+    when that length cannot be right (the answer holds whole batches only)."""
+    try:
+        _, size = codec.batch_prefix(blob, pos)
+    except CorruptBatch:
+        return len(blob) - pos
+    if size < codec.HEADER_SIZE or pos + size > len(blob):
+        return len(blob) - pos
+    if pos + size < len(blob):
+        try:
+            codec.batch_prefix(blob, pos + size)
+        except CorruptBatch:
+            return len(blob) - pos
+    return size
