@@ -57,8 +57,8 @@ class ServerLimits:
     max_long_polls: int = 16
     # Bytes of partial frames every connection of the process holds together,
     # beyond each one's free 256 KiB: a connection that needs more waits (and its
-    # frame timeout runs).
-    max_buffered_bytes: int = 32 * 1024 * 1024
+    # frame timeout runs). Two whole 8 MiB frames at once.
+    max_buffered_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for key, top in (("max_connections", _MAX_CONNECTIONS),
@@ -109,6 +109,10 @@ class BufferPool:
 
     def fits(self, extra: int) -> bool:
         return self.used + extra <= self.limit
+
+    def wake(self) -> None:
+        """Wake the waiters to look again (one of them was closed)."""
+        self._freed.set()
 
     async def wait_freed(self) -> None:
         """Until some connection gave bytes back."""

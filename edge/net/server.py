@@ -62,6 +62,9 @@ WRITE_HIGH_WATER: Final = 256 * 1024
 KEEPALIVE: Final = ((getattr(socket, "TCP_KEEPIDLE", None), 60),
                     (getattr(socket, "TCP_KEEPINTVL", None), 10),
                     (getattr(socket, "TCP_KEEPCNT", None), 6))
+# A connection's pipelined requests are served this many at a time before the
+# loop turns to others: one client's 30k requests must not stall everyone's acks.
+FAIR_SHARE_FRAMES: Final = 32
 # Kinds of unexpected error remembered for log-once; past it they are counted only.
 MAX_ERROR_KINDS: Final = 256
 
@@ -157,17 +160,28 @@ class Connection:
                     return str(value)
         return None
 
+    @property
+    def gone(self) -> bool:
+        """Closed here, or the peer went away (writing on would only be refused, and
+        asyncio warns about every such write)."""
+        if not self.closed and self.writer.transport.is_closing():
+            self.closed = True
+        return self.closed
+
     async def send(self, meta: dict[str, Any], blob: bytes = b"") -> None:
         """Write one frame, waiting while the peer is not reading."""
-        if self.closed:
+        if self.gone:
             return
         async with self._write_lock:
+            if self.writer.transport.is_closing():  # went while waiting for the writer
+                self.closed = True
+                return
             self.writer.write(encode_frame(meta, blob))
             await self.writer.drain()
 
     def send_soon(self, meta: dict[str, Any], blob: bytes = b"") -> None:
         """Write a frame now if nothing else is writing, else queue it behind the writer."""
-        if self.closed:
+        if self.gone:
             return
         if self._write_lock.locked():
             self.spawn(self.send(meta, blob), "reply")
@@ -180,7 +194,7 @@ class Connection:
         Plain TCP uses ``loop.sendfile`` (zero-copy); TLS falls back to reading.
         The fd is duplicated first, so retention closing the segment meanwhile is harmless.
         """
-        if self.closed:
+        if self.gone:
             return
         dup = os.dup(fd)
         try:
@@ -213,6 +227,7 @@ class Connection:
         if not self.closed:
             self.closed = True
             self.writer.transport.abort()
+            self._task_ended.set()  # a read loop waiting for a slot sees it is closed
 
     def _finish(self) -> None:
         self.closed = True
@@ -285,6 +300,7 @@ class FrameServer:
             self._server.close()
         for conn in list(self._connections):
             conn.abort()
+        self.pool.wake()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
@@ -333,7 +349,8 @@ class FrameServer:
                          charged: _Charge) -> None:
         partial_s = 0.0  # time spent waiting for the rest of a started frame
         while not conn.closed:
-            while True:
+            served = 0
+            while not conn.closed:
                 if conn.in_flight >= self.limits.max_in_flight:
                     # Pipelining is bounded: the next request waits in the decoder.
                     await conn.task_ended()
@@ -345,6 +362,9 @@ class FrameServer:
                 self.stats.requests += 1
                 self._serve(conn, frame.meta, frame.blob)
                 await self._drain_if_full(conn)
+                served += 1
+                if served % FAIR_SHARE_FRAMES == 0:
+                    await asyncio.sleep(0)  # a long pipeline must not hold up the others
             charged.set(charge_of(decoder.buffered))
             if decoder.buffered == 0:
                 partial_s = 0.0
@@ -363,34 +383,43 @@ class FrameServer:
         b"" when the connection ends (or is cut)."""
         limits = self.limits
         if buffered:
-            timeout: float | None = limits.frame_timeout_s - partial_s
+            timeout: float | None = max(limits.frame_timeout_s - partial_s, 0.0)
         elif conn.in_flight == 0:
             timeout = limits.idle_timeout_s
         else:
             timeout = None  # a stream or a long poll is open: not idle
+        # A timer that aborts the connection rather than asyncio.timeout: a timeout
+        # that fires as the read completes leaves a cancellation behind (3.11).
+        timer = (asyncio.get_running_loop().call_later(timeout, self._expire, conn, buffered)
+                 if timeout is not None else None)
         try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    room = self.pool.limit - self.pool.used + charged.value
-                    size = min(READ_CHUNK, read_room(buffered, room))
-                    if size > 0:
-                        # Reserved before the read, so connections reading at once
-                        # cannot overcommit the pool; settled after it.
-                        charged.set(charge_of(buffered + size))
-                        return await conn.reader.read(size)
-                    await self.pool.wait_freed()
-        except TimeoutError:
-            pass
+            while not conn.closed:
+                room = self.pool.limit - self.pool.used + charged.value
+                size = min(READ_CHUNK, read_room(buffered, room))
+                if size > 0:
+                    # Reserved before the read, so connections reading at once
+                    # cannot overcommit the pool; settled after it.
+                    charged.set(charge_of(buffered + size))
+                    return await conn.reader.read(size)
+                await self.pool.wait_freed()
+            return b""
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, conn: Connection, buffered: int) -> None:
         if buffered:
             self.stats.frame_timeouts += 1
             self.stats.log_once(conn.peer, "frame timeout",
-                                f"a frame still incomplete after {limits.frame_timeout_s:g} s "
-                                f"({buffered} bytes): connection closed")
+                                f"a frame still incomplete after "
+                                f"{self.limits.frame_timeout_s:g} s ({buffered} bytes): "
+                                "connection closed")
         else:
             self.stats.idle_closed += 1
             log.debug("%s: closing %s, idle for %g s", self.name, conn.peer,
-                      limits.idle_timeout_s)
-        return b""
+                      self.limits.idle_timeout_s)
+        conn.abort()
+        self.pool.wake()  # a connection waiting for the pool sees it is closed
 
     async def _drain_if_full(self, conn: Connection) -> None:
         """Back-pressure: stop reading while responses pile up for a slow reader,
@@ -450,6 +479,9 @@ class FrameServer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if conn.gone or isinstance(exc, ConnectionError):
+                conn.abort()  # the peer left while its request was being served
+                return
             self.stats.unexpected(self.name, where, exc)
             await conn.send(messages.error_response(cid, exc))
             return
