@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
 import struct
@@ -154,8 +155,10 @@ async def _slow_one(addr: str, stats: Attacks, deadline: float) -> None:
     try:
         if kind == 0:  # half a frame, then a byte every few seconds
             writer.write(struct.pack(">II", 1 << 20, 16) + b"s" * 100)
-            while time.monotonic() < deadline and not reader.at_eof():
+            while time.monotonic() < deadline and not writer.is_closing():
                 await asyncio.sleep(3)
+                if reader.at_eof():
+                    break
                 writer.write(b"s")
             stats.add("slow frames")
         elif kind == 1:  # half a frame, then half-closed
@@ -398,6 +401,8 @@ def main() -> None:
     ap.add_argument("--attack", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.attack:
+        # Writes to connections the servers cut are the point; asyncio warns per write.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         asyncio.run(attack(args))
         return
     if args.keep:

@@ -21,8 +21,8 @@ from typing import Any, Final
 from edge.config import ConfigError, reject_unknown, take
 
 # Bytes a connection may hold in a partial frame without drawing from the
-# process's shared pool: a read's worth, so small requests never wait for it.
-FREE_SHARE_BYTES: Final = 256 * 1024
+# process's shared pool: small requests never wait for it.
+FREE_SHARE_BYTES: Final = 64 * 1024
 _MAX_CONNECTIONS: Final = 65_536
 _MAX_IN_FLIGHT: Final = 4096
 _MAX_TIMEOUT_S: Final = 86_400.0
@@ -34,12 +34,13 @@ class ServerLimits:
     """The ``[limits]`` table; validated at construction."""
 
     # Client connections per process (public port). A site's gateways, CLIs and
-    # consumers fit in 256 with room; each costs at most a read buffer.
-    max_connections: int = 256
+    # consumers (one connection per partition read) fit in 64; each can make the
+    # process hold about 0.4 MiB at worst (docs/OPERATIONS.md).
+    max_connections: int = 64
     # Peer connections per process (private port): followers dial one connection
     # per partition they follow, the SC link one more. Counted apart so that a
     # flood of clients never locks the peers out.
-    max_peer_connections: int = 512
+    max_peer_connections: int = 64
     # A connection with nothing outstanding that sends nothing this long is closed
     # (clients reconnect on their next request); reclaims half-open connections.
     idle_timeout_s: float = 300.0
@@ -56,7 +57,7 @@ class ServerLimits:
     # client cannot park thousands of tasks. A consumer holds one per connection.
     max_long_polls: int = 16
     # Bytes of partial frames every connection of the process holds together,
-    # beyond each one's free 256 KiB: a connection that needs more waits (and its
+    # beyond each one's free 64 KiB: a connection that needs more waits (and its
     # frame timeout runs). Two whole 8 MiB frames at once.
     max_buffered_bytes: int = 16 * 1024 * 1024
 

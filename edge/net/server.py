@@ -53,10 +53,10 @@ READ_CHUNK: Final = 256 * 1024
 # What the stream reader holds ahead of the decoder (it buffers up to twice this
 # plus one socket read before it stops reading the socket); small, because it is
 # per connection and unbounded by anything else.
-READER_LIMIT: Final = 64 * 1024
+READER_LIMIT: Final = 16 * 1024
 # Responses queue in the transport up to this many bytes before a slow reader
 # pauses its own requests (flow control towards that one peer only).
-WRITE_HIGH_WATER: Final = 256 * 1024
+WRITE_HIGH_WATER: Final = 64 * 1024
 # Dead peers on a long-idle stream are found by TCP keepalive: probes after 60 s
 # of silence, every 10 s, 6 unanswered probes close the connection.
 KEEPALIVE: Final = ((getattr(socket, "TCP_KEEPIDLE", None), 60),
