@@ -50,6 +50,9 @@ class ErrorCode(IntEnum):
     SITE_NOT_FOUND = 51
     SITE_EXISTS = 52
     AUTHENTICATION_FAILED = 60
+    UNKNOWN_MEMBER = 70
+    STALE_GENERATION = 71
+    GROUP_NOT_EMPTY = 72
 
 
 class HeadwaterError(Exception):
@@ -226,6 +229,26 @@ class AuthenticationFailed(RemoteError):
     code = ErrorCode.AUTHENTICATION_FAILED
 
 
+class UnknownMember(RemoteError):
+    """The consumer-group member is not (any longer) in its group: its session
+    expired or it left. It joins again as a new member."""
+
+    code = ErrorCode.UNKNOWN_MEMBER
+
+
+class StaleGeneration(RemoteError):
+    """A group member acted on a generation that is not the one it holds
+    partitions at (a rebalance moved them); carries ``generation``, the current one."""
+
+    code = ErrorCode.STALE_GENERATION
+
+
+class GroupNotEmpty(RemoteError):
+    """The consumer group has live members; carries ``group`` and ``members``."""
+
+    code = ErrorCode.GROUP_NOT_EMPTY
+
+
 class DeliveryUnknown(HeadwaterError):
     """A produced batch may or may not be in the log (its answer was lost, or a
     retry met a sequence error after an earlier attempt may have been stored).
@@ -249,7 +272,7 @@ _BY_CODE: dict[int, type[RemoteError]] = {
         OutOfOrderSequence, InvalidProducerEpoch, StorageError, DiskFull, RequestTimeout,
         ShuttingDown, NotController, SpuNotFound, NotEnoughReplicas, StaleEpoch,
         NotContiguous, MirrorSourceMismatch, ConsumerNotFound, SiteNotFound, SiteExists,
-        AuthenticationFailed,
+        AuthenticationFailed, UnknownMember, StaleGeneration, GroupNotEmpty,
     )
 }
 

@@ -59,6 +59,14 @@ class ApiKey(IntEnum):
     # SPU private (follower -> leader)
     REPLICA_FETCH = 40
     OFFSET_FOR_EPOCH = 41
+    # SC public: consumer groups (the SC coordinates them and stores their positions)
+    GROUP_JOIN = 50
+    GROUP_HEARTBEAT = 51
+    GROUP_LEAVE = 52
+    GROUP_COMMIT = 53
+    LIST_GROUPS = 54
+    GROUP_RESET = 55
+    GROUP_DELETE = 56
 
 
 # (min, max) version each API is served at; ApiVersions reports this table.

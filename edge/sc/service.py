@@ -16,6 +16,8 @@ from edge.protocol.errors import InvalidRequest
 from edge.protocol.messages import ApiKey, get
 from edge.sc.config import ScConfig
 from edge.sc.controller import Controller
+from edge.sc.group_handlers import GroupHandlers
+from edge.sc.group_store import GroupStore
 from edge.sc.registration import MAX_SPU_ID, check_address, check_spu_id
 from edge.sc.sites import SiteRegistry
 from edge.sc.store import MetadataStore
@@ -40,6 +42,8 @@ class Sc:
         self.store = MetadataStore(cfg.data_dir / "metadata.sqlite")
         self.controller = Controller(self.store, heartbeat_timeout_s=cfg.heartbeat_timeout_s)
         self.sites = SiteRegistry(self.controller)
+        self.group_store = GroupStore(cfg.data_dir / "metadata.sqlite")
+        self.groups = GroupHandlers(self.controller, self.group_store)
         ctx = server_context(cfg.tls) if cfg.tls and cfg.tls.cert else None
         pool = BufferPool(cfg.limits.max_buffered_bytes)
         self.public = FrameServer("SC public", self._dispatch_public, ssl_context=ctx,
@@ -71,6 +75,7 @@ class Sc:
             ApiKey.LIST_SITES: self.list_sites,
             ApiKey.DESCRIBE_SITE: self.describe_site,
             ApiKey.MIRROR_RESOLVE: self.mirror_resolve,
+            **self.groups.table(),
         }
         self._private: dict[ApiKey, Handler] = {
             ApiKey.API_VERSIONS: self.api_versions,
@@ -113,6 +118,7 @@ class Sc:
             await cancel(task)
         await self.public.close()
         await self.private.close()
+        self.group_store.close()
         self.store.close()
         log.info("SC stopped cleanly")
 
@@ -120,6 +126,7 @@ class Sc:
         while True:
             await asyncio.sleep(LIVENESS_CHECK_S)
             self.controller.check_liveness()
+            self.groups.expire()
 
     def _dispatch_public(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Any:
         return _route(self._public, "SC public", conn, meta, blob)

@@ -44,6 +44,13 @@ API_KEYS = {
     "UPDATE_ISR": 32,
     "REPLICA_FETCH": 40,
     "OFFSET_FOR_EPOCH": 41,
+    "GROUP_JOIN": 50,
+    "GROUP_HEARTBEAT": 51,
+    "GROUP_LEAVE": 52,
+    "GROUP_COMMIT": 53,
+    "LIST_GROUPS": 54,
+    "GROUP_RESET": 55,
+    "GROUP_DELETE": 56,
 }
 
 

@@ -1,0 +1,154 @@
+"""Declared fields of a request or response, checked once where they are decoded.
+
+An API's message is a ``NamedTuple`` and a tuple of :class:`Field` that names
+its fields in the same order, with their CBOR type and bounds. :func:`decode`
+turns a peer's metadata into that tuple or raises one error naming the field
+(``InvalidRequest`` for a request, ``ProtocolError`` for a response), so a
+handler or a client gets values it can use as they are. ``docs/PROTOCOL.md``
+lists the same fields; ``tests/protocol/test_proto_docs.py`` compares them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Generic, TypeVar
+
+from edge.protocol.errors import HeadwaterError, InvalidRequest, ProtocolError
+
+T = TypeVar("T")
+I64_MAX = 2**63 - 1
+
+
+class Kind(Enum):
+    """A field's CBOR type, as ``docs/PROTOCOL.md`` spells it."""
+
+    INT = "integer"
+    TEXT = "text"
+    BOOL = "boolean"
+    FLOAT = "float"
+    INTS = "array of integers"
+    ROWS = "array of maps"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field. ``low``/``high`` bound an integer's value (each element's for
+    ``INTS``) or a text's length in characters; ``items`` bounds an array's length."""
+
+    name: str
+    kind: Kind
+    required: bool = True
+    default: Any = None
+    low: int | None = None
+    high: int | None = None
+    items: int | None = None
+    choices: tuple[str, ...] | None = None
+    # ROWS: the NamedTuple of one element and its fields.
+    row: type[Any] | None = None
+    row_fields: tuple[Field, ...] = ()
+
+    def take(self, meta: Mapping[Any, Any], error: type[HeadwaterError]) -> Any:
+        value = meta.get(self.name)
+        if value is None:
+            if self.required:
+                raise error(f"missing field {self.name!r}", field=self.name)
+            return self.default
+        return self.check(value, error)
+
+    def check(self, value: Any, error: type[HeadwaterError]) -> Any:
+        if self.kind is Kind.INT:
+            return self._int(value, error)
+        if self.kind is Kind.TEXT:
+            return self._text(value, error)
+        if self.kind is Kind.BOOL:
+            if not isinstance(value, bool):
+                raise self._type_error(value, error)
+            return value
+        if self.kind is Kind.FLOAT:
+            if not _is_number(value) or not math.isfinite(value):
+                raise self._type_error(value, error)
+            return float(value)
+        items = self._array(value, error)
+        if self.kind is Kind.INTS:
+            return tuple(self._int(v, error) for v in items)
+        if self.row is None:
+            raise TypeError(f"schema bug: ROWS field {self.name!r} without a row type")
+        rows = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise error(f"field {self.name!r} must hold maps", field=self.name)
+            rows.append(decode_with(self.row, self.row_fields, item, error))
+        return tuple(rows)
+
+    def _int(self, value: Any, error: type[HeadwaterError]) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self._type_error(value, error)
+        low = self.low if self.low is not None else -I64_MAX - 1
+        high = self.high if self.high is not None else I64_MAX
+        if not low <= value <= high:
+            raise error(f"field {self.name!r} must be {low}..{high}", field=self.name)
+        return value
+
+    def _text(self, value: Any, error: type[HeadwaterError]) -> str:
+        if not isinstance(value, str):
+            raise self._type_error(value, error)
+        low, high = self.low or 0, self.high
+        if len(value) < low or (high is not None and len(value) > high):
+            raise error(f"field {self.name!r} must be {low}..{high} characters",
+                        field=self.name)
+        if self.choices is not None and value not in self.choices:
+            raise error(f"field {self.name!r} must be one of {', '.join(self.choices)}",
+                        field=self.name)
+        return value
+
+    def _array(self, value: Any, error: type[HeadwaterError]) -> list[Any]:
+        if not isinstance(value, list):
+            raise self._type_error(value, error)
+        if self.items is not None and len(value) > self.items:
+            raise error(f"field {self.name!r} holds at most {self.items} items",
+                        field=self.name)
+        return value
+
+    def _type_error(self, value: Any, error: type[HeadwaterError]) -> HeadwaterError:
+        return error(f"field {self.name!r} must be {self.kind.value}, not "
+                     f"{type(value).__name__}", field=self.name)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def decode_with(cls: type[T], fields: Sequence[Field], meta: Mapping[Any, Any],
+                error: type[HeadwaterError]) -> T:
+    return cls(**{f.name: f.take(meta, error) for f in fields})
+
+
+@dataclass(frozen=True)
+class Message(Generic[T]):
+    """A message type and its declared fields (the same names, in the same order)."""
+
+    cls: type[T]
+    fields: tuple[Field, ...]
+
+
+def decode_request(message: Message[T], meta: Mapping[Any, Any]) -> T:
+    """A request's fields, checked; a bad one raises ``InvalidRequest``."""
+    return decode_with(message.cls, message.fields, meta, InvalidRequest)
+
+
+def decode_response(message: Message[T], meta: Mapping[Any, Any]) -> T:
+    """A response's fields, checked; a bad one raises ``ProtocolError``: the peer
+    is not speaking this protocol."""
+    return decode_with(message.cls, message.fields, meta, ProtocolError)
+
+
+def to_wire(value: Any) -> Any:
+    """A message (or row) as CBOR-ready maps and lists."""
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):
+        return {k: to_wire(v) for k, v in value._asdict().items()}
+    if isinstance(value, tuple | list):
+        return [to_wire(v) for v in value]
+    return value
