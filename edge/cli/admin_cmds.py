@@ -1,8 +1,7 @@
-"""``topic``, ``partition``, ``spu``, ``cluster`` and ``consumer`` commands."""
+"""``topic``, ``partition``, ``spu`` and ``cluster`` commands."""
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 import typer
@@ -15,7 +14,6 @@ topic_app = typer.Typer(help="Create, list, describe and delete topics.", no_arg
 partition_app = typer.Typer(help="Inspect partitions.", no_args_is_help=True)
 spu_app = typer.Typer(help="Inspect SPUs.", no_args_is_help=True)
 cluster_app = typer.Typer(help="Inspect the cluster.", no_args_is_help=True)
-consumer_app = typer.Typer(help="Inspect stored consumer positions.", no_args_is_help=True)
 
 OUTPUT_HELP = "table or json."
 
@@ -274,30 +272,3 @@ def cluster_status(ctx: typer.Context,
     if status["partitions_offline"]:
         raise typer.Exit(1)
 
-
-@consumer_app.command("list")
-def consumer_list(ctx: typer.Context,
-                  output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)
-                  ) -> None:
-    """Stored consumer positions and their lag behind the high watermark."""
-    _check_output(output)
-
-    async def main() -> list[dict[str, Any]]:
-        async with _admin(ctx) as admin:
-            return await admin.list_consumers()
-
-    rows = run(main, what="list consumers", target_=target(ctx))
-    if output == "json":
-        print_json(rows)
-    elif not rows:
-        typer.echo("no stored consumer positions (consume with --consumer NAME to store one)")
-    else:
-        print_table([[r["consumer"], r["topic"], r["partition"], r["offset"], r["lag"],
-                      _when(r.get("updated_ms"))] for r in rows],
-                    ["CONSUMER", "TOPIC", "PARTITION", "OFFSET", "LAG", "UPDATED"])
-
-
-def _when(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")

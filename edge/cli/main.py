@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from edge.cli import admin_cmds, daemons, discover_cmds, site_cmds, stream_cmds
+from edge.cli import admin_cmds, consumer_cmds, daemons, discover_cmds, site_cmds, stream_cmds
 from edge.cli.common import resolve_target
 
 app = typer.Typer(
@@ -43,7 +43,7 @@ app.add_typer(admin_cmds.topic_app, name="topic")
 app.add_typer(admin_cmds.partition_app, name="partition")
 app.add_typer(admin_cmds.spu_app, name="spu")
 app.add_typer(admin_cmds.cluster_app, name="cluster")
-app.add_typer(admin_cmds.consumer_app, name="consumer")
+app.add_typer(consumer_cmds.consumer_app, name="consumer")
 app.add_typer(site_cmds.site_app, name="site")
 app.add_typer(site_cmds.upstream_app, name="upstream")
 app.command("local")(daemons.local)

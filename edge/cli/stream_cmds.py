@@ -7,6 +7,9 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -16,10 +19,16 @@ import typer
 
 from edge.cli.common import Target, fail, run, target
 from edge.client import Acks, Admin, Consumer, Offset, Producer, SkippedBatch
+from edge.client.group import check_session_timeout
+from edge.config import ConfigError, parse_duration_ms
 from edge.protocol.batch import Record
-from edge.protocol.errors import InvalidRequest
+from edge.protocol.errors import HeadwaterError, InvalidRequest
+from edge.protocol.groups import DEFAULT_SESSION_TIMEOUT_MS
 
 READ_CHUNK = 256 * 1024
+# A stored position trails what was printed by at most this much: after a crash
+# up to a second of records is printed again (at-least-once).
+COMMIT_EVERY_S = 1.0
 
 
 def produce(
@@ -117,39 +126,51 @@ def consume(
                                          "that cannot be read (damaged on disk) to the next "
                                          "readable offset, saying so on stderr, instead of "
                                          "stopping there."),
+    group: str | None = typer.Option(None, "--group", "-g", help="Share the partitions with "
+                                     "the other members of consumer group NAME; resume from "
+                                     "its positions and store them as you go."),
+    session_timeout: str = typer.Option("6s", help="With --group: a member silent this long "
+                                        "loses its partitions (1s..5m)."),
 ) -> None:
     """Print records of TOPIC; follows new records until Ctrl-C unless -d."""
     if output not in ("text", "json"):
         fail("--output must be text or json", 2)
     if sum(x is not None and x is not False for x in (offset, tail, from_beginning or None)) > 1:
         fail("choose one of --from-beginning, --offset, --tail", 2)
+    session_s = _group_options(group, session_timeout, consumer=consumer_name,
+                               partition=partition, end=end, site=site,
+                               disable_continuous=disable_continuous)
     start = (Offset.beginning() if from_beginning else Offset.absolute(offset)
              if offset is not None else Offset.from_end(tail) if tail is not None
              else Offset.end())
     t = target(ctx)
+    storing = consumer_name is not None or group is not None
 
     async def main() -> None:
         chosen: int | list[int] | None = partition
         if site is not None:
             chosen = await _site_partitions(t, site, topic, partition)
         async with Consumer(t.sc, topic, partition=chosen, offset=start,
-                            consumer=consumer_name, stop_at_end=disable_continuous,
-                            end_offset=end, ssl=t.ssl(), server_hostname=t.server_name,
-                            skip_unreadable=skip_unreadable, on_skip=_report_skip) as consumer:
-            last_commit = time.monotonic()
+                            consumer=consumer_name, group=group, session_timeout_s=session_s,
+                            client_label=_client_label(), on_revoke=_commit,
+                            stop_at_end=disable_continuous, end_offset=end, ssl=t.ssl(),
+                            server_hostname=t.server_name, skip_unreadable=skip_unreadable,
+                            on_skip=_report_skip) as consumer:
+            committer = (asyncio.create_task(_commit_every(consumer, COMMIT_EVERY_S),
+                                             name="commit") if storing else None)
             try:
                 async for chunk in consumer.batches():
                     lines = [_render(r, chunk.partition, output, fmt, show_keys)
                              for r in chunk.records]
                     if lines:
                         sys.stdout.write("\n".join(lines) + "\n")
-                    if consumer_name and time.monotonic() - last_commit > 1.0:
-                        await consumer.commit()
-                        last_commit = time.monotonic()
                 sys.stdout.flush()
             finally:
-                if consumer_name:
-                    await consumer.commit()
+                if committer is not None:
+                    committer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await committer
+                    await _commit(consumer)
 
     with contextlib.suppress(BrokenPipeError):  # `| head` closed the pipe: done
         run(main, what=f"consume {topic}", target_=t)
@@ -158,6 +179,49 @@ def consume(
 def _report_skip(skip: SkippedBatch) -> None:
     typer.echo(f"skipped unreadable records {skip.offset}..{skip.next_offset - 1} of "
                f"{skip.topic}/{skip.partition}: {skip.reason}", err=True)
+
+
+async def _commit_every(consumer: Consumer, seconds: float) -> None:
+    """Store the position of what was printed, every ``seconds``. The loop that
+    prints never awaits between handing out a chunk and writing it, so whatever
+    was handed out when this runs has been written."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await _commit(consumer)
+        except HeadwaterError as exc:
+            if not exc.retriable:
+                raise
+            logging.getLogger(__name__).info("commit failed (%s); retrying", exc)
+
+
+async def _commit(consumer: Consumer) -> None:
+    # Printed means handed over: flush first, or a crash loses lines whose
+    # position was already stored.
+    sys.stdout.flush()
+    await consumer.commit()
+
+
+def _group_options(group: str | None, session_timeout: str, **others: object) -> float:
+    """The session timeout in seconds; refuses options a group member cannot take."""
+    if group is None:
+        return DEFAULT_SESSION_TIMEOUT_MS / 1000
+    clash = [name.replace("_", "-") for name, value in others.items()
+             if value is not None and value is not False]
+    if clash:
+        fail(f"--group reads the partitions the group assigns: it does not combine with "
+             f"--{', --'.join(clash)}", 2)
+    try:
+        seconds = parse_duration_ms(session_timeout) / 1000
+        check_session_timeout(seconds)
+    except (ConfigError, ValueError) as exc:
+        fail(f"--session-timeout: {exc}", 2)
+    return seconds
+
+
+def _client_label() -> str:
+    """How this member shows in ``consumer list``: host and process id."""
+    return f"{socket.gethostname()}/{os.getpid()}"
 
 
 async def _site_partitions(t: Target, site: str, topic: str, partition: int | None

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 from edge.client.cluster import ClusterClient
-from edge.protocol.errors import HeadwaterError
+from edge.client.consumer import Offset
+from edge.protocol import groups as msg
+from edge.protocol.errors import HeadwaterError, PartitionNotFound
 from edge.protocol.messages import ApiKey
+from edge.protocol.schema import decode_response
 
 
 class Admin:
@@ -79,6 +83,48 @@ class Admin:
             meta, _ = await conn.request(ApiKey.LIST_CONSUMERS)
             rows.extend(meta["consumers"])
         return sorted(rows, key=lambda r: (r["consumer"], r["topic"], r["partition"]))
+
+    # consumer groups ------------------------------------------------------------
+
+    async def list_groups(self, group: str | None = None) -> list[msg.GroupRow]:
+        """Consumer groups: members, assigned partitions, positions and lag."""
+        meta = await self.cluster.sc_request(ApiKey.LIST_GROUPS, group=group)
+        return list(decode_response(msg.LISTED, meta).groups)
+
+    async def reset_group(self, group: str, topic: str, to: Offset, *,
+                          partitions: Sequence[int] | None = None) -> dict[int, int]:
+        """Move a group's positions in ``topic`` (every partition, or ``partitions``)
+        to ``to``, resolved on each partition's leader and kept inside its log;
+        refused while the group has live members. Returns the new positions."""
+        parts = await self.cluster.partitions(topic)
+        indexes = list(range(len(parts))) if partitions is None else sorted(set(partitions))
+        for i in indexes:
+            if not 0 <= i < len(parts):
+                raise PartitionNotFound(f"{topic} has {len(parts)} partition(s), no {i}",
+                                        topic=topic, partition=i)
+        offsets = {i: await self._resolve(topic, i, to) for i in indexes}
+        await self.cluster.sc_request(
+            ApiKey.GROUP_RESET, group=group, topic=topic,
+            offsets=[{"partition": p, "offset": o} for p, o in offsets.items()])
+        return offsets
+
+    async def _resolve(self, topic: str, partition: int, to: Offset) -> int:
+        conn = await self.cluster.leader(topic, partition)
+        kind = {"beginning": "beginning", "timestamp": "timestamp"}.get(to.kind, "end")
+        extra = {"timestamp": to.value} if to.kind == "timestamp" else {}
+        meta, _ = await conn.request(ApiKey.LIST_OFFSETS, topic=topic, partition=partition,
+                                     kind=kind, **extra)
+        if to.kind == "absolute":
+            return min(max(to.value, int(meta["start"])), int(meta["leo"]))
+        if to.kind == "from_end":
+            return max(int(meta["offset"]) - to.value, int(meta["start"]))
+        return int(meta["offset"])
+
+    async def delete_group(self, group: str) -> int:
+        """Forget a group and its positions (refused while it has live members);
+        returns how many positions were removed."""
+        meta = await self.cluster.sc_request(ApiKey.GROUP_DELETE, group=group)
+        return decode_response(msg.DELETED, meta).positions
 
     # edge sites (on a cloud SC) and the uplink (on an edge cluster) --------------
 

@@ -14,6 +14,11 @@ skipping records silently would lose them. With ``skip_unreadable=True`` the
 consumer instead continues at the next readable offset (the next batch in the
 answer, else where the SPU says the answer ended), counts the skip in
 ``skipped``, logs it and hands it to ``on_skip``.
+
+With ``group=`` the consumer is a member of a consumer group (``edge/client/
+group.py``): it reads only the partitions the SC assigns it, starting at the
+group's committed positions, and stops handing out a partition's records the
+moment a rebalance takes it away.
 """
 
 from __future__ import annotations
@@ -22,10 +27,18 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Sequence,
+)
 from typing import Any, NamedTuple
 
 from edge.client.cluster import Backoff, ClusterClient
+from edge.client.group import Assignment, GroupMember
 from edge.net.connection import ClientConnection, Stream
 from edge.protocol import batch as codec
 from edge.protocol.batch import Record
@@ -36,6 +49,7 @@ from edge.protocol.errors import (
     NotLeader,
     OffsetOutOfRange,
 )
+from edge.protocol.groups import DEFAULT_SESSION_TIMEOUT_MS
 from edge.protocol.messages import ApiKey
 
 log = logging.getLogger(__name__)
@@ -105,15 +119,41 @@ class Consumer:
     the application (by iteration, or the last chunk from ``batches()``), never
     records fetched but not yet handed out. At-least-once: process a record, then
     commit; after a crash the records since the last commit are read again.
+
+    With ``group="name"`` the partitions are shared with the group's other
+    members (each read by one of them) and ``offset`` applies only where the
+    group has no committed position; ``commit()`` stores positions with the SC
+    for the partitions this member still holds. ``on_revoke(consumer)`` runs
+    when a rebalance (or ``close()``) is about to take this member's partitions,
+    after the last record was handed out and while ``commit()`` still stores
+    them: commit there what has been processed, and the next owner starts right
+    after it. A member silent for ``session_timeout_s`` loses its partitions;
+    closing the consumer leaves the group at once.
     """
 
     def __init__(self, sc: str, topic: str, *, partition: int | Sequence[int] | None = None,
                  offset: Offset | None = None, consumer: str | None = None,
+                 group: str | None = None,
+                 session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_MS / 1000,
+                 assignor: str = "range", client_label: str = "",
+                 on_revoke: Callable[[Consumer], Awaitable[object]] | None = None,
                  stop_at_end: bool = False, end_offset: int | None = None,
                  max_bytes: int = DEFAULT_MAX_BYTES, ssl: ssl.SSLContext | None = None,
                  server_hostname: str | None = None, skip_unreadable: bool = False,
                  on_skip: Callable[[SkippedBatch], None] | None = None) -> None:
+        if group is not None and (partition is not None or consumer is not None
+                                  or stop_at_end or end_offset is not None):
+            raise ValueError("a group member reads the partitions the group assigns it: "
+                             "group= does not combine with partition=, consumer=, "
+                             "stop_at_end= or end_offset=")
         self.cluster = ClusterClient(sc, ssl_context=ssl, server_hostname=server_hostname)
+        self.member = (GroupMember(self.cluster, group, topic,
+                                   session_timeout_s=session_timeout_s, assignor=assignor,
+                                   client=client_label)
+                       if group is not None else None)
+        if self.member is not None and on_revoke is not None:
+            self.member.on_revoke = lambda: on_revoke(self)
+        self._generation = -1
         self.topic = topic
         self.partition = partition
         self.start = offset or Offset.end()
@@ -133,7 +173,10 @@ class Consumer:
         self._unreadable_at: dict[int, CorruptBatch] = {}
 
     async def __aenter__(self) -> Consumer:
-        await self.resolve()
+        if self.member is not None:
+            await self.member.start()
+        else:
+            await self.resolve()
         self.cluster.start_watch()
         return self
 
@@ -141,6 +184,8 @@ class Consumer:
         await self.close()
 
     async def close(self) -> None:
+        if self.member is not None:
+            await self.member.leave()
         await self.cluster.close()
 
     async def resolve(self) -> dict[int, int]:
@@ -168,18 +213,31 @@ class Consumer:
     async def _records(self) -> AsyncIterator[Record]:
         async for chunk in self._chunks():
             for record in chunk.records:
+                if not self._holds():
+                    break
                 self.delivered[chunk.partition] = record.offset + 1
                 yield record
-            self.delivered[chunk.partition] = chunk.next_offset
+            else:
+                self.delivered[chunk.partition] = chunk.next_offset
 
     async def batches(self) -> AsyncIterator[PartitionRecords]:
         """Records as they arrive, a batch (or a few) at a time, with their partition
         (a chunk has no records when all it carried was a skipped unreadable batch)."""
         async for chunk in self._chunks():
+            if not self._holds():
+                continue
             self.delivered[chunk.partition] = chunk.next_offset
             yield chunk
 
+    def _holds(self) -> bool:
+        """False once a rebalance took this member's partitions (never without a group)."""
+        return self.member is None or self.member.holds(self._generation)
+
     async def _chunks(self) -> AsyncIterator[PartitionRecords]:
+        if self.member is not None:
+            async for chunk in self._group_chunks(self.member):
+                yield chunk
+            return
         if not self.positions:
             await self.resolve()
         if len(self.positions) == 1:
@@ -187,21 +245,99 @@ class Consumer:
             async for chunk in self._partition_stream(index):
                 yield chunk
             return
+        async for chunk in self._merged(list(self.positions), None):
+            yield chunk
+
+    async def _group_chunks(self, member: GroupMember) -> AsyncIterator[PartitionRecords]:
+        """The assigned partitions' records, generation after generation."""
+        while True:
+            await self._take(await member.wait_assignment())
+            chunks = self._merged(list(self.positions), member.wait_revoked(self._generation))
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    if not self._holds():
+                        break
+                    yield chunk
+            if self.positions:
+                log.info("stopped reading %s partitions %s", self.topic, sorted(self.positions))
+
+    async def _take(self, assignment: Assignment) -> None:
+        """Start each assigned partition at the group's position, else at ``offset``."""
+        self.positions.clear()
+        self.delivered.clear()
+        self._limits.clear()
+        self._generation = assignment.generation
+        backoff = Backoff()
+        for index, committed in sorted(assignment.offsets.items()):
+            while True:
+                try:
+                    start = (await self._start_offset(index) if committed is None
+                             else await self._within_log(index, committed))
+                    break
+                except HeadwaterError as exc:
+                    if not exc.retriable:
+                        raise
+                    await backoff.sleep()
+            self.positions[index] = self.delivered[index] = start
+            self._limits[index] = None
+
+    async def _within_log(self, index: int, committed: int) -> int:
+        """A committed position, moved to the log start if retention removed it."""
+        meta = await self._offsets(index, "end")
+        start, leo = int(meta["start"]), int(meta["leo"])
+        if committed < start:
+            log.warning("%s/%d: committed position %d was removed by retention; "
+                        "resuming at the log start %d", self.topic, index, committed, start)
+            return start
+        if committed > leo:
+            log.warning("%s/%d: committed position %d is past the log end %d; resuming there",
+                        self.topic, index, committed, leo)
+            return leo
+        return committed
+
+    async def _merged(self, indexes: list[int], stop: Coroutine[Any, Any, None] | None
+                      ) -> AsyncGenerator[PartitionRecords, None]:
+        """Chunks of several partitions as they come, until each ends or ``stop`` returns.
+
+        The first error of a partition's stream is raised as it is. No TaskGroup
+        here: closing this generator throws GeneratorExit at the ``yield``, and a
+        TaskGroup would turn that into an exception group."""
         queue: asyncio.Queue[PartitionRecords | None] = asyncio.Queue(STREAM_QUEUE * 4)
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self._pump(i, queue), name=f"consume-{self.topic}/{i}")
-                     for i in self.positions]
-            done = 0
-            try:
-                while done < len(tasks):
-                    item = await queue.get()
-                    if item is None:
-                        done += 1
-                    else:
-                        yield item
-            finally:
-                for task in tasks:
-                    task.cancel()
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._pump(i, queue), name=f"consume-{self.topic}/{i}")
+                 for i in indexes]
+        expected = len(tasks)
+        if stop is not None:
+            tasks.append(loop.create_task(self._stop_when(stop, queue, tasks[:]),
+                                          name=f"consume-{self.topic}-revoked"))
+            expected = max(expected, 1)
+        done = 0
+        try:
+            while done < expected:
+                item = await queue.get()
+                if item is not None:
+                    yield item
+                    continue
+                done += 1
+                failed = [t.exception() for t in tasks if t.done() and not t.cancelled()]
+                for exc in failed:
+                    if exc is not None:
+                        raise exc
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @staticmethod
+    async def _stop_when(stop: Coroutine[Any, Any, None],
+                         queue: asyncio.Queue[PartitionRecords | None],
+                         streams: list[asyncio.Task[None]]) -> None:
+        await stop
+        for task in streams:
+            task.cancel()
+        # The streams' ends wake the reader; with none running this one does.
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(None)
 
     async def _pump(self, index: int, queue: asyncio.Queue[PartitionRecords | None]) -> None:
         try:
@@ -213,6 +349,8 @@ class Consumer:
 
     async def fetch_until_end(self) -> list[Record]:
         """Every record from the start position up to the current end."""
+        if self.member is not None:
+            raise ValueError("a group member follows its partitions; it has no end")
         self.stop_at_end = True
         self.positions.clear()
         self.delivered.clear()
@@ -317,14 +455,19 @@ class Consumer:
             self.on_skip(skip)
         return end, resume
 
-    async def commit(self) -> None:
-        """Store, per partition, the offset after the last record handed out."""
+    async def commit(self) -> dict[int, int]:
+        """Store, per partition, the offset after the last record handed out; returns
+        the positions stored. A group member stores only those of partitions it still
+        holds (a rebalance may have moved the others: their new reader re-reads them)."""
+        if self.member is not None:
+            return await self.member.commit(self._generation, dict(self.delivered))
         if self.consumer is None:
             raise InvalidRequest("commit needs a consumer name")
         for index, offset in self.delivered.items():
             conn = await self.cluster.leader(self.topic, index)
             await conn.request(ApiKey.OFFSET_COMMIT, consumer=self.consumer, topic=self.topic,
                                partition=index, offset=offset)
+        return dict(self.delivered)
 
     async def _offsets(self, index: int, kind: str, **extra: Any) -> dict[Any, Any]:
         conn = await self.cluster.leader(self.topic, index)

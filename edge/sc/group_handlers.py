@@ -76,9 +76,9 @@ class GroupHandlers:
                   ) -> Awaitable[Response]:
         req = decode_request(msg.HEARTBEAT, meta)
         answer = self.coordinator.heartbeat(req, time.monotonic())
-        return self._answer_later(meta["id"], req, answer)
+        return self._answer_later(conn, meta["id"], req, answer)
 
-    async def _answer_later(self, cid: int, req: msg.HeartbeatRequest,
+    async def _answer_later(self, conn: Connection, cid: int, req: msg.HeartbeatRequest,
                             answer: msg.HeartbeatResponse) -> Response:
         group = self.coordinator.groups.get(req.group)
         member = group.members.get(req.member) if group is not None else None
@@ -95,6 +95,8 @@ class GroupHandlers:
                 watchers.discard(changed.set)
                 if not watchers:
                     self.coordinator.watchers.pop(req.group, None)
+            if conn.closed:
+                return None  # the member hung up (it left, or stops): nobody to answer
             answer = self.coordinator.heartbeat(req, time.monotonic())
         return messages.ok(cid, **to_wire(answer)), b""
 
