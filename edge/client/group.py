@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from edge.client.cluster import ClusterClient
@@ -62,6 +63,9 @@ class GroupMember:
         self.assignment: Assignment | None = None
         self.changed = asyncio.Event()  # set whenever the assignment is given or taken
         self.failure: HeadwaterError | None = None
+        # Run when partitions are about to be given up, while commit() still stores them.
+        self.on_revoke: Callable[[], Awaitable[None]] | None = None
+        self._releasing: Assignment | None = None
         self._wait_ms = 0
         self._last_ok = 0.0
         self._conn: ClientConnection | None = None
@@ -115,7 +119,7 @@ class GroupMember:
         answer = decode_response(msg.HEARTBEAT_ANSWER, meta)
         self._last_ok = time.monotonic()
         if answer.generation != self.generation:
-            self._revoke(f"generation {answer.generation} started")
+            await self._release(f"generation {answer.generation} started")
             self.generation = answer.generation
         elif answer.assignment is not None and self.assignment is None:
             self.assignment = Assignment(answer.generation,
@@ -133,6 +137,22 @@ class GroupMember:
                      sorted(self.assignment.offsets), why)
             self.assignment = None
             self.changed.set()
+
+    async def _release(self, why: str) -> None:
+        """Stop handing out records, let ``on_revoke`` commit, then give the partitions up
+        (the next heartbeat acknowledges the generation)."""
+        held = self.assignment
+        self._revoke(why)
+        if held is None or self.on_revoke is None:
+            return
+        self._releasing = held
+        try:
+            async with asyncio.timeout(self.session_ms / 3000):
+                await self.on_revoke()
+        except Exception as exc:  # the application's callback must not end the membership
+            log.warning("group %s: on_revoke failed: %r", self.group, exc)
+        finally:
+            self._releasing = None
 
     def _fail(self, exc: HeadwaterError) -> None:
         log.warning("group %s: membership ended: %s", self.group, exc)
@@ -169,8 +189,9 @@ class GroupMember:
         """Store the positions of the partitions held at ``generation``; returns what
         was stored. A refused commit (the partitions moved on) stores nothing: their
         next reader starts from the last position that was accepted."""
-        a = self.assignment
-        if a is None or a.generation != generation or self.member is None:
+        a = next((x for x in (self.assignment, self._releasing)
+                  if x is not None and x.generation == generation), None)
+        if a is None or self.member is None:
             return {}
         chosen = {p: o for p, o in sorted(offsets.items()) if p in a.offsets}
         if not chosen:
@@ -192,8 +213,9 @@ class GroupMember:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self.member is not None:
+            await self._release("leaving the group")
         member, self.member = self.member, None
-        self._revoke("left the group")
         # Hang up the heartbeat first: the SC drops the heartbeat waiting on it.
         await self._drop_connection()
         if member is not None:
