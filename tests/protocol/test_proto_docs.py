@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_proto_vectors import BATCH_HEX, FRAME_HEX, LAYOUT
 
-from edge.protocol import batch, errors, framing, messages
+from edge.protocol import batch, errors, framing, groups, messages
+from edge.protocol.schema import Message
 
 DOC = Path(__file__).parents[2] / "docs" / "PROTOCOL.md"
 
@@ -94,3 +97,37 @@ def _hex_block(doc: str, after: str) -> str:
 def test_vectors_in_doc_match_tests(doc: str) -> None:
     assert _hex_block(doc, "**Frame**") == FRAME_HEX
     assert _hex_block(doc, "**Batch**") == BATCH_HEX
+
+
+def _api_section(doc: str, name: str) -> str:
+    start = doc.index(f"\n### {name}\n")
+    ends = [i for i in (doc.find("\n### ", start + 1), doc.find("\n## ", start + 1)) if i > 0]
+    return doc[start:min(ends)]
+
+
+def _documented(section: str, part: str) -> list[list[str]] | None:
+    """The ``Request:``/``Response:`` table of a section; None for "no fields"."""
+    if f"\n{part}: no fields." in section:
+        return None
+    return table(section, f"{part}:")
+
+
+def _required(message: Message[Any], is_request: bool) -> list[str]:
+    if not is_request:
+        return ["yes" if f.required else "no" for f in message.fields]
+    return ["yes" if f.required else f"no, {json.dumps(f.default)}" for f in message.fields]
+
+
+@pytest.mark.parametrize("api", list(groups.APIS), ids=lambda k: k.name)
+def test_group_api_tables_match_their_schemas(doc: str, api: messages.ApiKey) -> None:
+    section = _api_section(doc, api.name)
+    assert f"Key {int(api)}." in section
+    for part, message in zip(("Request", "Response"), groups.APIS[api], strict=True):
+        rows = _documented(section, part)
+        if not message.fields:
+            assert rows is None, f"{api.name} {part}"
+            continue
+        assert rows is not None, f"{api.name} {part}"
+        assert [r[0] for r in rows] == [f.name for f in message.fields]
+        assert [r[1] for r in rows] == [f.kind.value for f in message.fields]
+        assert [r[2] for r in rows] == _required(message, part == "Request")
