@@ -336,3 +336,28 @@ async def test_members_killed_and_restarted_while_producing_skip_nothing(
     duplicates = len(printed) - len(set(printed))
     print(f"{len(acked)} acknowledged records, {kills} SIGKILLs over {members.runs} member "
           f"runs: none skipped, {duplicates} printed twice")
+
+
+async def test_python_member_commits_what_it_processed_and_the_next_resumes(
+        cluster: LocalCluster, members: Members) -> None:
+    stored = await produce(cluster, 60, b"p")
+    handed = 0
+    async with Consumer(cluster.sc_addr, "events", group="app", offset=Offset.beginning(),
+                        session_timeout_s=SESSION_S) as c, asyncio.timeout(15):
+        async for _ in c:
+            handed += 1
+            if handed == 15:
+                break
+        committed = await c.commit()
+    assert sum(committed.values()) == 15  # the position after each record handed out
+    rest: list[tuple[int, int]] = []
+    async with Consumer(cluster.sc_addr, "events", group="app", offset=Offset.beginning(),
+                        session_timeout_s=SESSION_S) as c, asyncio.timeout(15):
+        async for chunk in c.batches():
+            rest.extend((chunk.partition, r.offset) for r in chunk.records)
+            if len(rest) >= 45:
+                break
+    assert len(rest) == 45
+    assert set(rest) == stored - {(p, o) for p, o in stored if o < committed.get(p, 0)}
+    with pytest.raises(ValueError, match="group= does not combine"):
+        Consumer(cluster.sc_addr, "events", group="app", partition=0)
