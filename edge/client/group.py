@@ -64,7 +64,7 @@ class GroupMember:
         self.changed = asyncio.Event()  # set whenever the assignment is given or taken
         self.failure: HeadwaterError | None = None
         # Run when partitions are about to be given up, while commit() still stores them.
-        self.on_revoke: Callable[[], Awaitable[None]] | None = None
+        self.on_revoke: Callable[[], Awaitable[object]] | None = None
         self._releasing: Assignment | None = None
         self._wait_ms = 0
         self._last_ok = 0.0

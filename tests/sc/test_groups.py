@@ -267,3 +267,13 @@ def test_listing_shows_members_positions_and_lag(h: Harness) -> None:
     assert (first.partition, first.offset, first.member, first.hw, first.lag) == (0, 20, a,
                                                                                    50, 30)
     assert row.partitions[1].offset is None
+
+
+def test_positions_of_a_deleted_topic_are_forgotten(h: Harness) -> None:
+    a = h.join()
+    h.settle([a])
+    h.commit(a, {0: 4})
+    h.coordinator.reset(ResetRequest("other", "u", (PartitionOffset(1, 2),)))
+    assert h.store.forget_topics_except(["t", "u"]) == 0
+    assert h.store.forget_topics_except(["u"]) == 1
+    assert [(p.group, p.topic) for p in h.store.positions()] == [("other", "u")]
