@@ -361,3 +361,23 @@ async def test_python_member_commits_what_it_processed_and_the_next_resumes(
     assert set(rest) == stored - {(p, o) for p, o in stored if o < committed.get(p, 0)}
     with pytest.raises(ValueError, match="group= does not combine"):
         Consumer(cluster.sc_addr, "events", group="app", partition=0)
+
+
+async def test_members_rejoin_after_an_sc_restart_and_positions_survive(
+        cluster: LocalCluster, members: Members) -> None:
+    members.start("a")
+    await settled(cluster, 1)
+    before = await produce(cluster, 60, b"before-")
+    await printed_all(members, before)
+    async with asyncio.timeout(10):  # the member commits every second
+        while [p.lag for p in (await settled(cluster, 1)).partitions] != [0] * 6:
+            await asyncio.sleep(0.1)
+    generation = (await settled(cluster, 1)).generation
+    await cluster.kill_sc()
+    await cluster.start_sc()
+    row = await settled(cluster, 1, timeout=SESSION_S + 15)  # the member joined again
+    assert row.generation > generation
+    after = await produce(cluster, 60, b"after-")
+    await printed_all(members, after)
+    printed = [(p, o) for _, p, o in members.printed()]
+    assert len(printed) == len(set(printed))  # it resumed at the stored positions
