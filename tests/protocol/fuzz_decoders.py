@@ -26,7 +26,7 @@ from typing import Any
 
 import cbor2
 
-from edge.protocol import batch, messages
+from edge.protocol import batch, groups, messages, schema
 from edge.protocol.errors import HeadwaterError, NotLeader, RemoteError
 from edge.protocol.framing import Frame, FrameDecoder, decode_meta, encode_frame
 
@@ -116,6 +116,13 @@ def check_frames(data: bytes) -> list[Frame]:
 
 def check_meta(meta: dict[Any, Any]) -> None:
     """Every messages helper on an arbitrary map: a result or a HeadwaterError."""
+    for message in (m for pair in groups.APIS.values() for m in pair):
+        for decode in (schema.decode_request, schema.decode_response):
+            try:
+                decoded = decode(message, meta)
+            except HeadwaterError:
+                continue
+            assert isinstance(decoded, message.cls)
     try:
         api = messages.api_of(meta)
     except HeadwaterError:
