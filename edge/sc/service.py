@@ -48,7 +48,7 @@ class Sc:
         pool = BufferPool(cfg.limits.max_buffered_bytes)
         self.public = FrameServer("SC public", self._dispatch_public, ssl_context=ctx,
                                   limits=cfg.limits, pool=pool,
-                                  long_polls=(ApiKey.WATCH_METADATA,))
+                                  long_polls=(ApiKey.WATCH_METADATA, ApiKey.GROUP_HEARTBEAT))
         self.private = FrameServer("SC private", self._dispatch_private, ssl_context=ctx,
                                    limits=cfg.limits, pool=pool,
                                    max_connections=cfg.limits.max_peer_connections,
