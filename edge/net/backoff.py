@@ -15,8 +15,13 @@ class Backoff:
         self.delay = initial
 
     async def sleep(self) -> None:
-        await asyncio.sleep(self.delay * random.uniform(0.5, 1.0))
+        await asyncio.sleep(self.next_wait())
+
+    def next_wait(self) -> float:
+        """The next wait (jittered), doubling the delay for the one after."""
+        wait = self.delay * random.uniform(0.5, 1.0)
         self.delay = min(self.delay * 2, self.maximum)
+        return wait
 
     def reset(self) -> None:
         self.delay = self.initial

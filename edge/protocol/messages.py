@@ -70,7 +70,11 @@ class ApiKey(IntEnum):
 
 
 # (min, max) version each API is served at; ApiVersions reports this table.
-SUPPORTED: Final[dict[ApiKey, tuple[int, int]]] = dict.fromkeys(ApiKey, (0, 0))
+SUPPORTED: Final[dict[ApiKey, tuple[int, int]]] = {
+    **dict.fromkeys(ApiKey, (0, 0)),
+    # v1: the blob may travel zstd-compressed (fields codec, raw_bytes).
+    ApiKey.MIRROR_APPEND: (0, 1),
+}
 
 
 class Acks(IntEnum):
@@ -127,7 +131,21 @@ def get(meta: dict[Any, Any], name: str, kind: type[T], default: Any = _MISSING)
 
 
 def request(api: ApiKey, correlation_id: int, /, **fields: Any) -> dict[str, Any]:
+    """A request at our newest version of ``api``; a field ``v`` (from
+    :func:`negotiate`) sends an older one to an older peer."""
     return {"api": int(api), "v": SUPPORTED[api][1], "id": correlation_id, **fields}
+
+
+def negotiate(api: ApiKey, peer: dict[int, tuple[int, int]]) -> int:
+    """The newest version of ``api`` both sides speak, from the peer's API_VERSIONS
+    answer; a peer that does not list ``api`` is taken to speak version 0."""
+    low, high = peer.get(int(api), (0, 0))
+    ours_low, ours_high = SUPPORTED[api]
+    version = min(high, ours_high)
+    if version < max(low, ours_low):
+        raise error_for(ErrorCode.UNSUPPORTED_VERSION,
+                        f"{api.name}: peer speaks {low}..{high}, we {ours_low}..{ours_high}")
+    return version
 
 
 def ok(correlation_id: int, /, **fields: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.net.bandwidth import MAX_PRIORITY, MIN_PRIORITY
 from edge.protocol.errors import (
     InvalidConfig,
     InvalidRequest,
@@ -31,7 +32,7 @@ MAX_PARTITIONS = 1000
 # Well above any cluster this SC runs; a bignum used to be accepted and stored.
 MAX_REPLICATION = 64
 TOPIC_CONFIG_KEYS = STORAGE_KEYS | {"compression", "min_insync_replicas", "unclean_election",
-                                    "upstream"}
+                                    "upstream", "upstream_priority"}
 COMPRESSION = ("none", "zlib")
 
 
@@ -355,6 +356,11 @@ def validate_topic_config(config: dict[str, Any]) -> dict[str, Any]:
         raise InvalidConfig("unclean_election must be true or false")
     if not isinstance(config.get("upstream", False), bool):
         raise InvalidConfig("upstream must be true or false")
+    priority = config.get("upstream_priority", MIN_PRIORITY)
+    if (not isinstance(priority, int) or isinstance(priority, bool)
+            or not MIN_PRIORITY <= priority <= MAX_PRIORITY):
+        raise InvalidConfig(f"upstream_priority must be an integer {MIN_PRIORITY}..{MAX_PRIORITY} "
+                            "(higher is sent first)")
     storage = {k: v for k, v in config.items() if k in STORAGE_KEYS}
     try:
         LogConfig(**storage)

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.config import ConfigError, load_toml, reject_unknown, take, tls_from
+from edge.config import ConfigError, load_toml, parse_size, reject_unknown, take, tls_from
 from edge.discovery.config import DiscoveryConfig, check_sc_address
 from edge.net.connection import split_addr
 from edge.net.limits import ServerLimits, limits_from
+from edge.protocol.wirezstd import Codec
 from edge.tls import TlsConfig
 
 DURABILITY = ("group", "always", "never")
@@ -20,6 +21,12 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # inside a frame, big enough that a backlog moves at link speed.
 UPLINK_BATCH_BYTES = 1024 * 1024
 MAX_UPLINK_BATCH_BYTES = 4 * 1024 * 1024
+# A metered link below 1 kB/s cannot carry one request a minute; above 10 GB/s a
+# limit is a typo (a bucket of 2.5 GB).
+MIN_UPLINK_RATE = 1000
+MAX_UPLINK_RATE = 10 * 1000**3
+# While a link backs off long, a TCP connect this often notices its return.
+PROBE_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +39,16 @@ class UpstreamConfig:
     max_request_bytes: int = UPLINK_BATCH_BYTES
     # Reconnect attempts back off up to this; a link never gives up.
     max_backoff_s: float = 60.0
+    probe_interval_s: float = PROBE_INTERVAL_S
+    # zstd on the wire where the cloud speaks it; "none" for a LAN or data that
+    # is compressed already.
+    compression: Codec = Codec.ZSTD
+    # Bytes/s for all uplinks of this SPU together (a metered link); None: unlimited.
+    max_bytes_per_s: int | None = None
+    # Trust for the cloud's public TLS (and a client certificate if the cloud
+    # demands one); with it, every uplink connection is TLS and the token never
+    # travels in clear.
+    tls: TlsConfig | None = None
 
     def __post_init__(self) -> None:
         _check_addr("upstream.sc", self.sc)
@@ -42,16 +59,37 @@ class UpstreamConfig:
             raise ConfigError(f"upstream.max_request_bytes must be 1..{MAX_UPLINK_BATCH_BYTES}")
         if self.max_backoff_s <= 0:
             raise ConfigError("upstream.max_backoff_s must be > 0")
+        if not 0 < self.probe_interval_s <= self.max_backoff_s:
+            raise ConfigError("upstream.probe_interval_s must be > 0 and <= max_backoff_s")
+        if not isinstance(self.compression, Codec):
+            raise ConfigError("upstream.compression must be a Codec")
+        rate = self.max_bytes_per_s
+        if rate is not None and not MIN_UPLINK_RATE <= rate <= MAX_UPLINK_RATE:
+            raise ConfigError(f"upstream.max_bytes_per_s must be {MIN_UPLINK_RATE}.."
+                              f"{MAX_UPLINK_RATE} (bytes/s; sizes like \"500KiB\" work)")
+        if self.tls is not None and self.tls.ca is None:
+            raise ConfigError("upstream.tls_ca is required for TLS to the cloud")
 
     @classmethod
     def from_table(cls, table: object) -> UpstreamConfig:
         if not isinstance(table, dict):
             raise ConfigError("upstream must be a table")
         raw = dict(table)
+        rate = raw.pop("max_bytes_per_s", None)
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | str)):
+            raise ConfigError("upstream.max_bytes_per_s must be bytes/s (4096 or \"500KiB\")")
+        codec = take(raw, "compression", str, Codec.ZSTD)
+        if codec not in tuple(Codec):
+            raise ConfigError(f"upstream.compression must be one of {', '.join(Codec)}, "
+                              f"not {codec!r}")
         cfg = cls(sc=take(raw, "sc", str, ""), site=take(raw, "site", str, ""),
                   token=take(raw, "token", str, ""),
                   max_request_bytes=take(raw, "max_request_bytes", int, UPLINK_BATCH_BYTES),
-                  max_backoff_s=take(raw, "max_backoff_s", float, 60.0))
+                  max_backoff_s=take(raw, "max_backoff_s", float, 60.0),
+                  probe_interval_s=take(raw, "probe_interval_s", float, PROBE_INTERVAL_S),
+                  compression=Codec(codec),
+                  max_bytes_per_s=None if rate is None else parse_size(rate),
+                  tls=_upstream_tls(raw))
         reject_unknown(raw, "upstream")
         return cfg
 
@@ -159,6 +197,24 @@ class SpuConfig:
         if values["sc"] is None:
             values["sc"] = f"mdns:{discovery.site}" if discovery.site else cls.sc
         return cls(**values, discovery=discovery)
+
+
+def _upstream_tls(raw: dict[str, Any]) -> TlsConfig | None:
+    """``tls_ca`` (and optionally ``tls_cert`` + ``tls_key``) of ``[upstream]``."""
+    paths = {key: take(raw, f"tls_{key}", str, None) for key in ("ca", "cert", "key")}
+    if all(v is None for v in paths.values()):
+        return None
+    if paths["ca"] is None:
+        raise ConfigError("upstream.tls_cert/tls_key need upstream.tls_ca (the cloud's CA)")
+    try:
+        return TlsConfig(ca=Path(paths["ca"]), cert=_path(paths["cert"]),
+                         key=_path(paths["key"]))
+    except ValueError as exc:
+        raise ConfigError(f"upstream.{exc}") from None
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
 
 
 def _check_addr(key: str, value: str) -> None:

@@ -2,10 +2,12 @@
 
 An edge site's uplink asks the cloud leader of its home partition where the
 cloud log ends (at every connect), then sends stored edge batches unchanged
-with their edge offsets. They are validated like any produce and appended only
-where they continue the log (``check_chain``); the answer waits until the high
-watermark covers them (``acks=all``), so the edge counts a batch as delivered
-only once every in-sync cloud replica has it on disk.
+with their edge offsets, zstd-compressed on the wire when both sides speak
+MIRROR_APPEND v1 (inflated here, bounded, back to the stored bytes). They are
+validated like any produce and appended only where they continue the log
+(``check_chain``); the answer waits until the high watermark covers them
+(``acks=all``), so the edge counts a batch as delivered only once every in-sync
+cloud replica has it on disk.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from edge.net.server import Connection, Response
 from edge.protocol import batch as batchcodec
-from edge.protocol import messages
+from edge.protocol import messages, wirezstd
 from edge.protocol.errors import (
     AuthenticationFailed,
     CorruptBatch,
@@ -23,6 +25,7 @@ from edge.protocol.errors import (
     InvalidRequest,
     NotLeader,
 )
+from edge.protocol.framing import MAX_FRAME_BYTES
 from edge.protocol.messages import Acks, ApiKey, get
 from edge.spu.partition import Partition
 from edge.spu.replicas import ReplicaSet
@@ -34,7 +37,8 @@ class MirrorApi:
     def __init__(self, replicas: ReplicaSet, stats: dict[str, int]) -> None:
         self.replicas = replicas
         self.stats = stats
-        stats.update(mirror_batches=0, mirror_records=0, mirror_refused=0)
+        stats.update(mirror_batches=0, mirror_records=0, mirror_refused=0, mirror_corrupt=0,
+                     mirror_wire_bytes=0, mirror_raw_bytes=0)
 
     def handlers(self) -> dict[ApiKey, Any]:
         return {ApiKey.MIRROR_OFFSETS: self.mirror_offsets,
@@ -61,13 +65,34 @@ class MirrorApi:
     def mirror_append(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                       ) -> Response | Awaitable[Response]:
         p = self._owned(meta)
-        batches, chain, records = _split(blob, p.name)
+        wire = len(blob)
+        try:
+            blob = _inflated(meta, blob)
+            batches, chain, records = _split(blob, p.name)
+        except CorruptMessage:
+            self.stats["mirror_corrupt"] += 1
+            raise
+        self.stats["mirror_wire_bytes"] += wire
+        self.stats["mirror_raw_bytes"] += len(blob)
         p.check_min_isr()
         end = p.append_mirrored(batches, chain)
         self.stats["mirror_batches"] += len(batches)
         self.stats["mirror_records"] += records
         pending = p.ack_future(end, Acks.ALL)
         return _confirm(pending, p, meta["id"])
+
+
+def _inflated(meta: dict[Any, Any], blob: bytes) -> bytes:
+    """The stored batches a request carries, inflated if it came compressed.
+
+    The inflated size is bounded by what one uncompressed request could carry
+    (a frame), checked before inflating."""
+    codec = get(meta, "codec", str, wirezstd.Codec.NONE)
+    if codec == wirezstd.Codec.NONE:
+        return blob
+    if codec != wirezstd.Codec.ZSTD:
+        raise InvalidRequest(f"unknown codec {codec[:20]!r} (none, zstd)", field="codec")
+    return wirezstd.decompress(blob, get(meta, "raw_bytes", int), MAX_FRAME_BYTES)
 
 
 def _split(blob: bytes, name: str) -> tuple[list[bytearray], list[tuple[int, int]], int]:

@@ -79,6 +79,7 @@ class Partition:
         self.mirror: MirrorOwner | None = None
         # Edge side: the edge log's identity when the topic is mirrored upstream.
         self.upstream_source: str | None = None
+        self.upstream_priority = 0
         self._ack_guard = ack_guard or (lambda: True)
         self._flush_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._hw_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()

@@ -19,6 +19,7 @@ from typing import Any
 
 import cbor2
 
+from edge.net.bandwidth import MAX_PRIORITY, MIN_PRIORITY
 from edge.protocol.errors import LeaderNotAvailable, NotLeader, PartitionNotFound
 from edge.spu.partition import Partition
 from edge.storage.config import STORAGE_KEYS, LogConfig, is_topic_name
@@ -132,8 +133,13 @@ class ReplicaSet:
             p.update_role(**role)
         p.mirror = MirrorOwner.parse(r.get("mirror"))
         source = r.get("source")
-        upstream = r.get("config", {}).get("upstream") is True
+        config = r.get("config", {})
+        upstream = config.get("upstream") is True
         p.upstream_source = source if upstream and isinstance(source, str) else None
+        priority = config.get("upstream_priority", MIN_PRIORITY)
+        # The SC checked it; an odd value from a hand-edited assignment is the default.
+        p.upstream_priority = (priority if isinstance(priority, int) and not isinstance(
+            priority, bool) and MIN_PRIORITY <= priority <= MAX_PRIORITY else MIN_PRIORITY)
 
     async def _remove(self, key: tuple[str, int], *, delete: bool) -> None:
         p = self.partitions.pop(key)

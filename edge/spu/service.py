@@ -58,7 +58,7 @@ class Spu:
         self.private_addr = ""
         self.link: ScLink | None = None
         self.replication: ReplicaManager | None = None
-        # The uplink is plain TCP for now: the cloud's TLS settings are not the site's.
+        # The uplink's TLS is its own ([upstream] tls_ca): the cloud's CA is not the site's.
         self.upstream = Upstream(cfg.upstream, self.replicas)
         self.discovery = SpuDiscovery(cfg, self.replicas)
         self._tasks: list[asyncio.Task[Any]] = []

@@ -3,12 +3,18 @@
 Each uplink asks the cloud SC for its home partition (MIRROR_RESOLVE), asks the
 cloud leader where that partition ends (MIRROR_OFFSETS), and from there sends
 the stored batches below this partition's high watermark as they are
-(MIRROR_APPEND). The resume point is always the cloud's answer, at every
-connect and after every refused batch: the cloud appends only where a batch
-continues its log, so a reconnect, a replay or a new edge leader can never
-store a record twice. Without a cloud the data waits on disk; the uplink
-retries with jittered backoff up to ``max_backoff_s`` and never gives up. A
-state change is logged once, not once per retry.
+(MIRROR_APPEND), zstd-compressed on the wire where the cloud speaks it. The
+resume point is always the cloud's answer, at every connect and after every
+refused batch: the cloud appends only where a batch continues its log, so a
+reconnect, a replay or a new edge leader can never store a record twice.
+
+All uplinks of the SPU share one :class:`SharedLink`: the site's bandwidth
+limit, granted by topic priority with a floor for the low ones. Without a
+cloud the data waits on disk; the uplink retries with jittered backoff up to
+``max_backoff_s`` and never gives up, and the wait is cut short when the link
+returns: another uplink got through, or a TCP probe of the address that failed
+answers again after it did not. A state change is logged once, not once per
+retry.
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ from enum import Enum
 from typing import Any
 
 from edge.net.backoff import Backoff
-from edge.net.connection import ClientConnection
-from edge.protocol.errors import HeadwaterError, NotContiguous
+from edge.net.bandwidth import SharedLink
+from edge.net.connection import ClientConnection, split_addr
+from edge.protocol import messages, wirezstd
+from edge.protocol.errors import ConnectionLost, HeadwaterError, NotContiguous
 from edge.protocol.messages import ApiKey
 from edge.spu.config import UpstreamConfig
 from edge.spu.partition import Partition
 from edge.spu.replicas import ReplicaSet
 from edge.storage.mirror import Resume, resume_from
+from edge.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,14 @@ SYNC_S = 1.0
 # A MIRROR_APPEND waits for every in-sync cloud replica; generous for LTE.
 APPEND_TIMEOUT_S = 30.0
 IDLE_CHECK_S = 1.0
+PROBE_TIMEOUT_S = 2.0
+# Charged to the bandwidth limit per request on top of its blob: the frame
+# prefix and metadata (names, token), so small requests do not slip past it.
+REQUEST_OVERHEAD = 160
+# Under a bandwidth limit a request carries at most this much of a second of
+# the link, so a high priority never waits long behind a low one's request.
+REQUEST_SHARE_S = 0.25
+MIN_LIMITED_REQUEST = 16 * 1024
 
 
 class LinkState(Enum):
@@ -66,6 +83,9 @@ class UplinkStatus:
     incarnation: str | None = None
     last_error: str | None = None
     since: float = 0.0
+    codec: str = wirezstd.Codec.NONE
+    raw_bytes: int = 0
+    wire_bytes: int = 0
 
     def row(self, p: Partition) -> dict[str, Any]:
         edge_end = p.high_watermark
@@ -74,30 +94,88 @@ class UplinkStatus:
                 "edge_end": edge_end, "edge_leo": p.log.log_end_offset,
                 "cloud_partition": self.cloud_partition, "cloud_end": self.cloud_end,
                 "cloud_acked": acked, "lag": None if acked is None else max(edge_end - acked, 0),
-                "last_error": self.last_error, "since_s": round(time.time() - self.since, 1)}
+                "last_error": self.last_error, "since_s": round(time.time() - self.since, 1),
+                "priority": p.upstream_priority, "codec": self.codec,
+                "raw_bytes": self.raw_bytes, "wire_bytes": self.wire_bytes}
+
+
+class LinkWatch:
+    """Tells every backing-off uplink at once that one of them got through."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def up(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def waiter(self) -> asyncio.Event:
+        return self._event
+
+
+@dataclass
+class Shared:
+    """What the uplinks of one SPU share: config, TLS, the link and its watch."""
+
+    cfg: UpstreamConfig
+    ssl: ssl.SSLContext | None
+    link: SharedLink
+    watch: LinkWatch
+
+    def request_bytes(self) -> int:
+        rate = self.cfg.max_bytes_per_s
+        if rate is None:
+            return self.cfg.max_request_bytes
+        return min(self.cfg.max_request_bytes,
+                   max(MIN_LIMITED_REQUEST, int(rate * REQUEST_SHARE_S)))
 
 
 class PartitionUplink:
     """Mirrors one led edge partition into its cloud home, for as long as it runs."""
 
-    def __init__(self, p: Partition, cfg: UpstreamConfig, ssl_context: ssl.SSLContext | None
-                 ) -> None:
+    def __init__(self, p: Partition, shared: Shared) -> None:
         self.p = p
-        self.cfg = cfg
-        self._ssl = ssl_context
+        self.shared = shared
+        self.cfg = shared.cfg
+        self._ssl = shared.ssl
         self.status = UplinkStatus(p.topic, p.index, since=time.time())
 
     async def run(self) -> None:
         backoff = Backoff(0.2, self.cfg.max_backoff_s)
         while True:
+            unreachable = None
             try:
                 await self._session(backoff)
             except StalledError as exc:
                 self._set_state(LinkState.STALLED, str(exc))
                 backoff.delay = self.cfg.max_backoff_s
+                await backoff.sleep()
+                continue
             except (HeadwaterError, OSError) as exc:
                 self._set_state(LinkState.OFFLINE, str(exc) or type(exc).__name__)
-            await backoff.sleep()
+                if isinstance(exc, ConnectionLost):
+                    unreachable = exc.data.get("addr")
+            await self._back_off(backoff, unreachable if isinstance(unreachable, str) else None)
+
+    async def _back_off(self, backoff: Backoff, unreachable: str | None) -> None:
+        """Wait out the backoff, or less: until another uplink gets through, or the
+        address that could not be reached answers a TCP probe after it did not."""
+        deadline = time.monotonic() + backoff.next_wait()
+        woken = self.shared.watch.waiter()
+        seen_down = False
+        while (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, self.cfg.probe_interval_s)):
+                    await woken.wait()
+                    return
+            if unreachable is None or deadline - time.monotonic() <= 0:
+                continue
+            if not await probe(unreachable):
+                seen_down = True
+            elif seen_down:
+                log.info("upstream %s: %s answers again, reconnecting", self.p.name,
+                         unreachable)
+                return
 
     def _set_state(self, state: LinkState, error: str | None = None) -> None:
         s = self.status
@@ -117,8 +195,12 @@ class PartitionUplink:
             self._seen(meta)
             offset = self._resume(int(meta["end"]))
             self._set_state(LinkState.CONNECTED)
+            self.shared.watch.up()
             backoff.reset()
-            await self._pump(conn, cloud_partition, offset)
+            version = messages.negotiate(ApiKey.MIRROR_APPEND, conn.versions)
+            compress = version >= 1 and self.cfg.compression == wirezstd.Codec.ZSTD
+            self.status.codec = wirezstd.Codec.ZSTD if compress else wirezstd.Codec.NONE
+            await self._pump(conn, cloud_partition, offset, version=version)
         finally:
             await conn.close()
 
@@ -155,35 +237,63 @@ class PartitionUplink:
             raise StalledError(decision.reason)
         return decision.offset
 
-    async def _pump(self, conn: ClientConnection, cloud_partition: int, offset: int) -> None:
+    async def _pump(self, conn: ClientConnection, cloud_partition: int, offset: int, *,
+                    version: int) -> None:
         """Send stored batches from ``offset`` while this SPU leads the partition."""
-        fields = self._fields(cloud_partition)
+        fields = {**self._fields(cloud_partition), "v": version}
         while not self.p.closed:
             hw = self.p.high_watermark
             if hw <= offset:
                 await self.p.wait_for_data(offset, IDLE_CHECK_S)
                 continue
-            blob = self.p.log.read_bytes(offset, self.cfg.max_request_bytes, max_offset=hw)
+            blob = self.p.log.read_bytes(offset, self.shared.request_bytes(), max_offset=hw)
+            wire, extra = await self._encoded(blob)
+            await self.shared.link.acquire(len(wire) + REQUEST_OVERHEAD,
+                                           self.p.upstream_priority)
             try:
-                meta, _ = await conn.request(ApiKey.MIRROR_APPEND, blob,
-                                             timeout=APPEND_TIMEOUT_S, **fields)
+                meta, _ = await conn.request(ApiKey.MIRROR_APPEND, wire,
+                                             timeout=APPEND_TIMEOUT_S, **fields, **extra)
             except NotContiguous as exc:
                 # Someone (a former edge leader, an earlier attempt) got there first,
                 # or the cloud lost an unreplicated tail: continue from its end.
                 offset = self._resume(int(exc.data.get("log_end_offset", offset)))
                 continue
             self._seen(meta)
+            self.status.raw_bytes += len(blob)
+            self.status.wire_bytes += len(wire)
             offset = int(meta["end"])
+
+    async def _encoded(self, blob: bytes) -> tuple[bytes, dict[str, Any]]:
+        """The blob as it goes on the wire and the fields that say how; compressed
+        off the event loop (zstd releases the GIL), sent as is if that is not smaller."""
+        if self.status.codec != wirezstd.Codec.ZSTD:
+            return blob, {}
+        packed = await asyncio.to_thread(wirezstd.compress, blob)
+        if len(packed) >= len(blob):
+            return blob, {}
+        return packed, {"codec": str(wirezstd.Codec.ZSTD), "raw_bytes": len(blob)}
+
+
+async def probe(addr: str) -> bool:
+    """Whether a TCP connection to ``addr`` opens (closed at once, nothing sent)."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            _, writer = await asyncio.open_connection(*split_addr(addr))
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.transport.abort()
+    return True
 
 
 class Upstream:
     """The uplinks of this SPU: one per led partition of an upstream topic."""
 
-    def __init__(self, cfg: UpstreamConfig | None, replicas: ReplicaSet,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, cfg: UpstreamConfig | None, replicas: ReplicaSet) -> None:
         self.cfg = cfg
         self.replicas = replicas
-        self._ssl = ssl_context
+        self.shared = None if cfg is None else Shared(
+            cfg, client_context(cfg.tls) if cfg.tls is not None else None,
+            SharedLink(cfg.max_bytes_per_s), LinkWatch())
         self._links: dict[tuple[str, int], tuple[PartitionUplink, asyncio.Task[None]]] = {}
 
     async def run(self) -> None:
@@ -197,7 +307,7 @@ class Upstream:
 
     def sync(self) -> None:
         """Start an uplink for each newly led upstream partition, stop the others."""
-        if self.cfg is None:
+        if self.shared is None:
             return
         wanted = self._wanted()
         for key in [k for k, (link, _) in self._links.items()
@@ -205,7 +315,7 @@ class Upstream:
             self._links.pop(key)[1].cancel()
         for key, p in wanted.items():
             if key not in self._links:
-                link = PartitionUplink(p, self.cfg, self._ssl)
+                link = PartitionUplink(p, self.shared)
                 task = asyncio.create_task(link.run(), name=f"uplink-{p.name}")
                 self._links[key] = (link, task)
 
