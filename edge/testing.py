@@ -259,7 +259,9 @@ class TcpProxy:
     peers notice only through their own timeouts, and data still in flight
     moves on when the link heals. ``set_down`` cuts every link to the target;
     ``block(origin)`` cuts the links dialled by one SPU (``origin`` maps the
-    dialling side's port to an SPU id).
+    dialling side's port to an SPU id). ``forwarded`` counts the bytes carried
+    towards the target; with ``capture`` set they are kept there too (a test
+    looks for what must not travel in clear).
     """
 
     def __init__(self, target: str, *, origin: Callable[[int], int | None] | None = None
@@ -272,6 +274,8 @@ class TcpProxy:
         self._links: set[_Link] = set()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.forwarded = 0
+        self.capture: bytearray | None = None
 
     async def start(self, host: str = "127.0.0.1") -> str:
         self._server = await asyncio.start_server(self._accept, host, 0)
@@ -330,7 +334,7 @@ class TcpProxy:
             await link.gate.wait()
             up_reader, upstream = await asyncio.open_connection(*split_addr(self.target))
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(_pump(reader, upstream, link))
+                tg.create_task(_pump(reader, upstream, link, self._carried))
                 tg.create_task(_pump(up_reader, writer, link))
         except (OSError, ExceptionGroup):
             pass
@@ -342,10 +346,18 @@ class TcpProxy:
                     w.transport.abort()
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link
-                ) -> None:
+    def _carried(self, data: bytes) -> None:
+        self.forwarded += len(data)
+        if self.capture is not None and len(self.capture) < 64 * 1024 * 1024:
+            self.capture += data
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link,
+                seen: Callable[[bytes], None] | None = None) -> None:
     while data := await reader.read(65536):
         await link.gate.wait()
+        if seen is not None:
+            seen(data)
         writer.write(data)
         await writer.drain()
     # One side closed: end the whole link, as a TCP connection would.

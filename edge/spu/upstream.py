@@ -158,24 +158,10 @@ class PartitionUplink:
             await self._back_off(backoff, unreachable if isinstance(unreachable, str) else None)
 
     async def _back_off(self, backoff: Backoff, unreachable: str | None) -> None:
-        """Wait out the backoff, or less: until another uplink gets through, or the
-        address that could not be reached answers a TCP probe after it did not."""
-        deadline = time.monotonic() + backoff.next_wait()
-        woken = self.shared.watch.waiter()
-        seen_down = False
-        while (left := deadline - time.monotonic()) > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, self.cfg.probe_interval_s)):
-                    await woken.wait()
-                    return
-            if unreachable is None or deadline - time.monotonic() <= 0:
-                continue
-            if not await probe(unreachable):
-                seen_down = True
-            elif seen_down:
-                log.info("upstream %s: %s answers again, reconnecting", self.p.name,
-                         unreachable)
-                return
+        woke = await wait_for_link(backoff.next_wait(), self.shared.watch.waiter(),
+                                   unreachable, self.cfg.probe_interval_s)
+        if woke == Woke.PROBE:
+            log.info("upstream %s: %s answers again, reconnecting", self.p.name, unreachable)
 
     def _set_state(self, state: LinkState, error: str | None = None) -> None:
         s = self.status
@@ -272,6 +258,34 @@ class PartitionUplink:
         if len(packed) >= len(blob):
             return blob, {}
         return packed, {"codec": str(wirezstd.Codec.ZSTD), "raw_bytes": len(blob)}
+
+
+class Woke(Enum):
+    TIMER = "timer"
+    WATCH = "watch"
+    PROBE = "probe"
+
+
+async def wait_for_link(wait: float, woken: asyncio.Event, unreachable: str | None,
+                        probe_every: float) -> Woke:
+    """Wait ``wait`` seconds, or less: until ``woken`` is set (another uplink got
+    through), or ``unreachable`` answers a TCP probe after one did not. A probe
+    that answers at once proves nothing (the failure was not the network), so
+    it does not cut the wait short."""
+    deadline = time.monotonic() + wait
+    seen_down = False
+    while (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(left, probe_every)):
+                await woken.wait()
+                return Woke.WATCH
+        if unreachable is None or deadline - time.monotonic() <= 0:
+            continue
+        if not await probe(unreachable):
+            seen_down = True
+        elif seen_down:
+            return Woke.PROBE
+    return Woke.TIMER
 
 
 async def probe(addr: str) -> bool:
