@@ -49,9 +49,14 @@ def topic_create(
                                           "when no in-sync one is left (may lose records)."),
     upstream: bool = typer.Option(False, "--upstream", help="Mirror this topic to the cloud "
                                   "cluster of the SPUs' [upstream] config."),
+    upstream_priority: int | None = typer.Option(None, "--upstream-priority", help="0..9: "
+                                                 "under the uplink's bandwidth limit, higher "
+                                                 "goes first (default 0)."),
 ) -> None:
     """Create a topic."""
     config: dict[str, Any] = {"upstream": True} if upstream else {}
+    if upstream_priority is not None:
+        config["upstream_priority"] = upstream_priority
     if min_isr is not None:
         config["min_insync_replicas"] = min_isr
     if unclean_election:
