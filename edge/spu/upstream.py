@@ -142,8 +142,9 @@ class PartitionUplink:
 
     async def run(self) -> None:
         backoff = Backoff(0.2, self.cfg.max_backoff_s)
+        unreachable: str | None = None
         while True:
-            unreachable = None
+            was_unreachable, unreachable = unreachable, None
             try:
                 await self._session(backoff)
             except StalledError as exc:
@@ -153,9 +154,13 @@ class PartitionUplink:
                 continue
             except (HeadwaterError, OSError) as exc:
                 self._set_state(LinkState.OFFLINE, str(exc) or type(exc).__name__)
-                if isinstance(exc, ConnectionLost):
-                    unreachable = exc.data.get("addr")
-            await self._back_off(backoff, unreachable if isinstance(unreachable, str) else None)
+                addr = exc.data.get("addr") if isinstance(exc, ConnectionLost) else None
+                unreachable = addr if isinstance(addr, str) else None
+                if was_unreachable is not None and unreachable is None:
+                    # The network is back but the cloud is not ready (a leader still
+                    # starting): back off afresh from short, not from an outage's minute.
+                    backoff.reset()
+            await self._back_off(backoff, unreachable)
 
     async def _back_off(self, backoff: Backoff, unreachable: str | None) -> None:
         woke = await wait_for_link(backoff.next_wait(), self.shared.watch.waiter(),
