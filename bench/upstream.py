@@ -189,6 +189,9 @@ async def many_sites(tmp: Path, sites: int) -> dict[str, float]:
         t0 = time.perf_counter()
         async with Admin(cloud.sc_addr) as admin, ClientConnection(cloud.sc_addr) as sc:
             for i in range(sites):
+                if i and i % 100 == 0:
+                    print(f"  {i} sites, cloud SPU RSS {proc.memory_info().rss / MIB:.1f} MiB, "
+                          f"open files {proc.num_fds()}", flush=True)
                 site = f"site-{i:04d}"
                 token = str((await admin.register_site(site))["token"])
                 meta, _ = await sc.request(ApiKey.MIRROR_RESOLVE, site=site, token=token,
@@ -204,15 +207,20 @@ async def many_sites(tmp: Path, sites: int) -> dict[str, float]:
 
 
 async def append_once(spu: str, owner: dict[str, Any], batch: bytes) -> None:
+    error: Exception | None = None
     async with ClientConnection(spu) as conn:
-        async with asyncio.timeout(60):
-            while True:  # the assignment reaches the SPU a moment after the resolve
-                try:
-                    await conn.request(ApiKey.MIRROR_APPEND, batch, **owner)
-                except Exception:  # retried until the partition is there
-                    await asyncio.sleep(0.05)
-                else:
-                    return
+        try:
+            async with asyncio.timeout(60):
+                while True:  # the assignment reaches the SPU a moment after the resolve
+                    try:
+                        await conn.request(ApiKey.MIRROR_APPEND, batch, **owner)
+                    except Exception as exc:  # retried until the partition is there
+                        error = exc
+                        await asyncio.sleep(0.05)
+                    else:
+                        return
+        except TimeoutError:
+            raise RuntimeError(f"{owner['site']}: no append within 60 s: {error}") from None
 
 
 def machine() -> str:
@@ -233,6 +241,10 @@ async def restart_edge_spu(edge: LocalCluster, upstream: Path) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
+    if args.only_sites:
+        with tempfile.TemporaryDirectory(prefix="hw-upstream-") as d:
+            await report_sites(Path(d), args.sites)
+        return
     backlog = parse_size(args.backlog)
     limit = parse_size(args.limit)
     with tempfile.TemporaryDirectory(prefix="hw-upstream-") as d:
@@ -274,10 +286,14 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             await edge.stop()
             await cloud.stop()
-        m = await many_sites(tmp, args.sites)
-        print(f"cloud SPU with {m['sites']} mirrored partitions (one per site): RSS "
-              f"{m['rss']:.1f} MiB (empty: {m['rss_before']:.1f}), open files {m['fds']}; "
-              f"set up in {m['seconds']:.0f} s")
+        await report_sites(tmp, args.sites)
+
+
+async def report_sites(tmp: Path, sites: int) -> None:
+    m = await many_sites(tmp, sites)
+    print(f"cloud SPU with {m['sites']} mirrored partitions (one per site): RSS "
+          f"{m['rss']:.1f} MiB (empty: {m['rss_before']:.1f}), open files {m['fds']}; "
+          f"set up in {m['seconds']:.0f} s")
 
 
 if __name__ == "__main__":
@@ -286,6 +302,7 @@ if __name__ == "__main__":
     ap.add_argument("--backlog", default="1GiB", help="catch-up backlog (stored bytes)")
     ap.add_argument("--limit", default="8MiB", help="bandwidth limit for the limited catch-up")
     ap.add_argument("--sites", type=int, default=1000)
+    ap.add_argument("--only-sites", action="store_true", help="only the many-sites part")
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--latency-s", type=float, default=20.0)
