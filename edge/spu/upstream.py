@@ -279,17 +279,18 @@ async def wait_for_link(wait: float, woken: asyncio.Event, unreachable: str | No
     it does not cut the wait short."""
     deadline = time.monotonic() + wait
     seen_down = False
-    while (left := deadline - time.monotonic()) > 0:
+    while deadline - time.monotonic() > 0:
+        # Probe first: the peer may come back a moment after the failed attempt,
+        # before the first interval is over.
+        if unreachable is not None:
+            if not await probe(unreachable):
+                seen_down = True
+            elif seen_down:
+                return Woke.PROBE
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(left, probe_every)):
+            async with asyncio.timeout(min(deadline - time.monotonic(), probe_every)):
                 await woken.wait()
                 return Woke.WATCH
-        if unreachable is None or deadline - time.monotonic() <= 0:
-            continue
-        if not await probe(unreachable):
-            seen_down = True
-        elif seen_down:
-            return Woke.PROBE
     return Woke.TIMER
 
 

@@ -45,3 +45,19 @@ async def test_another_uplink_getting_through_wakes_the_waiting_ones() -> None:
     assert await asyncio.wait_for(asyncio.gather(*waiters), 2) == [Woke.WATCH] * 3
     # The next waiters wait for the next connect, not the one that is past.
     assert await wait_for_link(0.3, watch.waiter(), None, 0.1) == Woke.TIMER
+
+
+async def test_a_peer_back_before_the_first_interval_still_ends_the_wait() -> None:
+    # The cloud SPU started a moment after the SC sent us to it: the first probe,
+    # right away, sees it down, the next one up.
+    port = free_port()
+    start = time.monotonic()
+    waiting = asyncio.create_task(wait_for_link(20.0, asyncio.Event(), f"127.0.0.1:{port}",
+                                                1.0))
+    await asyncio.sleep(0.3)
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
+    try:
+        assert await asyncio.wait_for(waiting, 5) == Woke.PROBE
+    finally:
+        server.close()
+    assert time.monotonic() - start < 2.0
