@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -229,3 +231,22 @@ async def test_reconnects_at_once_when_the_cloud_returns(tmp_path: Path) -> None
             assert time.monotonic() - back < 8.0
     finally:
         await cloud.stop()
+
+
+
+async def test_cli_upstream_priority(tmp_path: Path) -> None:
+    async with LocalCluster(tmp_path / "edge") as edge:
+
+        async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "edge.cli.main", "--sc", edge.sc_addr,
+                                 *args], capture_output=True, text=True, check=False)
+
+        bad = await cli("topic", "create", "alerts", "--upstream", "--upstream-priority", "10")
+        assert bad.returncode != 0
+        assert "upstream_priority must be an integer 0..9" in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+        ok = await cli("topic", "create", "alerts", "--upstream", "--upstream-priority", "9")
+        assert ok.returncode == 0
+        described = await cli("topic", "describe", "alerts", "--output", "json")
+        assert '"upstream_priority": 9' in described.stdout
