@@ -21,6 +21,14 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from edge import __version__
+
+        typer.echo(f"headwater {__version__}")
+        raise typer.Exit
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -34,6 +42,8 @@ def _root(
     tls_key: Path | None = typer.Option(None, help="Key of the client certificate."),
     tls_server_name: str | None = typer.Option(None, help="Name expected in the server "
                                                "certificate (default the host)."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the version and exit."),
 ) -> None:
     ctx.obj = resolve_target(sc, tls_ca, tls_cert, tls_key, tls_server_name)
 

@@ -135,9 +135,6 @@ def shared(interfaces: Sequence[str] = (), *, ipv6: bool = False) -> Mdns:
 
 
 def software_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from edge import __version__
 
-    try:
-        return version("headwater")
-    except PackageNotFoundError:
-        return "0"
+    return __version__.replace("+", ".")[:32]
