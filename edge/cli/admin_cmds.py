@@ -23,6 +23,27 @@ def _admin(ctx: typer.Context) -> Admin:
     return Admin(t.sc, ssl=t.ssl(), server_hostname=t.server_name)
 
 
+def _duration_flag(flag: str, text: str, minimum_ms: int) -> int:
+    """A duration with its unit (``7`` meant 7 ms, which nobody asking for a
+    retention time means), at least ``minimum_ms``."""
+    if text.strip().isdigit():
+        raise ConfigError(f"{flag} {text}: give a unit (examples: 30s, 12h, 7d, 250ms)")
+    ms = parse_duration_ms(text)
+    if ms < minimum_ms:
+        raise ConfigError(f"{flag} {text}: at least {minimum_ms // 1000}s")
+    return ms
+
+
+def _size_flag(flag: str, text: str, minimum: int) -> int:
+    """A size with its unit, at least ``minimum`` bytes."""
+    if text.strip().isdigit():
+        raise ConfigError(f"{flag} {text}: give a unit (examples: 64MiB, 1GiB, 500MB, 4096B)")
+    size = parse_size(text)
+    if size < minimum:
+        raise ConfigError(f"{flag} {text}: at least {minimum} bytes")
+    return size
+
+
 def _check_output(output: str) -> None:
     if output not in ("table", "json"):
         fail(f"--output must be table or json, not {output!r}")
@@ -63,14 +84,14 @@ def topic_create(
         config["unclean_election"] = True
     try:
         if retention_time is not None:
-            config["retention_ms"] = (None if retention_time == "forever"
-                                      else parse_duration_ms(retention_time))
+            config["retention_ms"] = (None if retention_time == "forever" else
+                                      _duration_flag("--retention-time", retention_time, 1000))
         if retention_bytes is not None:
-            config["retention_bytes"] = parse_size(retention_bytes)
+            config["retention_bytes"] = _size_flag("--retention-bytes", retention_bytes, 4096)
         if segment_bytes is not None:
-            config["segment_bytes"] = parse_size(segment_bytes)
+            config["segment_bytes"] = _size_flag("--segment-bytes", segment_bytes, 4096)
         if segment_time is not None:
-            config["segment_ms"] = parse_duration_ms(segment_time)
+            config["segment_ms"] = _duration_flag("--segment-time", segment_time, 1000)
     except ConfigError as exc:
         fail(str(exc), 2)
     if compression is not None:

@@ -101,16 +101,21 @@ def target(ctx: typer.Context) -> Target:
 
 
 def _find_on_lan(t: Target) -> None:
-    """Turn ``--sc mdns[:SITE]`` into the address the LAN announces, once per command.
+    """Check the SC address where it enters; turn ``--sc mdns[:SITE]`` into the
+    address the LAN announces, once per command.
 
     (Inside a running event loop the clients find it themselves.)
     """
     from edge.discovery.spec import parse_sc
+    from edge.net.connection import split_addr
 
     try:
         spec = parse_sc(t.sc)
+        if spec is None:
+            split_addr(t.sc)
     except ValueError as exc:
-        fail(f"--sc {t.sc} (from {t.source}): {exc}", 2)
+        fail(f"SC address {t.sc!r} (from {t.source}): {exc}; give HOST:PORT, or mdns:SITE "
+             "to find it on the LAN", 2)
     if spec is None:
         return
     try:
