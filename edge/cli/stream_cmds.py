@@ -107,7 +107,8 @@ def consume(
     topic: str = typer.Argument(..., help="Topic to read."),
     from_beginning: bool = typer.Option(False, "--from-beginning", "-B",
                                         help="Start at the oldest record."),
-    offset: int | None = typer.Option(None, "--offset", "-o", help="Start at this offset."),
+    offset: int | None = typer.Option(None, "--offset", "-o", help="Start at this offset; "
+                                      "negative: that many before the end (-o -5, as kcat)."),
     tail: int | None = typer.Option(None, "--tail", "-T", help="Start N records before the end."),
     end: int | None = typer.Option(None, "--end", help="Stop after this offset."),
     disable_continuous: bool = typer.Option(False, "--disable-continuous", "-d",
@@ -140,6 +141,8 @@ def consume(
     session_s = _group_options(group, session_timeout, consumer=consumer_name,
                                partition=partition, end=end, site=site,
                                disable_continuous=disable_continuous)
+    if offset is not None and offset < 0:
+        offset, tail = None, -offset
     start = (Offset.beginning() if from_beginning else Offset.absolute(offset)
              if offset is not None else Offset.from_end(tail) if tail is not None
              else Offset.end())

@@ -342,3 +342,17 @@ def test_cli_unreachable_cluster_says_what_to_do() -> None:
     assert b"--sc" in r.stderr
     assert r.stderr.count(b"\n") == 1  # one line, no traceback
     assert time.monotonic() - started < 20
+
+
+async def test_cli_negative_offset_counts_from_the_end(cluster: LocalCluster) -> None:
+    def cli() -> None:
+        assert headwater(cluster, "topic", "create", "neg").returncode == 0
+        lines = b"".join(b"%d\n" % i for i in range(20))
+        assert headwater(cluster, "produce", "neg", input=lines).returncode == 0
+        r = headwater(cluster, "consume", "neg", "-o", "-5", "-d")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == [b"15", b"16", b"17", b"18", b"19"]
+        r = headwater(cluster, "consume", "neg", "-o", "17", "-d")
+        assert r.stdout.split() == [b"17", b"18", b"19"]
+
+    await asyncio.to_thread(cli)
