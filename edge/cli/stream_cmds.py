@@ -142,7 +142,8 @@ def consume(
                                partition=partition, end=end, site=site,
                                disable_continuous=disable_continuous)
     if offset is not None and offset < 0:
-        offset, tail = None, -offset
+        tail = -offset
+        offset = None
     start = (Offset.beginning() if from_beginning else Offset.absolute(offset)
              if offset is not None else Offset.from_end(tail) if tail is not None
              else Offset.end())
