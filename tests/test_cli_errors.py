@@ -31,3 +31,48 @@ def test_bad_input_is_one_line(args: list[str], env: dict[str, str], message: st
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert message in out.stderr
+
+
+def test_a_port_that_is_not_headwater_says_so_in_seconds() -> None:
+    import socket
+    import time
+
+    from edge.testing import free_port
+
+    port = free_port()
+    http = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                             "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    banner = socket.create_server(("127.0.0.1", 0))
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        start = time.monotonic()
+        silent = hw("--sc", f"127.0.0.1:{port}", "topic", "list")
+        assert time.monotonic() - start < 15
+        assert silent.returncode == 1
+        assert "gave no Headwater answer within 5s" in silent.stderr
+        assert len(silent.stderr.strip().splitlines()) == 1
+
+        import threading
+
+        def greet() -> None:
+            conn, _ = banner.accept()
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+            time.sleep(2)
+            conn.close()
+
+        threading.Thread(target=greet, daemon=True).start()
+        other = hw("--sc", f"127.0.0.1:{banner.getsockname()[1]}", "topic", "list")
+        assert other.returncode == 1
+        assert "does not speak the Headwater protocol" in other.stderr
+        assert len(other.stderr.strip().splitlines()) == 1
+    finally:
+        http.kill()
+        http.wait(10)
+        banner.close()

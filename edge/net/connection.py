@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from edge.protocol import messages
-from edge.protocol.errors import ConnectionLost, HeadwaterError, RequestTimeout
+from edge.protocol.errors import ConnectionLost, HeadwaterError, ProtocolError, RequestTimeout
 from edge.protocol.framing import FrameDecoder, encode_frame
 from edge.protocol.messages import ApiKey
 
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 256 * 1024
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 30.0
+# A Headwater server answers API_VERSIONS at once; a port that stays silent this long
+# is something else (an HTTP server waits for a request line that never comes).
+HANDSHAKE_TIMEOUT_S = 5.0
 # Request ids start at 1; a server's error frame with id 0 is about the connection.
 CONNECTION_ERROR_ID = 0
 
@@ -126,13 +129,30 @@ class ClientConnection:
         self._writer = writer
         self._reader_task = asyncio.create_task(self._read_loop(reader), name=f"conn-{self.addr}")
         if handshake:
-            meta, _ = await self.request(ApiKey.API_VERSIONS)
+            meta = await self._hello()
             raw = meta.get("versions", {})
             self.versions = {int(k): (int(v[0]), int(v[1])) for k, v in raw.items()}
             role, cluster = meta.get("role"), meta.get("cluster")
             self.role = role if isinstance(role, str) else None
             self.cluster = cluster if isinstance(cluster, str) else None
         return self
+
+    async def _hello(self) -> dict[Any, Any]:
+        """API_VERSIONS, telling a port that is not Headwater's apart from a slow one."""
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                meta, _ = await self.request(ApiKey.API_VERSIONS)
+        except TimeoutError:
+            await self.close()
+            raise ConnectionLost(
+                f"{self.addr} accepted the connection but gave no Headwater answer within "
+                f"{HANDSHAKE_TIMEOUT_S:g}s: is it a Headwater SC or SPU port?",
+                addr=self.addr) from None
+        except ProtocolError as exc:
+            await self.close()
+            raise ProtocolError(f"{self.addr} does not speak the Headwater protocol ({exc}): "
+                                "is it a Headwater SC or SPU port?") from None
+        return meta
 
     async def close(self) -> None:
         self._fail(ConnectionLost(f"connection to {self.addr} closed", addr=self.addr))
