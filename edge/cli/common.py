@@ -203,12 +203,11 @@ def human_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
-def setup_logging(level: str, *, daemon: bool = False) -> None:
-    # Under systemd the journal stamps time and unit itself.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt,
-                        stream=sys.stderr)
+def setup_logging(level: str, *, daemon: bool = False, log_format: str = "text") -> None:
+    from edge.logformat import LOG_FORMATS, configure
+
+    if log_format not in LOG_FORMATS:
+        fail(f"--log-format must be one of {', '.join(LOG_FORMATS)}", 2)
+    configure(level, log_format=log_format)
     if not daemon:
         logging.getLogger("asyncio").setLevel(logging.ERROR)

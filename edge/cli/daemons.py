@@ -20,6 +20,8 @@ CONFIG_HELP = "TOML file with the daemon's settings; flags override it."
 UPSTREAM_HELP = ("TOML file with an [upstream] table (from `headwater site register NAME "
                  "--export FILE` on the cloud): mirror upstream topics there.")
 CHECK_HELP = "Validate the configuration, print the result and exit (0 valid, 2 invalid)."
+LOG_FORMAT_HELP = ("text (with syslog priorities under systemd, for journalctl -p) or json "
+                   "(one object a line).")
 SITE_HELP = ("Site name: announce this node on the LAN (mDNS) so that the site's SPUs, "
              "gateways and clients find it without addresses.")
 
@@ -55,6 +57,7 @@ def run_sc(
         None, help="Seconds of SPU silence before it counts as offline (default 2)."),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
     site: str | None = typer.Option(None, "--site", help=SITE_HELP),
+    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP),
     check_config: bool = typer.Option(False, "--check-config", help=CHECK_HELP),
 ) -> None:
     """Run the Streaming Controller (control plane)."""
@@ -71,7 +74,7 @@ def run_sc(
     if check_config:
         typer.echo(f"{config}: valid SC configuration")
         return
-    setup_logging(cfg.log_level, daemon=True)
+    setup_logging(cfg.log_level, daemon=True, log_format=log_format)
 
     async def main() -> None:
         from edge.daemon import serve
@@ -98,6 +101,7 @@ def run_spu(
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
     upstream: Path | None = typer.Option(None, "--upstream", help=UPSTREAM_HELP),
     site: str | None = typer.Option(None, "--site", help=SITE_HELP),
+    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP),
     check_config: bool = typer.Option(False, "--check-config", help=CHECK_HELP),
 ) -> None:
     """Run a Streaming Processing Unit (data plane)."""
@@ -118,7 +122,7 @@ def run_spu(
     if check_config:
         typer.echo(f"{config}: valid SPU configuration")
         return
-    setup_logging(cfg.log_level, daemon=True)
+    setup_logging(cfg.log_level, daemon=True, log_format=log_format)
 
     async def main() -> None:
         from edge.daemon import serve
