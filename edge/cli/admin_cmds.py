@@ -9,6 +9,7 @@ import typer
 from edge.cli.common import fail, human_bytes, print_json, print_table, run, target
 from edge.client.admin import Admin
 from edge.config import ConfigError, parse_duration_ms, parse_size
+from edge.protocol.errors import TopicExists
 
 topic_app = typer.Typer(help="Create, list, describe and delete topics.", no_args_is_help=True)
 partition_app = typer.Typer(help="Inspect partitions.", no_args_is_help=True)
@@ -55,6 +56,10 @@ def topic_create(
     name: str = typer.Argument(..., help="Topic name (letters, digits, '.', '_', '-')."),
     partitions: int = typer.Option(1, "--partitions", "-p", help="Number of partitions."),
     replication: int = typer.Option(1, "--replication", "-r", help="Replicas per partition."),
+    wait: bool = typer.Option(False, "--wait", help="Create it even with fewer online SPUs "
+                              "than --replication; it is placed when enough register."),
+    if_not_exists: bool = typer.Option(False, "--if-not-exists", help="Succeed if the topic "
+                                       "exists already (its settings are not changed)."),
     retention_time: str | None = typer.Option(None, help="Keep data this long (e.g. 7d, 12h); "
                                               "'forever' keeps it (default 7d)."),
     retention_bytes: str | None = typer.Option(None, help="Keep at most this much per "
@@ -99,11 +104,24 @@ def topic_create(
 
     async def main() -> str:
         async with _admin(ctx) as admin:
-            return await admin.create_topic(name, partitions=partitions,
-                                            replication=replication, config=config)
+            if not wait:
+                online = sum(1 for spu in await admin.list_spus() if spu["online"])
+                if online < replication:
+                    fail(f"create topic {name}: replication {replication} needs {replication} "
+                         f"online SPUs, the cluster has {online} (add --wait to create it now "
+                         "and place it when they register)", 1)
+            try:
+                return await admin.create_topic(name, partitions=partitions,
+                                                replication=replication, config=config)
+            except TopicExists:
+                if if_not_exists:
+                    return "exists"
+                raise
 
     status = run(main, what=f"create topic {name}", target_=target(ctx))
-    if status == "ready":
+    if status == "exists":
+        typer.echo(f"topic {name} exists already (--if-not-exists)")
+    elif status == "ready":
         typer.echo(f"topic {name} created ({partitions} partition(s), replication {replication})")
     else:
         typer.echo(f"topic {name} created but waits for SPUs: {status} "

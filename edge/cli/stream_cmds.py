@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import typer
 
@@ -44,12 +44,23 @@ def produce(
     linger_ms: float = typer.Option(5.0, help="Wait up to this long to fill a batch."),
     batch_bytes: int = typer.Option(64 * 1024, help="Send a batch at this size."),
     compression: str | None = typer.Option(None, help="none or zlib (default the topic's)."),
+    message: list[str] = typer.Option([], "--message", "-m", help="Write this value instead "
+                                      "of reading stdin (repeatable: one record each)."),
+    key: str | None = typer.Option(None, "--key", help="Key of every record written."),
+    header: list[str] = typer.Option([], "--header", "-H", help="A record header K=V "
+                                     "(repeatable)."),
 ) -> None:
-    """Write one record per line of stdin (or --file) to TOPIC."""
+    """Write one record per line of stdin (or --file, or each -m VALUE) to TOPIC."""
     try:
         acks_value = Acks.parse(acks)
     except ValueError as exc:
         fail(str(exc), 2)
+    headers = _headers(header)
+    if message and file is not None:
+        fail("give --message or --file, not both", 2)
+    if key is not None and key_separator is not None:
+        fail("give --key or --key-separator, not both", 2)
+    fixed_key = key.encode() if key is not None else None
     t = target(ctx)
     sep = key_separator.encode() if key_separator else None
     if file is not None and not file.is_file():
@@ -60,13 +71,20 @@ def produce(
         async with Producer(t.sc, acks=acks_value, linger_ms=linger_ms,
                             batch_bytes=batch_bytes, compression=compression, ssl=t.ssl(),
                             server_hostname=t.server_name) as producer:
-            if file is not None:
+            stamp = _Stamp(fixed_key, headers or None)
+            if message:
+                for value in message:
+                    await producer.send(topic, value.encode(), key=stamp.key,
+                                        headers=stamp.headers, partition=partition)
+                count = len(message)
+            elif file is not None:
                 with file.open("rb") as f, typer.progressbar(
                         length=size, label=f"producing {file.name}", file=sys.stderr) as bar:
-                    count = await _produce_lines(producer, topic, f, sep, partition, bar.update)
+                    count = await _produce_lines(producer, topic, f, sep, partition, bar.update,
+                                                 stamp)
             else:
                 count = await _produce_lines(producer, topic, sys.stdin.buffer, sep, partition,
-                                             None)
+                                             None, stamp)
             await producer.flush()
             return count
 
@@ -76,8 +94,25 @@ def produce(
     typer.echo(f"produced {count} record(s) to {topic} in {secs:.2f}s", err=True)
 
 
+def _headers(pairs: list[str]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            fail(f"--header {pair!r}: give NAME=VALUE", 2)
+        out[name] = value.encode()
+    return out
+
+
+class _Stamp(NamedTuple):
+    """What --key and --header put on every record."""
+
+    key: bytes | None
+    headers: dict[str, bytes] | None
+
+
 async def _produce_lines(producer: Producer, topic: str, f: IO[bytes], sep: bytes | None,
-                         partition: int | None, progress: Any) -> int:
+                         partition: int | None, progress: Any, stamp: _Stamp) -> int:
     count = 0
     carry = b""
     while True:
@@ -93,10 +128,11 @@ async def _produce_lines(producer: Producer, topic: str, f: IO[bytes], sep: byte
             carry = lines.pop()
         for raw in lines:
             value = raw.removesuffix(b"\r")
-            key = None
+            key = stamp.key
             if sep is not None and sep in value:
                 key, value = value.split(sep, 1)
-            await producer.send(topic, value, key=key, partition=partition)
+            await producer.send(topic, value, key=key, headers=stamp.headers,
+                                partition=partition)
             count += 1
         if not chunk:
             return count
@@ -130,6 +166,8 @@ def consume(
     group: str | None = typer.Option(None, "--group", "-g", help="Share the partitions with "
                                      "the other members of consumer group NAME; resume from "
                                      "its positions and store them as you go."),
+    count: int | None = typer.Option(None, "--count", "-n", min=1, help="Stop after N "
+                                     "records (not with --consumer or --group)."),
     session_timeout: str = typer.Option("6s", help="With --group: a member silent this long "
                                         "loses its partitions (1s..5m)."),
 ) -> None:
@@ -138,6 +176,9 @@ def consume(
         fail("--output must be text or json", 2)
     if sum(x is not None and x is not False for x in (offset, tail, from_beginning or None)) > 1:
         fail("choose one of --from-beginning, --offset, --tail", 2)
+    if count is not None and (consumer_name is not None or group is not None):
+        fail("--count stops part-way through what was fetched, so it does not go with "
+             "--consumer or --group (their stored position would skip records)", 2)
     session_s = _group_options(group, session_timeout, consumer=consumer_name,
                                partition=partition, end=end, site=site,
                                disable_continuous=disable_continuous)
@@ -163,11 +204,16 @@ def consume(
             committer = (asyncio.create_task(_commit_every(consumer, COMMIT_EVERY_S),
                                              name="commit") if storing else None)
             try:
+                left = count
                 async for chunk in consumer.batches():
                     lines = [_render(r, chunk.partition, output, fmt, show_keys)
-                             for r in chunk.records]
+                             for r in chunk.records[:left]]
                     if lines:
                         sys.stdout.write("\n".join(lines) + "\n")
+                    if left is not None:
+                        left -= len(lines)
+                        if left <= 0:
+                            break
                 sys.stdout.flush()
             finally:
                 if committer is not None:

@@ -356,3 +356,32 @@ async def test_cli_negative_offset_counts_from_the_end(cluster: LocalCluster) ->
         assert r.stdout.split() == [b"17", b"18", b"19"]
 
     await asyncio.to_thread(cli)
+
+
+async def test_cli_message_key_header_count_and_create_options(cluster: LocalCluster) -> None:
+    def cli() -> None:
+        assert headwater(cluster, "topic", "create", "opts").returncode == 0
+        again = headwater(cluster, "topic", "create", "opts", "--if-not-exists")
+        assert again.returncode == 0, again.stderr
+        assert b"exists already" in again.stdout
+        wide = headwater(cluster, "topic", "create", "wide", "-r", "3")
+        assert wide.returncode == 1
+        assert b"needs 3 online SPUs, the cluster has 1" in wide.stderr
+        assert headwater(cluster, "topic", "create", "wide", "-r", "3", "--wait").returncode == 0
+        r = headwater(cluster, "produce", "opts", "-m", "one", "-m", "two", "--key", "k1",
+                      "--header", "src=cli", "-H", "v=2")
+        assert r.returncode == 0, r.stderr
+        assert headwater(cluster, "produce", "opts", "-m", "x", "--header", "bad").returncode == 2
+        r = headwater(cluster, "consume", "opts", "-B", "-d", "-O", "json")
+        rows = [json.loads(line) for line in r.stdout.splitlines()]
+        assert [(x["key"], x["value"], x["headers"]) for x in rows] == [
+            ("k1", "one", {"src": "cli", "v": "2"}), ("k1", "two", {"src": "cli", "v": "2"})]
+        lines = b"".join(b"%d\n" % i for i in range(50))
+        assert headwater(cluster, "produce", "opts", input=lines).returncode == 0
+        r = headwater(cluster, "consume", "opts", "-B", "--count", "3")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == [b"one", b"two", b"0"]
+        refused = headwater(cluster, "consume", "opts", "-n", "3", "--consumer", "app")
+        assert refused.returncode == 2
+
+    await asyncio.to_thread(cli)
