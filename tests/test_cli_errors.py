@@ -76,3 +76,26 @@ def test_a_port_that_is_not_headwater_says_so_in_seconds() -> None:
         http.kill()
         http.wait(10)
         banner.close()
+
+
+def test_a_broken_profile_does_not_lock_the_user_out(tmp_path: object) -> None:
+    from pathlib import Path
+
+    home = Path(str(tmp_path))
+    env = {"XDG_CONFIG_HOME": str(home)}
+    added = hw("profile", "add", "p1", "--sc", "127.0.0.1:9003", "--tls-ca", "/nonexistent",
+               env=env)
+    assert added.returncode == 2
+    assert "profile p1: --tls-ca /nonexistent is not a readable file" in added.stderr
+    (home / "headwater").mkdir()
+    (home / "headwater" / "profiles.toml").write_text(
+        'current = "p1"\n[profiles.p1]\nsc = "127.0.0.1:9003"\ntls_ca = "/gone.pem"\n')
+    listed = hw("profile", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "p1" in listed.stdout
+    used = hw("topic", "list", env=env)
+    assert used.returncode == 1
+    assert "profile p1" in used.stderr
+    assert "Traceback" not in used.stderr
+    assert hw("profile", "delete", "p1", env=env).returncode == 0
+    assert "no profiles" in hw("profile", "list", env=env).stdout

@@ -55,6 +55,9 @@ class Target:
     tls: TlsConfig | None = None
     server_name: str | None = None
     source: str = "default"
+    # A broken profile is reported by the commands that talk to a cluster, not by
+    # every command: `headwater profile ...` must still work to repair it.
+    problem: str | None = None
 
     def ssl(self) -> ssl.SSLContext | None:
         return client_context(self.tls) if self.tls else None
@@ -79,13 +82,17 @@ def resolve_target(sc: str | None, tls_ca: Path | None, tls_cert: Path | None,
     ca = tls_ca or _opt_path(profile.get("tls_ca"))
     cert = tls_cert or _opt_path(profile.get("tls_cert"))
     key = tls_key or _opt_path(profile.get("tls_key"))
+    problem = None
     if ca or cert or key:
         try:
             tls = TlsConfig(ca=ca, cert=cert, key=key)
         except ValueError as exc:
-            fail(str(exc))
+            problem = (f"{exc} (TLS settings from {source}"
+                       + ("; fix it with `headwater profile add` or `headwater profile delete`)"
+                          if source.startswith("profile") else ")"))
     return Target(sc=sc or DEFAULT_SC, tls=tls,
-                  server_name=server_name or profile.get("tls_server_name"), source=source)
+                  server_name=server_name or profile.get("tls_server_name"), source=source,
+                  problem=problem)
 
 
 def _opt_path(value: Any) -> Path | None:
@@ -96,6 +103,8 @@ def target(ctx: typer.Context) -> Target:
     obj = ctx.find_root().obj
     if not isinstance(obj, Target):
         fail("internal: no cluster target")
+    if obj.problem is not None:
+        fail(obj.problem)
     _find_on_lan(obj)
     return obj
 
