@@ -55,6 +55,8 @@ def produce(
         acks_value = Acks.parse(acks)
     except ValueError as exc:
         fail(str(exc), 2)
+    if compression not in (None, "none", "zlib"):
+        fail(f"--compression must be none or zlib, not {compression!r}", 2)
     headers = _headers(header)
     if message and file is not None:
         fail("give --message or --file, not both", 2)
