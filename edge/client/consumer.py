@@ -425,6 +425,11 @@ class Consumer:
                 pos, position = self._skip(index, item, pos, position, exc)
                 continue
             pos += header.size
+            if header.is_gap and header.next_offset > position:
+                # Offsets a mirrored edge deleted before sending: nothing to hand out.
+                position = (header.next_offset if limit is None
+                            else min(header.next_offset, max(limit, position)))
+                continue
             if records and records[0].offset < position:
                 records = records[position - records[0].offset:]
             if records:

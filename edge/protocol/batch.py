@@ -8,8 +8,8 @@ Layout (big-endian, 61-byte header, then the records)::
     12     4    leader_epoch  i32   epoch of the leader that appended it; set by the leader
     16     1    magic         u8    format version, 1
     17     4    crc           u32   CRC-32 (zlib) of bytes 21..end
-    21     2    attributes    u16   bits 0-2: compression (0 none, 1 zlib)
-    23     4    last_offset_delta i32  record_count - 1
+    21     2    attributes    u16   bits 0-2: compression (0 none, 1 zlib); bit 4: gap
+    23     4    last_offset_delta i32  record_count - 1 (a gap: offsets covered - 1)
     27     8    first_timestamp   i64  ms since the epoch
     35     8    max_timestamp     i64  ms since the epoch
     43     8    producer_id   i64   -1 when not idempotent
@@ -27,6 +27,12 @@ array (after decompression, when compressed): trailing bytes are corruption.
 
 The CRC leaves out base offset, length, leader epoch and magic, so the leader
 patches offset and epoch in place without recomputing it.
+
+A *gap* batch (attribute bit 4) holds no records: it stands for offsets
+``base_offset..base_offset + last_offset_delta`` that the source of a mirrored
+log deleted before the cloud had them. ``record_count`` is 0, the records are an
+empty CBOR array, compression none. Only a cloud leader writes one (MIRROR_GAP);
+produced and mirrored batches may not be gaps. Readers skip it.
 """
 
 from __future__ import annotations
@@ -60,6 +66,13 @@ MAX_RECORDS_BYTES: Final = 16 * 1024 * 1024
 NO_PRODUCER: Final = -1
 _I64_MIN: Final = -(2**63)
 _I64_MAX: Final = 2**63 - 1
+
+
+# Attribute bit 4: the batch is a gap marker (see the module docstring).
+GAP_ATTRIBUTE: Final = 0x10
+# A gap batch covers at most this many offsets (last_offset_delta is an i32).
+MAX_GAP_OFFSETS: Final = 2**31
+_EMPTY_RECORDS: Final = b"\x80"  # CBOR []
 
 
 class Compression(IntEnum):
@@ -98,6 +111,10 @@ class BatchHeader(NamedTuple):
     @property
     def compression(self) -> Compression:
         return Compression(self.attributes & 0x7)
+
+    @property
+    def is_gap(self) -> bool:
+        return bool(self.attributes & GAP_ATTRIBUTE)
 
 
 class Record(NamedTuple):
@@ -146,6 +163,20 @@ def encode_batch(
     return bytes(out)
 
 
+def encode_gap(offsets: int, *, timestamp: int) -> bytes:
+    """A gap batch covering ``offsets`` offsets (base offset 0, set by the appender)."""
+    if not 1 <= offsets <= MAX_GAP_OFFSETS:
+        raise ValueError(f"a gap covers 1..{MAX_GAP_OFFSETS} offsets, not {offsets}")
+    head = HEADER.pack(
+        0, HEADER_SIZE - LOG_OVERHEAD + len(_EMPTY_RECORDS), 0, MAGIC, 0, GAP_ATTRIBUTE,
+        offsets - 1, timestamp, timestamp, NO_PRODUCER, -1, -1, 0,
+    )
+    out = bytearray(head)
+    struct.pack_into(">I", out, 17, zlib.crc32(_EMPTY_RECORDS, zlib.crc32(head[CRC_START:])))
+    out += _EMPTY_RECORDS
+    return bytes(out)
+
+
 def decode_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
     """Parse and sanity-check the header at ``pos`` (the CRC is checked by ``verify``)."""
     if len(buf) - pos < HEADER_SIZE:
@@ -158,7 +189,10 @@ def decode_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHea
         raise CorruptBatch(f"unknown batch magic {h.magic}", position=pos)
     if h.batch_length < HEADER_SIZE - LOG_OVERHEAD or h.size > MAX_BATCH_BYTES:
         raise CorruptBatch(f"batch length {h.batch_length} out of range", position=pos)
-    if h.record_count < 1 or h.last_offset_delta != h.record_count - 1:
+    if h.attributes & GAP_ATTRIBUTE:
+        if h.record_count != 0 or h.last_offset_delta < 0 or h.attributes != GAP_ATTRIBUTE:
+            raise CorruptBatch("a gap batch holds no records, uncompressed", position=pos)
+    elif h.record_count < 1 or h.last_offset_delta != h.record_count - 1:
         raise CorruptBatch(
             f"record count {h.record_count} disagrees with offset delta {h.last_offset_delta}",
             position=pos,
@@ -216,7 +250,7 @@ def validate(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
             offset=h.base_offset,
         )
     records = decode_records(buf, pos, h)
-    latest = max(map(operator.itemgetter(1), records))
+    latest = max(map(operator.itemgetter(1), records), default=h.max_timestamp)
     if latest > h.max_timestamp:
         raise CorruptBatch(
             f"record timestamp {latest} past the header's max timestamp {h.max_timestamp}",
@@ -260,6 +294,8 @@ def decode_records(
         raise CorruptBatch(f"undecodable records: {exc}", offset=h.base_offset) from None
     if not isinstance(raw, list) or len(raw) != h.record_count:
         raise CorruptBatch("records do not match the header count", offset=h.base_offset)
+    if not raw:
+        return []
     fast = _decode_plain(raw, h.base_offset, h.first_timestamp)
     if fast is not None:
         return fast

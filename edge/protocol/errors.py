@@ -38,6 +38,7 @@ class ErrorCode(IntEnum):
     INVALID_PRODUCER_EPOCH = 21
     STORAGE_ERROR = 30
     DISK_FULL = 31
+    BUDGET_EXCEEDED = 32
     TIMEOUT = 40
     SHUTTING_DOWN = 41
     NOT_CONTROLLER = 42
@@ -169,6 +170,14 @@ class DiskFull(RemoteError):
     retriable = True
 
 
+class BudgetExceeded(RemoteError):
+    """The node's or topic's disk budget is full and the topic's policy (reject-new)
+    keeps what the cloud does not have yet; retry once the uplink delivered it."""
+
+    code = ErrorCode.BUDGET_EXCEEDED
+    retriable = True
+
+
 class RequestTimeout(RemoteError):
     code = ErrorCode.TIMEOUT
     retriable = True
@@ -269,7 +278,8 @@ _BY_CODE: dict[int, type[RemoteError]] = {
         UnknownError, UnsupportedVersion, UnknownApi, InvalidRequest, MessageTooLarge,
         CorruptMessage, TopicNotFound, TopicExists, PartitionNotFound, NotLeader,
         LeaderNotAvailable, OffsetOutOfRange, InvalidConfig, InsufficientResources,
-        OutOfOrderSequence, InvalidProducerEpoch, StorageError, DiskFull, RequestTimeout,
+        OutOfOrderSequence, InvalidProducerEpoch, StorageError, DiskFull, BudgetExceeded,
+        RequestTimeout,
         ShuttingDown, NotController, SpuNotFound, NotEnoughReplicas, StaleEpoch,
         NotContiguous, MirrorSourceMismatch, ConsumerNotFound, SiteNotFound, SiteExists,
         AuthenticationFailed, UnknownMember, StaleGeneration, GroupNotEmpty,

@@ -99,6 +99,8 @@ class PublicApi:
             raise CorruptMessage(f"rejected batch for {topic}/{index}: {exc}") from None
         if header.size != len(blob):
             raise CorruptMessage("a produce request carries exactly one batch")
+        if header.is_gap:
+            raise InvalidRequest("a gap batch is written by a cloud leader, never produced")
         if acks == Acks.ALL:
             p.check_min_isr()
         result = p.append(bytearray(blob))

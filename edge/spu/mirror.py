@@ -105,6 +105,8 @@ def _split(blob: bytes, name: str) -> tuple[list[bytearray], list[tuple[int, int
             h = batchcodec.validate(blob, pos)
         except CorruptBatch as exc:
             raise CorruptMessage(f"rejected mirrored batch for {name}: {exc}") from None
+        if h.is_gap:
+            raise InvalidRequest(f"rejected mirrored batch for {name}: a gap batch")
         batches.append(bytearray(blob[pos:pos + h.size]))
         chain.append((h.base_offset, h.next_offset))
         records += h.record_count

@@ -32,6 +32,7 @@ TABLE: dict[ErrorCode, tuple[type[RemoteError], bool]] = {
     ErrorCode.INVALID_PRODUCER_EPOCH: (errors.InvalidProducerEpoch, False),
     ErrorCode.STORAGE_ERROR: (errors.StorageError, False),
     ErrorCode.DISK_FULL: (errors.DiskFull, True),
+    ErrorCode.BUDGET_EXCEEDED: (errors.BudgetExceeded, True),
     ErrorCode.TIMEOUT: (errors.RequestTimeout, True),
     ErrorCode.SHUTTING_DOWN: (errors.ShuttingDown, True),
     ErrorCode.NOT_CONTROLLER: (errors.NotController, True),
