@@ -7,6 +7,13 @@ A partition directory holds::
     00000000000000123456.log      the next segment, named by its base offset
     00000000000000123456.index
     partition.checkpoint          recovery point, HW, log start, producer state (checkpoint.py)
+    dropped.cbor, gaps.cbor       what the disk budget dropped, gap markers held (losses.py)
+
+A full disk (ENOSPC while writing) is not a failure: the partial write is cut
+off, the append raises DiskFull, and for ``DISK_FULL_RETRY_S`` further appends
+are refused without touching the disk (so a pipelined producer cannot slip a
+later batch in before the refused one). The next append after that tries again,
+so the log takes writes again once space returns, without a restart.
 
 Threading: every method runs on the SPU's event-loop thread except
 ``run_flush``, which only fsyncs the descriptors captured in its ticket and may
@@ -21,15 +28,17 @@ import os
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import NamedTuple, NoReturn
+from typing import Final, NamedTuple, NoReturn
 
 from edge.protocol.batch import BatchHeader, decode_header
 from edge.protocol.errors import CorruptBatch, DiskFull, OffsetOutOfRange, StorageError
+from edge.storage.budget import Candidate
 from edge.storage.checkpoint import CHECKPOINT_NAME, Checkpoint
 from edge.storage.config import LogConfig
-from edge.storage.fileio import Buffer, DirLock, write_atomic
+from edge.storage.fileio import TMP_SUFFIX, Buffer, DirLock, write_atomic
 from edge.storage.flush import FlushTicket, FlushTracker, Health
 from edge.storage.index import MAX_RELATIVE
+from edge.storage.losses import DropTally, GapLedger
 from edge.storage.recovery import recover
 from edge.storage.segment import Segment
 from edge.storage.segment_set import RETIRED_FD_GRACE_MS, SegmentSet
@@ -37,6 +46,20 @@ from edge.storage.segment_set import RETIRED_FD_GRACE_MS, SegmentSet
 __all__ = ["RETIRED_FD_GRACE_MS", "AppendResult", "FlushTicket", "PartitionLog", "ReadSlice"]
 
 log = logging.getLogger(__name__)
+
+# After ENOSPC, appends are refused this long before the disk is tried again:
+# short enough that writes resume within a second of space returning.
+DISK_FULL_RETRY_S: Final = 0.5
+_FULL_ERRNOS: Final = (errno.ENOSPC, errno.EDQUOT)
+
+
+class Evicted(NamedTuple):
+    """What one eviction deleted, and how much of it the cloud lacked."""
+
+    segments: int
+    bytes: int
+    lost_records: int
+    lost_bytes: int
 
 
 class AppendResult(NamedTuple):
@@ -76,9 +99,15 @@ class PartitionLog:
         self._flush = FlushTracker(self._health, (self._leo, active.base_offset, active.size))
         self._producers = state.producers
         self._closed = False
+        self._full_since: float | None = None
+        self.dropped = DropTally(directory)
+        self.gaps = GapLedger(directory)
+        self.gaps.truncate(self._leo, self._segs.lock.fd)
         # The recovered state is fsynced: record it, so a crash soon after (or a new
         # partition that never reaches its first checkpoint) is not verified again.
-        self.write_checkpoints()
+        # On a full disk the next checkpoint does it.
+        with suppress(DiskFull):
+            self.write_checkpoints()
         log.info(
             "opened %s: offsets %d..%d, %d segments, verified %d bytes",
             directory, self._log_start, self._leo, len(self._segs), state.scanned_bytes,
@@ -138,6 +167,11 @@ class PartitionLog:
         return len(self._segs)
 
     @property
+    def disk_full(self) -> bool:
+        """True from an ENOSPC until the next append that fits."""
+        return self._full_since is not None
+
+    @property
     def failed(self) -> bool:
         """True after a failed fsync or write: the partition refuses writes for good."""
         return self._health.error is not None
@@ -157,6 +191,7 @@ class PartitionLog:
         sequence, so the batch is written as is and only recorded.
         """
         self._check_writable()
+        self._check_space()
         h = decode_header(batch)
         if h.size != len(batch):
             raise CorruptBatch(f"expected one batch of {h.size} bytes, got {len(batch)}")
@@ -170,13 +205,14 @@ class PartitionLog:
         base, last = self._leo, self._leo + h.last_offset_delta
         seg = self._segs.active
         if seg.size and self._should_roll(seg, h.size, last, now):
-            old, seg = seg, self._segs.roll(base)
+            old, seg = seg, self._roll(base)
             self._flush.on_roll(old)
         position = seg.size
         try:
             seg.append_batch(batch, base, leader_epoch)
         except OSError as exc:
             self._undo_write(seg, exc)
+        self._full_since = None
         if seg.first_write_ms is None:
             seg.first_write_ms = now
         seg.index.maybe_add(base - seg.base_offset, position)
@@ -184,7 +220,31 @@ class PartitionLog:
         seg.next_offset = self._leo = last + 1
         self._segs.size += h.size
         self._record_producer(h, base, last)
+        if h.is_gap:
+            self._record_gap(base, last + 1)
         return AppendResult(base, last, False, h.max_timestamp)
+
+    def _check_space(self) -> None:
+        since = self._full_since
+        if since is not None and time.monotonic() - since < DISK_FULL_RETRY_S:
+            raise DiskFull(f"disk full under {self._dir}; retry", path=str(self._dir))
+
+    def _roll(self, base: int) -> Segment:
+        try:
+            return self._segs.roll(base)
+        except StorageError as exc:
+            if exc.data.get("errno") in _FULL_ERRNOS:
+                self._full_since = time.monotonic()
+                raise DiskFull(f"disk full rolling a segment under {self._dir}",
+                               path=str(self._dir)) from exc
+            raise
+
+    def _record_gap(self, start: int, end: int) -> None:
+        try:
+            self.gaps.add(start, end, self._segs.lock.fd)
+        except OSError as exc:
+            # The gap batch itself is in the log; only the counter is behind.
+            log.warning("cannot record the gap %d..%d of %s: %s", start, end - 1, self._dir, exc)
 
     def _should_roll(self, seg: Segment, size: int, last: int, now: int) -> bool:
         cfg = self._config
@@ -202,7 +262,8 @@ class PartitionLog:
         except OSError as cut_exc:
             self._health.fail(f"cannot undo a failed write: {cut_exc}")
             raise StorageError(f"write failed: {exc}", errno=exc.errno) from exc
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in _FULL_ERRNOS:
+            self._full_since = time.monotonic()
             raise DiskFull(
                 f"disk full writing {seg.log_path.name}", path=str(seg.log_path)
             ) from exc
@@ -328,34 +389,92 @@ class PartitionLog:
         self._flush.forget(gone)
         self._flush.truncated(self._leo, self._segs.active)
         self._producers.truncate(self._leo)
+        self.gaps.truncate(self._leo, self._segs.lock.fd)
         self.write_checkpoints()
 
-    def apply_retention(self, now_ms: int | None = None, *, max_offset: int | None = None) -> int:
+    def apply_retention(self, now_ms: int | None = None, *, max_offset: int | None = None,
+                        covered: int | None = None) -> int:
         """Delete the oldest closed segments retention allows; returns the bytes freed.
 
         A segment goes when its newest timestamp is older than ``retention_ms``, or
         while the partition is larger than ``retention_bytes``, oldest first; the
-        active segment always stays. With ``max_offset`` (the HW, or what the cloud
-        has acknowledged) only segments wholly below it may go.
+        active segment always stays. With ``max_offset`` (the HW) only segments
+        wholly below it may go. With ``covered`` (what the cloud acknowledged)
+        deleted offsets at or above it are counted in ``dropped``.
         """
         self._check_writable()
         now = wall_clock_ms() if now_ms is None else now_ms
         count = self._segs.expired_prefix(self._config, now, max_offset)
         before = self._segs.size
         if count:
-            try:
-                gone = self._segs.drop(0, count, now)
-                self._segs.lock.fsync()
-            except OSError as exc:
-                raise StorageError(f"retention failed: {exc}", errno=exc.errno) from exc
-            first = self._segs.first
-            self._log_start = max(self._log_start, first.base_offset)
-            self._hw = max(self._hw, self._log_start)
-            self._flush.forget(gone)
-            self._flush.log_start_moved(self._log_start, first)
-            self._producers.evict_below(self._log_start)
+            self._drop_prefix(count, now, covered, "retention")
         self._segs.close_retired(now, self._flush.busy_fds())
         return before - self._segs.size
+
+    def evictable(self, key: tuple[str, int], max_offset: int, sent: int | None
+                  ) -> list[Candidate]:
+        """The closed segments wholly below ``max_offset`` (the HW), oldest first, as
+        budget candidates of partition ``key``; ``sent`` marks those wholly below it
+        as already in the cloud."""
+        out = []
+        for seg in list(self._segs)[:-1]:
+            if seg.next_offset > max_offset:
+                break
+            out.append(Candidate(key, seg.base_offset, seg.next_offset, seg.size,
+                                 seg.known_max_timestamp(),
+                                 sent is not None and seg.next_offset <= sent))
+        return out
+
+    def evict_oldest(self, count: int, *, covered: int | None) -> Evicted:
+        """Delete the ``count`` oldest closed segments for the disk budget (blocks: one
+        directory fsync). Offsets at or above ``covered`` (what the cloud
+        acknowledged; None: all of them) count as dropped."""
+        self._check_writable()
+        count = min(count, len(self._segs) - 1)
+        if count <= 0:
+            return Evicted(0, 0, 0, 0)
+        before = self._segs.size
+        lost_records, lost_bytes = self._drop_prefix(count, wall_clock_ms(),
+                                                     covered or 0, "the disk budget")
+        return Evicted(count, before - self._segs.size, lost_records, lost_bytes)
+
+    def _drop_prefix(self, count: int, now: int, covered: int | None, why: str
+                     ) -> tuple[int, int]:
+        """Delete the first ``count`` segments; the records and bytes at or above
+        ``covered`` among them, also added to ``dropped``."""
+        lost = (0, 0) if covered is None else self._beyond(count, covered)
+        try:
+            gone = self._segs.drop(0, count, now)
+            self._segs.lock.fsync()
+        except OSError as exc:
+            raise StorageError(f"{why} failed: {exc}", errno=exc.errno) from exc
+        first = self._segs.first
+        self._log_start = max(self._log_start, first.base_offset)
+        self._hw = max(self._hw, self._log_start)
+        self._flush.forget(gone)
+        self._flush.log_start_moved(self._log_start, first)
+        self._producers.evict_below(self._log_start)
+        if lost[0]:
+            try:
+                self.dropped.add(lost[0], lost[1], self._segs.lock.fd)
+            except OSError as exc:
+                log.warning("cannot save the drop counters of %s: %s", self._dir, exc)
+        return lost
+
+    def _beyond(self, count: int, covered: int) -> tuple[int, int]:
+        """Records and bytes at or above ``covered`` in the first ``count`` segments."""
+        records = size = 0
+        for seg in list(self._segs)[:count]:
+            if seg.next_offset <= covered:
+                continue
+            start = max(seg.base_offset, self._log_start)
+            if covered <= start:
+                records, size = records + seg.next_offset - start, size + seg.size
+            else:
+                position, _ = seg.locate(covered)
+                records += seg.next_offset - covered
+                size += seg.size - position
+        return records, size
 
     # -- checkpoints, lifetime ----------------------------------------------------------
 
@@ -372,6 +491,12 @@ class PartitionLog:
         try:
             write_atomic(self._dir, self._segs.lock.fd, CHECKPOINT_NAME, ckpt.encode())
         except OSError as exc:
+            if exc.errno in _FULL_ERRNOS:
+                # The old checkpoint is whole, and a checkpoint only shortens recovery.
+                with suppress(OSError):
+                    os.unlink(self._dir / (CHECKPOINT_NAME + TMP_SUFFIX))
+                raise DiskFull(f"disk full writing the checkpoint of {self._dir}",
+                               path=str(self._dir)) from exc
             self._health.fail(f"checkpoint failed: {exc}")
             raise StorageError(f"checkpoint failed: {exc}", errno=exc.errno) from exc
 
@@ -385,7 +510,8 @@ class PartitionLog:
             if self._health.error is None:
                 self.flush()
                 self._segs.active.write_index(sync=True)
-                self.write_checkpoints()
+                with suppress(DiskFull):  # the data is flushed; recovery scans a longer tail
+                    self.write_checkpoints()
         finally:
             self._closed = True
             self._segs.close()

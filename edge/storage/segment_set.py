@@ -54,10 +54,14 @@ class SegmentSet:
 
     def roll(self, base_offset: int) -> Segment:
         """Close the active segment's index writes and start a new active segment."""
+        new = None
         try:
             new = Segment.create(self.directory, base_offset, self.interval)
             new.open_index()
         except OSError as exc:
+            if new is not None:  # a full disk: the next attempt must find no leftovers
+                new.close()
+                new.remove_files()
             raise StorageError(f"cannot roll segment: {exc}", errno=exc.errno) from exc
         self.active.write_index()
         self._segments.append(new)

@@ -13,6 +13,7 @@ from storage_helpers import SMALL, batch, read_everything
 
 from edge.protocol.errors import DiskFull, StorageError
 from edge.storage import LogConfig, PartitionLog
+from edge.storage import log as storage_log
 from edge.storage.checkpoint import read_checkpoint
 from edge.storage.log import RETIRED_FD_GRACE_MS
 from edge.storage.segment import Segment
@@ -198,7 +199,14 @@ def test_full_disk_is_retriable_and_leaves_no_partial_batch(
     assert exc.value.retriable
     assert not log.failed
     assert (tmp_path / "p" / "00000000000000000000.log").stat().st_size == size
+    assert log.disk_full
+    # Refused without touching the disk for a moment: a pipelined later batch
+    # cannot land before the refused one is retried.
+    with pytest.raises(DiskFull):
+        log.append(batch(3), leader_epoch=0)
+    monkeypatch.setattr(storage_log, "DISK_FULL_RETRY_S", 0.0)
     assert log.append(batch(3), leader_epoch=0).base_offset == 3
+    assert not log.disk_full
     assert [h.base_offset for h in read_everything(log)] == [0, 3]
     log.close()
 
