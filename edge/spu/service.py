@@ -13,7 +13,7 @@ from edge.net.connection import split_addr
 from edge.net.limits import BufferPool
 from edge.net.server import Connection, FrameServer, Response
 from edge.protocol import messages
-from edge.protocol.errors import InvalidRequest, StorageError
+from edge.protocol.errors import DiskFull, InvalidRequest, StorageError
 from edge.protocol.messages import ApiKey
 from edge.spu.config import SpuConfig, advertised, is_wildcard
 from edge.spu.discovery import SpuDiscovery
@@ -170,6 +170,8 @@ class Spu:
                 if p.failed is None and not p.closed:
                     try:
                         p.log.write_checkpoints()
+                    except DiskFull:
+                        continue  # the old checkpoint stands; retried next round
                     except (OSError, StorageError) as exc:
                         failed = True
                         failing.begin("checkpoint of %s failed: %s (start-up scans more "
