@@ -4,6 +4,7 @@ The SPU's data directory is a real, tiny tmpfs (needs root)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 from collections.abc import Iterator
@@ -59,8 +60,18 @@ async def test_disk_full_is_logged_when_it_begins_and_when_it_ends(
                     refused += 1
             assert refused >= 150  # the rest fitted the pages the segment already had
             filler.unlink()
-            meta, _ = await conn.request(ApiKey.PRODUCE, batch, topic="t", partition=0,
-                                         acks=1)
+            # A refused append holds further appends back for a moment (so a later
+            # pipelined batch cannot overtake it), then the disk is tried again.
+            deadline = asyncio.get_running_loop().time() + 5
+            while True:
+                try:
+                    meta, _ = await conn.request(ApiKey.PRODUCE, batch, topic="t",
+                                                 partition=0, acks=1)
+                    break
+                except DiskFull:
+                    refused += 1
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.1)
             assert meta["base"] >= 0
         log = (c.data_dir / "spu-1.log").read_text()
     assert log.count("t/0: disk full, appends refused") == 1, log
