@@ -1,0 +1,59 @@
+"""``headwater consume`` against a real local cluster: closed pipes and partition errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from edge.testing import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def shell(cluster: LocalCluster, command: str, stdin: bytes = b"",
+                timeout: float = 60) -> tuple[int, str, str]:
+    """Run COMMAND in sh with `headwater` meaning this tree's CLI, aimed at CLUSTER."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HEADWATER_SC": cluster.sc_addr,
+           "HW": f"{sys.executable} -m edge.cli.main"}
+    proc = await asyncio.create_subprocess_shell(
+        command.replace("headwater ", "$HW "), env=env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def _topic_with(cluster: LocalCluster, name: str, partitions: int, count: int) -> None:
+    rc, _, err = await shell(cluster, f"headwater topic create {name} -p {partitions}")
+    assert rc == 0, err
+    lines = b"".join(b"%d\n" % i for i in range(count))
+    rc, _, err = await shell(cluster, f"headwater produce {name}", stdin=lines)
+    assert rc == 0, err
+
+
+async def test_consume_into_closed_pipe_is_quiet(cluster: LocalCluster) -> None:
+    # Far more than a pipe buffer, over several partitions: the writer hits the
+    # closed pipe while every partition's stream is open.
+    await _topic_with(cluster, "t", 3, 50_000)
+    rc, out, err = await shell(cluster, "headwater consume t -B | head -1")
+    assert rc == 0
+    assert len(out.splitlines()) == 1
+    assert err == ""
+
+
+async def test_multi_partition_error_is_one_line(cluster: LocalCluster) -> None:
+    # The topic goes away under a consumer of all its partitions: each partition's
+    # stream fails at once, and the user gets one line, not an ExceptionGroup.
+    await _topic_with(cluster, "t", 3, 30)
+    consume = asyncio.create_task(shell(cluster, "headwater consume t -B"))
+    await asyncio.sleep(3)
+    rc, _, err = await shell(cluster, "headwater topic delete t")
+    assert rc == 0, err
+    rc, out, err = await asyncio.wait_for(consume, 60)
+    assert len(out.split()) == 30
+    assert rc == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: consume t: ")
