@@ -56,6 +56,8 @@ class ApiKey(IntEnum):
     REGISTER_SPU = 30
     HEARTBEAT = 31
     UPDATE_ISR = 32
+    # SC and SPU private: the first request on a private connection
+    AUTHENTICATE = 33
     # SPU private (follower -> leader)
     REPLICA_FETCH = 40
     OFFSET_FOR_EPOCH = 41
@@ -102,7 +104,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _shown(value: int) -> str:
+def shown(value: int) -> str:
     """An integer from a peer, for a message: CBOR bignums can have thousands of
     digits, and str() of those raises ValueError (int max str digits)."""
     return str(value) if _I32_MIN <= value <= _I32_MAX else "(out of range)"
@@ -184,12 +186,12 @@ def api_of(meta: dict[Any, Any]) -> ApiKey:
     try:
         api = ApiKey(key)
     except ValueError:
-        raise error_for(ErrorCode.UNKNOWN_API, f"unknown api key {_shown(key)}") from None
+        raise error_for(ErrorCode.UNKNOWN_API, f"unknown api key {shown(key)}") from None
     version = get(meta, "v", int, 0)
     low, high = SUPPORTED[api]
     if not low <= version <= high:
         raise error_for(
             ErrorCode.UNSUPPORTED_VERSION,
-            f"{api.name} version {_shown(version)} not in {low}..{high}",
+            f"{api.name} version {shown(version)} not in {low}..{high}",
         )
     return api
