@@ -12,6 +12,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from edge.net.auth import PrivateAuth
+from edge.secret import ClusterSecret
 from edge.tls import TlsConfig
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
@@ -88,6 +90,30 @@ def tls_from(raw: dict[str, Any]) -> TlsConfig | None:
         raise ConfigError(str(exc)) from None
     reject_unknown(table, "tls")
     return cfg
+
+
+def secret_from(raw: dict[str, Any]) -> ClusterSecret | None:
+    """The optional ``cluster_secret_file``, loaded and checked."""
+    path = take(raw, "cluster_secret_file", str, None)
+    return None if path is None else load_secret(Path(path))
+
+
+def load_secret(path: Path) -> ClusterSecret:
+    try:
+        return ClusterSecret.load(path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def private_auth(secret: ClusterSecret | None, *, insecure: bool, tls: TlsConfig | None
+                 ) -> PrivateAuth:
+    """How the private ports authenticate; refused when nothing would (unless insecure)."""
+    try:
+        return PrivateAuth(secret=secret, insecure=insecure,
+                           certificates=tls is not None and tls.cert is not None
+                           and tls.verify_client)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def reject_unknown(raw: dict[str, Any], where: str) -> None:

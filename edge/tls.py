@@ -2,14 +2,17 @@
 
 Every listener and client takes an optional ``ssl.SSLContext``; this module
 builds them from file paths. Mutual TLS (client certificates) is switched on
-with ``verify_client``; the certificate's subject names the principal.
+with ``verify_client``; the certificate's subject names the principal. On the
+private ports that principal is an SPU id (:func:`spu_ids_named`).
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,3 +58,18 @@ def client_context(cfg: TlsConfig, *, check_hostname: bool = True) -> ssl.SSLCon
         ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
     ctx.check_hostname = check_hostname
     return ctx
+
+
+_SPU_NAME = re.compile(r"spu-(0|[1-9][0-9]{0,9})")
+
+
+def spu_ids_named(cert: dict[str, Any] | None) -> set[int]:
+    """SPU ids a verified peer certificate names: a common name ``spu-N``, or a DNS
+    subject alternative name ``spu-N`` or ``spu-N.<domain>`` (``spu-3.headwater``)."""
+    if not cert:
+        return set()
+    names = [str(value) for rdn in cert.get("subject", ()) for key, value in rdn
+             if key == "commonName"]
+    names += [str(value).split(".", 1)[0] for kind, value in cert.get("subjectAltName", ())
+              if kind == "DNS"]
+    return {int(m.group(1)) for name in names if (m := _SPU_NAME.fullmatch(name))}

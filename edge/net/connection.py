@@ -15,7 +15,7 @@ import itertools
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from edge.protocol import messages
@@ -33,6 +33,10 @@ REQUEST_TIMEOUT_S = 30.0
 HANDSHAKE_TIMEOUT_S = 5.0
 # Request ids start at 1; a server's error frame with id 0 is about the connection.
 CONNECTION_ERROR_ID = 0
+
+Frame = tuple[dict[Any, Any], bytes]
+# Runs the private-port handshake (edge/net/auth.py) given the server's first frame.
+Authenticator = Callable[["ClientConnection", Awaitable[Frame]], Awaitable[None]]
 
 
 def split_addr(addr: str, default_port: int | None = None) -> tuple[str, int]:
@@ -92,10 +96,12 @@ class ClientConnection:
     """A connection to one SC or SPU address."""
 
     def __init__(self, addr: str, *, ssl_context: ssl.SSLContext | None = None,
-                 server_hostname: str | None = None) -> None:
+                 server_hostname: str | None = None,
+                 authenticate: Authenticator | None = None) -> None:
         self.addr = addr
         self._ssl = ssl_context
         self._server_hostname = server_hostname
+        self._authenticate = authenticate
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[tuple[dict[Any, Any], bytes]]] = {}
         self._streams: dict[int, Stream] = {}
@@ -127,7 +133,14 @@ class ClientConnection:
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._writer = writer
+        # A private port speaks first (its hello, correlation id 0): catch that frame.
+        hello: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        hello.add_done_callback(_retrieve)
+        if self._authenticate is not None:
+            self._pending[0] = hello
         self._reader_task = asyncio.create_task(self._read_loop(reader), name=f"conn-{self.addr}")
+        if self._authenticate is not None:
+            await self._run_handshake(self._authenticate, hello)
         if handshake:
             meta = await self._hello()
             raw = meta.get("versions", {})
@@ -153,6 +166,19 @@ class ClientConnection:
             raise ProtocolError(f"{self.addr} does not speak the Headwater protocol ({exc}): "
                                 "is it a Headwater SC or SPU port?") from None
         return meta
+
+    async def _run_handshake(self, authenticate: Authenticator, hello: asyncio.Future[Frame]
+                             ) -> None:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await authenticate(self, asyncio.shield(hello))
+        except TimeoutError:
+            await self.close()
+            raise ConnectionLost(f"{self.addr} did not complete the private-port handshake "
+                                 f"within {CONNECT_TIMEOUT_S:g}s", addr=self.addr) from None
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         self._fail(ConnectionLost(f"connection to {self.addr} closed", addr=self.addr))

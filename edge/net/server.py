@@ -137,6 +137,8 @@ class Connection:
         self.long_polls = 0
         self.closed = False
         self.on_close: list[Callable[[], None]] = []
+        # On a private port: the SPU id the caller proved (edge/net/auth.py).
+        self.spu_id: int | None = None
 
     @property
     def in_flight(self) -> int:
@@ -208,6 +210,13 @@ class Connection:
             self.abort()
             raise
 
+    async def close_after(self, meta: dict[str, Any]) -> None:
+        """Send a last frame, then close; frames still arriving are not served."""
+        await self.send(meta)
+        if not self.closed:
+            self.closed = True
+            self.writer.close()
+
     def spawn(self, coro: Awaitable[None], name: str) -> None:
         """Run a per-connection task that is cancelled when the connection closes."""
         task = asyncio.ensure_future(coro)
@@ -253,9 +262,11 @@ class FrameServer:
         max_frame_bytes: int | None = None, limits: ServerLimits | None = None,
         max_connections: int | None = None, pool: BufferPool | None = None,
         long_polls: Collection[int] = (),
+        on_connect: Callable[[Connection], None] | None = None,
     ) -> None:
         self.name = name
         self._dispatch = dispatch
+        self._on_connect = on_connect
         self._ssl = ssl_context
         self._max_frame = max_frame_bytes
         self.limits = limits or ServerLimits()
@@ -314,6 +325,8 @@ class FrameServer:
         conn = Connection(reader, writer, self)
         self._connections.add(conn)
         self.stats.connections += 1
+        if self._on_connect is not None:
+            self._on_connect(conn)
         decoder = (FrameDecoder(max_frame_bytes=self._max_frame) if self._max_frame
                    else FrameDecoder())
         charged = _Charge(self.pool)

@@ -6,10 +6,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.config import ConfigError, load_toml, reject_unknown, take, tls_from
+from edge.config import (
+    ConfigError,
+    load_toml,
+    private_auth,
+    reject_unknown,
+    secret_from,
+    take,
+    tls_from,
+)
 from edge.discovery.config import DiscoveryConfig
+from edge.net.auth import PrivateAuth
 from edge.net.connection import split_addr
 from edge.net.limits import ServerLimits, limits_from
+from edge.secret import ClusterSecret
 from edge.tls import TlsConfig
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -30,6 +40,10 @@ class ScConfig:
     # ``site = "NAME"``: announce this SC on the LAN (mDNS) for that site.
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     limits: ServerLimits = field(default_factory=ServerLimits)
+    # Private ports prove their callers with this secret (or TLS client certificates);
+    # insecure_private turns that off, for development only.
+    cluster_secret: ClusterSecret | None = None
+    insecure_private: bool = False
 
     def __post_init__(self) -> None:
         for key in ("public_addr", "private_addr"):
@@ -41,6 +55,11 @@ class ScConfig:
             raise ConfigError("heartbeat_timeout_s must be > 0")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        private_auth(self.cluster_secret, insecure=self.insecure_private, tls=self.tls)
+
+    @property
+    def private_auth(self) -> PrivateAuth:
+        return private_auth(self.cluster_secret, insecure=self.insecure_private, tls=self.tls)
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: Any) -> ScConfig:
@@ -60,6 +79,8 @@ class ScConfig:
             "log_level": take(raw, "log_level", str, cls.log_level),
             "tls": tls_from(raw),
             "limits": limits_from(raw),
+            "cluster_secret": secret_from(raw),
+            "insecure_private": take(raw, "insecure_private", bool, False),
         }
         discovery = DiscoveryConfig.take_from(raw, site=overrides.pop("site", None))
         reject_unknown(raw, "sc config")

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from edge.net.auth import PrivateGate, require_spu
 from edge.net.connection import split_addr
 from edge.net.limits import BufferPool
 from edge.net.server import Connection, FrameServer, Response
@@ -49,8 +50,10 @@ class Sc:
         self.public = FrameServer("SC public", self._dispatch_public, ssl_context=ctx,
                                   limits=cfg.limits, pool=pool,
                                   long_polls=(ApiKey.WATCH_METADATA, ApiKey.GROUP_HEARTBEAT))
-        self.private = FrameServer("SC private", self._dispatch_private, ssl_context=ctx,
-                                   limits=cfg.limits, pool=pool,
+        self.gate = PrivateGate(cfg.private_auth, role="sc")
+        self.private = FrameServer("SC private", self.gate.wrap(self._dispatch_private),
+                                   ssl_context=ctx, limits=cfg.limits, pool=pool,
+                                   on_connect=self.gate.greet,
                                    max_connections=cfg.limits.max_peer_connections,
                                    long_polls=(ApiKey.REGISTER_SPU,))
         self.public_addr = ""
@@ -91,6 +94,9 @@ class Sc:
         self.private_addr = f"{_host(priv[0])}:{priv[1]}"
         self._tasks.append(asyncio.create_task(self._liveness(), name="liveness"))
         self._announce(pub, priv)
+        if self.cfg.insecure_private:
+            log.warning("SC private port %s accepts any caller (insecure_private): for "
+                        "development only", self.private_addr)
         log.info("SC serving clients on %s, SPUs on %s (cluster %s)", self.public_addr,
                  self.private_addr, self.controller.cluster_id)
 
@@ -137,7 +143,8 @@ class Sc:
     # handlers -------------------------------------------------------------
 
     def api_versions(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        table = self._public if conn.server is self.public else self._private
+        table = (list(self._public) if conn.server is self.public
+                 else [*self._private, ApiKey.AUTHENTICATE])
         return messages.ok(meta["id"], versions={int(k): list(messages.SUPPORTED[k])
                                                  for k in table},
                            role="sc", cluster=self.controller.cluster_id), b""
@@ -217,6 +224,7 @@ class Sc:
             spus_online=sum(1 for s in spus if s.online), topics=len(topics),
             partitions=len(parts), partitions_offline=offline_leaders,
             waiting_topics=[t.name for t in topics if t.status != "ready"],
+            auth_failures=self.gate.failures,
         ), b""
 
     def init_producer_id(self, conn: Connection, meta: dict[Any, Any], blob: bytes
@@ -229,6 +237,7 @@ class Sc:
         spu_id = get(meta, "spu", int)
         public, private = get(meta, "public", str), get(meta, "private", str)
         rack = get(meta, "rack", str, None)
+        require_spu(conn, spu_id, "spu")
         check_spu_id(spu_id)
         check_address("public", public)
         check_address("private", private)
@@ -246,7 +255,9 @@ class Sc:
         return _hold_open(conn)
 
     def heartbeat(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        self.controller.heartbeat(get(meta, "spu", int), get(meta, "health", dict, {}),
+        spu_id = get(meta, "spu", int)
+        require_spu(conn, spu_id, "spu")
+        self.controller.heartbeat(spu_id, get(meta, "health", dict, {}),
                                   get(meta, "partitions", list, []), get(meta, "stats", dict, {}))
         return messages.ok(meta["id"], version=self.controller.version), b""
 
@@ -254,7 +265,9 @@ class Sc:
         isr = get(meta, "isr", list)
         if not all(isinstance(r, int) and not isinstance(r, bool) for r in isr):
             raise InvalidRequest("isr must be a list of SPU ids")
-        self.controller.update_isr(get(meta, "spu", int), get(meta, "topic", str),
+        spu_id = get(meta, "spu", int)
+        require_spu(conn, spu_id, "spu")
+        self.controller.update_isr(spu_id, get(meta, "topic", str),
                                    get(meta, "partition", int), get(meta, "epoch", int), isr)
         return messages.ok(meta["id"]), b""
 

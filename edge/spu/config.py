@@ -6,11 +6,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.config import ConfigError, load_toml, parse_size, reject_unknown, take, tls_from
+from edge.config import (
+    ConfigError,
+    load_toml,
+    parse_size,
+    private_auth,
+    reject_unknown,
+    secret_from,
+    take,
+    tls_from,
+)
 from edge.discovery.config import DiscoveryConfig, check_sc_address
+from edge.net.auth import PrivateAuth
 from edge.net.connection import split_addr
 from edge.net.limits import ServerLimits, limits_from
 from edge.protocol.wirezstd import Codec
+from edge.secret import ClusterSecret
 from edge.tls import TlsConfig
 
 DURABILITY = ("group", "always", "never")
@@ -134,6 +145,10 @@ class SpuConfig:
     log_level: str = "info"
     tls: TlsConfig | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
+    # Private ports prove their callers with this secret (or TLS client certificates);
+    # insecure_private turns that off, for development only.
+    cluster_secret: ClusterSecret | None = None
+    insecure_private: bool = False
     upstream: UpstreamConfig | None = None
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
@@ -155,6 +170,11 @@ class SpuConfig:
                     "retention_check_interval_s", "replica_lag_s", "pause_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be > 0")
+        private_auth(self.cluster_secret, insecure=self.insecure_private, tls=self.tls)
+
+    @property
+    def private_auth(self) -> PrivateAuth:
+        return private_auth(self.cluster_secret, insecure=self.insecure_private, tls=self.tls)
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: Any) -> SpuConfig:
@@ -188,6 +208,8 @@ class SpuConfig:
             "log_level": take(raw, "log_level", str, cls.log_level),
             "tls": tls_from(raw),
             "limits": limits_from(raw),
+            "cluster_secret": secret_from(raw),
+            "insecure_private": take(raw, "insecure_private", bool, False),
             "upstream": (UpstreamConfig.from_table(raw.pop("upstream"))
                          if "upstream" in raw else None),
         }

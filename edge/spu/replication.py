@@ -27,11 +27,13 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from edge.net.connection import ClientConnection
+from edge.net.auth import require_spu
+from edge.net.connection import Authenticator, ClientConnection
 from edge.net.server import Connection, Response
 from edge.protocol import batch as codec
 from edge.protocol import messages
 from edge.protocol.errors import (
+    AuthenticationFailed,
     CorruptBatch,
     HeadwaterError,
     InvalidRequest,
@@ -96,8 +98,9 @@ class LeaderSide:
 
     def replica_fetch(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                       ) -> Awaitable[Response]:
-        p = self._partition(meta)
         replica = get(meta, "replica", int)
+        require_spu(conn, replica, "replica")
+        p = self._partition(meta)
         self._check_replica(conn, p, replica)
         self._check_epoch(conn, p, get(meta, "epoch", int))
         offset = get(meta, "offset", int)
@@ -144,15 +147,17 @@ class Follower:
     """Keeps one follower replica in step with its leader."""
 
     def __init__(self, p: Partition, *, leader_addr: str, ssl_context: ssl.SSLContext | None,
-                 offsets: ConsumerOffsets | None = None) -> None:
+                 authenticate: Authenticator, offsets: ConsumerOffsets | None = None) -> None:
         self.p = p
         self.leader_addr = leader_addr
         self._ssl = ssl_context
+        self._authenticate = authenticate
         self._offsets = offsets
         self.epoch = p.leader_epoch
         # Version of the leader's consumer positions this replica holds a copy of.
         self._consumers_seen = (-1, -1)
         self._refused_corrupt = False
+        self._refused_auth = False
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"follow-{p.name}")
 
@@ -164,7 +169,8 @@ class Follower:
     async def _run(self) -> None:
         delay = BACKOFF_S[0]
         while not self.p.closed:
-            conn = ClientConnection(self.leader_addr, ssl_context=self._ssl)
+            conn = ClientConnection(self.leader_addr, ssl_context=self._ssl,
+                                    authenticate=self._authenticate)
             try:
                 await conn.connect()
                 await self._truncate_by_epoch(conn)
@@ -178,6 +184,12 @@ class Follower:
                     self._refused_corrupt = True
                     log.warning("%s: refusing a batch from leader %s: %s", self.p.name,
                                 self.leader_addr, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_S[1])
+            except AuthenticationFailed as exc:
+                if not self._refused_auth:
+                    self._refused_auth = True
+                    log.warning("%s: leader %s: %s", self.p.name, self.leader_addr, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_S[1])
             except HeadwaterError as exc:
@@ -261,10 +273,11 @@ def _validated(blob: bytes) -> Iterator[tuple[codec.BatchHeader, int]]:
 class ReplicaManager:
     """Starts and stops followers as assignments change; proposes ISR changes."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None,
+    def __init__(self, *, ssl_context: ssl.SSLContext | None, authenticate: Authenticator,
                  propose_isr: Callable[[Partition, list[int]], Awaitable[bool]],
                  lag_s: float) -> None:
         self._ssl = ssl_context
+        self._authenticate = authenticate
         self._propose = propose_isr
         self.offsets: ConsumerOffsets | None = None
         self.lag_s = lag_s
@@ -287,6 +300,7 @@ class ReplicaManager:
             addr = addresses.get(p.leader_id)
             if addr is not None:
                 self.followers[key] = Follower(p, leader_addr=addr, ssl_context=self._ssl,
+                                               authenticate=self._authenticate,
                                                offsets=self.offsets)
 
     async def check_isr(self, partitions: dict[tuple[str, int], Partition]) -> None:

@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from edge import health
-from edge.net.connection import ClientConnection
-from edge.protocol.errors import HeadwaterError, StaleEpoch
+from edge.net.connection import Authenticator, ClientConnection
+from edge.protocol.errors import AuthenticationFailed, HeadwaterError, StaleEpoch
 from edge.protocol.messages import ApiKey
 from edge.spu.config import SpuConfig
 from edge.spu.guard import LeadershipGuard
@@ -43,7 +43,7 @@ class ScLink:
     """Keeps this SPU registered with the SC."""
 
     def __init__(self, cfg: SpuConfig, replicas: ReplicaSet, *, public: str, private: str,
-                 ssl_context: ssl.SSLContext | None,
+                 ssl_context: ssl.SSLContext | None, authenticate: Authenticator,
                  stats: Callable[[], dict[str, Any]],
                  on_assignment: Callable[[], Awaitable[None]],
                  guard: LeadershipGuard, finder: ScFinder | None = None,
@@ -58,6 +58,7 @@ class ScLink:
         self.public = public
         self.private = private
         self._ssl = ssl_context
+        self._authenticate = authenticate
         self._stats = stats
         self._on_assignment = on_assignment
         self.guard = guard
@@ -76,7 +77,9 @@ class ScLink:
                 delay = BACKOFF_MIN_S
             except Exception as exc:
                 if self.connected.is_set() or not warned:
-                    log.warning("SC %s unreachable (%s); serving on, retrying", self.cfg.sc,
+                    what = ("refused" if isinstance(_first(exc), AuthenticationFailed)
+                            else "unreachable")
+                    log.warning("SC %s %s (%s); serving on, retrying", self.cfg.sc, what,
                                 _reason(exc))
                 warned = True
             else:
@@ -115,11 +118,12 @@ class ScLink:
 
     async def _dial(self) -> ClientConnection:
         if self.finder is None:
-            conn = ClientConnection(self.cfg.sc, ssl_context=self._ssl)
+            conn = ClientConnection(self.cfg.sc, ssl_context=self._ssl,
+                                    authenticate=self._authenticate)
             return await conn.connect()
         failure: Exception | None = None
         for addr in await self.finder.wait(timeout=DISCOVERY_WAIT_S):
-            conn = ClientConnection(addr, ssl_context=self._ssl)
+            conn = ClientConnection(addr, ssl_context=self._ssl, authenticate=self._authenticate)
             try:
                 await conn.connect()
             except HeadwaterError as exc:
@@ -208,9 +212,14 @@ def _with_host(addr: str, host: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _reason(exc: BaseException) -> str:
+def _first(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    return exc
+
+
+def _reason(exc: BaseException) -> str:
+    exc = _first(exc)
     return str(exc) or type(exc).__name__
 
 

@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from edge.logstate import StateLog
+from edge.net.auth import PrivateGate, dialer
 from edge.net.connection import split_addr
 from edge.net.limits import BufferPool
 from edge.net.server import Connection, FrameServer, Response
@@ -50,10 +51,14 @@ class Spu:
         self.public = FrameServer(f"SPU {cfg.id} public", self._dispatch_public,
                                   ssl_context=server_ssl, limits=cfg.limits, pool=pool,
                                   long_polls=(ApiKey.FETCH, ApiKey.STREAM_FETCH))
-        self.private = FrameServer(f"SPU {cfg.id} private", self._dispatch_private,
+        self.gate = PrivateGate(cfg.private_auth, role="spu")
+        self.private = FrameServer(f"SPU {cfg.id} private", self.gate.wrap(self._dispatch_private),
                                    ssl_context=server_ssl, limits=cfg.limits, pool=pool,
+                                   on_connect=self.gate.greet,
                                    max_connections=cfg.limits.max_peer_connections,
                                    long_polls=(ApiKey.REPLICA_FETCH,))
+        # Every connection this SPU opens to a private port (SC, leaders) proves it is cfg.id.
+        self._dialer = dialer(cfg.private_auth, cfg.id)
         self.public_addr = ""
         self.private_addr = ""
         self.link: ScLink | None = None
@@ -69,14 +74,14 @@ class Spu:
                              server_status=self.server_status)
         self.leader_side.offsets = self.offsets
         self.link = ScLink(self.cfg, self.replicas, public="", private="",
-                           ssl_context=self._client_ssl,
+                           ssl_context=self._client_ssl, authenticate=self._dialer,
                            stats=lambda: dict(self.api.stats) if self.api else {},
                            on_assignment=self._sync_replication, guard=self.guard,
                            finder=await self.discovery.start_finding(),
                            advertise_from_link=(
                                is_wildcard(self.cfg.public_addr, self.cfg.advertise_public),
                                is_wildcard(self.cfg.private_addr, self.cfg.advertise_private)))
-        self.replication = ReplicaManager(ssl_context=self._client_ssl,
+        self.replication = ReplicaManager(ssl_context=self._client_ssl, authenticate=self._dialer,
                                           propose_isr=self.link.propose_isr,
                                           lag_s=self.cfg.replica_lag_s)
         self.replication.offsets = self.offsets
@@ -102,6 +107,9 @@ class Spu:
         ]
         log.info("SPU %d serving clients on %s, peers on %s", self.cfg.id, self.public_addr,
                  self.private_addr)
+        if self.cfg.insecure_private:
+            log.warning("SPU %d private port %s accepts any caller (insecure_private): for "
+                        "development only", self.cfg.id, self.private_addr)
 
     async def stop(self) -> None:
         """Stop listening, flush and close every partition (SIGTERM path)."""
@@ -135,13 +143,14 @@ class Spu:
         api = messages.api_of(meta)
         if api == ApiKey.API_VERSIONS:
             served = (ApiKey.API_VERSIONS, ApiKey.PARTITION_STATUS, ApiKey.REPLICA_FETCH,
-                      ApiKey.OFFSET_FOR_EPOCH)
+                      ApiKey.OFFSET_FOR_EPOCH, ApiKey.AUTHENTICATE)
             return messages.ok(meta["id"], versions={int(k): list(messages.SUPPORTED[k])
                                                      for k in served},
                                role="spu-private", spu=self.cfg.id), b""
         if api == ApiKey.PARTITION_STATUS:
             rows = [p.status() for p in self.replicas.partitions.values()]
-            return messages.ok(meta["id"], partitions=rows), b""
+            return messages.ok(meta["id"], partitions=rows,
+                               stats={"auth_failures": self.gate.failures}), b""
         if api == ApiKey.REPLICA_FETCH:
             return self.leader_side.replica_fetch(conn, meta, blob)
         if api == ApiKey.OFFSET_FOR_EPOCH:

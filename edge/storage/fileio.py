@@ -35,13 +35,14 @@ def write_all(fd: int, parts: list[Buffer]) -> None:
             views[0] = views[0][n:]
 
 
-def write_atomic(directory: Path, dir_fd: int, name: str, data: bytes) -> None:
+def write_atomic(directory: Path, dir_fd: int, name: str, data: bytes, *,
+                 mode: int = 0o644) -> None:
     """Replace ``directory/name`` so that a crash leaves the old or the new file, whole.
 
     Write a temporary file, fsync it, rename it over the old one, fsync the directory.
     """
     tmp = directory / (name + TMP_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         write_all(fd, [data])
         os.fsync(fd)
