@@ -3,6 +3,8 @@
 ``LocalCluster`` starts ``headwater run sc`` and ``headwater run spu`` as
 separate processes on free 127.0.0.1 ports, waits until the SPU is registered,
 and can SIGKILL and restart the SPU on the same data directory (crash tests).
+The processes share a cluster secret created in the data directory
+(``secret_path``), as a real deployment's private ports require.
 
     async with LocalCluster(tmp_path) as cluster:
         async with Admin(cluster.sc_addr) as admin: ...
@@ -33,6 +35,7 @@ import psutil
 from edge.net.connection import ClientConnection, split_addr
 from edge.protocol.errors import HeadwaterError
 from edge.protocol.messages import ApiKey
+from edge.secret import GENERATED_NAME, ClusterSecret
 
 START_TIMEOUT_S = 30.0
 
@@ -74,6 +77,7 @@ class LocalCluster:
         self.spu_procs: dict[int, subprocess.Popen[bytes]] = {}
         self.spu_settings = dict(spu_settings or {})
         self.limits = dict(limits or {})
+        self.secret_path = self.data_dir / GENERATED_NAME
         self.proxies: dict[int, TcpProxy] = (
             {i: TcpProxy(f"{self.host}:{self.spu_ports[i][1]}", origin=self._spu_of_port)
              for i in self.spu_ids} if private_proxy else {})
@@ -89,6 +93,7 @@ class LocalCluster:
         await self.stop()
 
     async def start(self) -> None:
+        ClusterSecret.ensure(self.secret_path)
         for proxy in self.proxies.values():
             await proxy.start()
         await self.start_sc()
@@ -116,7 +121,8 @@ class LocalCluster:
         self.sc_proc = self._spawn(
             ["run", "sc", "--data-dir", str(self.data_dir / "sc"),
              "--public-addr", self.sc_addr, "--private-addr", self.sc_private_addr,
-             "--log-level", self.log_level, *self._sc_config_args()], "sc.log")
+             "--cluster-secret", str(self.secret_path), "--log-level", self.log_level,
+             *self._sc_config_args()], "sc.log")
         await self._wait_answers(self.sc_addr, self.sc_proc, "sc.log")
 
     async def start_spu(self, spu_id: int = 1) -> None:
@@ -125,7 +131,8 @@ class LocalCluster:
             ["run", "spu", "--id", str(spu_id), "--data-dir", str(self.data_dir / f"spu-{spu_id}"),
              "--public-addr", f"{self.host}:{public}", "--private-addr", f"{self.host}:{private}",
              "--sc", self.sc_private_addr, "--durability", self.durability,
-             "--log-level", self.log_level, *self._config_args(spu_id),
+             "--cluster-secret", str(self.secret_path), "--log-level", self.log_level,
+             *self._config_args(spu_id),
              *self.extra_spu_args], f"spu-{spu_id}.log")
         self.spu_procs[spu_id] = proc
         await self._wait_answers(self.spu_addr(spu_id), proc, f"spu-{spu_id}.log")

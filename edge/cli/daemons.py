@@ -6,12 +6,15 @@ import asyncio
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from edge.cli.common import fail, run, setup_logging, target
-from edge.config import ConfigError
+from edge.config import ConfigError, load_secret
+
+if TYPE_CHECKING:
+    from edge.secret import ClusterSecret
 
 run_app = typer.Typer(help="Run a Headwater daemon in the foreground (what systemd starts).",
                       no_args_is_help=True)
@@ -24,6 +27,15 @@ LOG_FORMAT_HELP = ("text (with syslog priorities under systemd, for journalctl -
                    "(one object a line).")
 SITE_HELP = ("Site name: announce this node on the LAN (mDNS) so that the site's SPUs, "
              "gateways and clients find it without addresses.")
+CLUSTER_KEY_HELP = ("File holding the cluster secret the SC and SPUs share (at least 32 "
+                    "characters, mode 600): proves who calls a private port.")
+INSECURE_HELP = ("Let any caller use the private ports, proven by nothing (development "
+                 "only; logged as a warning).")
+
+
+def _auth_overrides(secret: Path | None, insecure: bool) -> dict[str, Any]:
+    return {"cluster_secret": load_secret(secret) if secret else None,
+            "insecure_private": True if insecure else None}
 
 
 def _upstream(path: Path | None) -> Any:
@@ -58,6 +70,8 @@ def run_sc(
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
     site: str | None = typer.Option(None, "--site", help=SITE_HELP),
     log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP),
+    cluster_secret: Path | None = typer.Option(None, "--cluster-secret", help=CLUSTER_KEY_HELP),
+    insecure_private: bool = typer.Option(False, "--insecure-private", help=INSECURE_HELP),
     check_config: bool = typer.Option(False, "--check-config", help=CHECK_HELP),
 ) -> None:
     """Run the Streaming Controller (control plane)."""
@@ -67,6 +81,7 @@ def run_sc(
                                  "private_addr": private_addr, "log_level": log_level,
                                  "heartbeat_timeout_s": heartbeat_timeout_s, "site": site}
     try:
+        overrides.update(_auth_overrides(cluster_secret, insecure_private))
         cfg = (ScConfig.from_toml(config, **overrides) if config
                else ScConfig.from_dict({"data_dir": str(_default_data_dir("sc"))}, **overrides))
     except ConfigError as exc:
@@ -102,6 +117,8 @@ def run_spu(
     upstream: Path | None = typer.Option(None, "--upstream", help=UPSTREAM_HELP),
     site: str | None = typer.Option(None, "--site", help=SITE_HELP),
     log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP),
+    cluster_secret: Path | None = typer.Option(None, "--cluster-secret", help=CLUSTER_KEY_HELP),
+    insecure_private: bool = typer.Option(False, "--insecure-private", help=INSECURE_HELP),
     check_config: bool = typer.Option(False, "--check-config", help=CHECK_HELP),
 ) -> None:
     """Run a Streaming Processing Unit (data plane)."""
@@ -112,6 +129,7 @@ def run_spu(
                                  "rack": rack, "log_level": log_level, "site": site}
     try:
         overrides["upstream"] = _upstream(upstream)
+        overrides.update(_auth_overrides(cluster_secret, insecure_private))
         if config:
             cfg = SpuConfig.from_toml(config, **overrides)
         else:
@@ -133,6 +151,16 @@ def run_spu(
                     f"{spu.public_addr}")
 
     asyncio.run(main())
+
+
+def local_secret(data_dir: Path) -> ClusterSecret:
+    """The cluster secret of a development cluster: created in its data dir on first use."""
+    from edge.secret import GENERATED_NAME, ClusterSecret
+
+    try:
+        return ClusterSecret.ensure(data_dir / GENERATED_NAME)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def local(
@@ -163,9 +191,10 @@ def local(
     try:
         uplink = _upstream(upstream)
         discovery = DiscoveryConfig(site=site)
+        secret = local_secret(data_dir)
         sc_cfg = ScConfig(data_dir=data_dir / "sc", public_addr=f"{host}:{sc_port}",
                           private_addr=f"{host}:{sc_port + 1}", log_level=log_level,
-                          discovery=discovery)
+                          discovery=discovery, cluster_secret=secret)
         # The SPUs of one process know where their SC is; only announcing needs the site.
         local_sc = f"{'127.0.0.1' if host in WILDCARD_HOSTS else host}:{sc_port + 1}"
         advertise = _lan_address() if host in WILDCARD_HOSTS and site else None
@@ -177,7 +206,8 @@ def local(
                               f"{advertise}:{spu_port + 2 * (i - 1)}",
                               advertise_private=advertise and
                               f"{advertise}:{spu_port + 2 * (i - 1) + 1}",
-                              log_level=log_level, upstream=uplink, discovery=discovery)
+                              log_level=log_level, upstream=uplink, discovery=discovery,
+                              cluster_secret=secret)
                     for i in range(1, spus + 1)]
     except ConfigError as exc:
         fail(str(exc), 2)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from edge.cli.common import fail, setup_logging
+from edge.config import ConfigError
 
 if TYPE_CHECKING:
     from edge.client import Consumer, Offset, Producer
@@ -31,9 +32,12 @@ def demo(
         asyncio.run(_demo(data_dir, readings, burst))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except ConfigError as exc:
+        fail(str(exc), 2)
 
 
 async def _demo(data_dir: Path | None, readings: int, burst: int) -> None:
+    from edge.cli.daemons import local_secret
     from edge.client import Admin, Consumer, Offset, Producer
     from edge.sc.config import ScConfig
     from edge.sc.service import Sc
@@ -44,11 +48,12 @@ async def _demo(data_dir: Path | None, readings: int, burst: int) -> None:
     if data_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="headwater-demo-")
         data_dir = Path(tmp.name)
+    secret = local_secret(data_dir)
     sc = Sc(ScConfig(data_dir=data_dir / "sc", public_addr="127.0.0.1:0",
-                     private_addr="127.0.0.1:0"))
+                     private_addr="127.0.0.1:0", cluster_secret=secret))
     await sc.start()
     spu = Spu(SpuConfig(id=1, data_dir=data_dir / "spu-1", public_addr="127.0.0.1:0",
-                        private_addr="127.0.0.1:0", sc=sc.private_addr))
+                        private_addr="127.0.0.1:0", sc=sc.private_addr, cluster_secret=secret))
     await spu.start()
     try:
         assert spu.link is not None
