@@ -34,8 +34,9 @@ def make_pki(directory: os.PathLike[str] | str, *, names: tuple[str, ...] = ("se
              "client", "intruder")) -> dict[str, tuple[str, str]]:
     """A throwaway CA plus certificates (``openssl``): ``{"ca": (cert, key), name: ...}``.
 
-    ``server`` is valid for 127.0.0.1 and localhost; ``intruder`` is signed by a
-    second, untrusted CA.
+    Every certificate is valid for 127.0.0.1 and localhost; one named ``spu-N``
+    names SPU N only in its SAN ``spu-N.headwater`` (what the private ports check);
+    ``intruder`` is signed by a second, untrusted CA.
     """
     import subprocess
     from pathlib import Path
@@ -59,9 +60,12 @@ def make_pki(directory: os.PathLike[str] | str, *, names: tuple[str, ...] = ("se
         issuer = out["rogue-ca"] if name == "intruder" else out["ca"]
         key, csr, cert = d / f"{name}.key", d / f"{name}.csr", d / f"{name}.pem"
         ext = d / f"{name}.ext"
-        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        spu_name = f",DNS:{name}.headwater" if name.startswith("spu-") else ""
+        ext.write_text(f"subjectAltName=IP:127.0.0.1,DNS:localhost{spu_name}\n")
+        # An SPU's common name is not its id: the SAN must carry it.
+        cn = f"{name}.headwater" if spu_name else name
         run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))
+            "-subj", f"/CN={cn}", "-keyout", str(key), "-out", str(csr))
         run("x509", "-req", "-in", str(csr), "-CA", issuer[0], "-CAkey", issuer[1],
             "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert))
         out[name] = (str(cert), str(key))
