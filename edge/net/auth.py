@@ -166,7 +166,10 @@ def dialer(auth: PrivateAuth, spu_id: int) -> Authenticator:
 
 def require_spu(conn: Connection, spu_id: int, field: str) -> None:
     """Refuse a request for an SPU other than the one the connection authenticated as."""
-    if conn.spu_id is not None and conn.spu_id != spu_id:
+    if conn.spu_id is None:
+        raise AuthenticationFailed(f"{field}: this connection is not authenticated",
+                                   field=field)
+    if conn.spu_id != spu_id:
         raise AuthenticationFailed(
             f"{field}: this connection authenticated as SPU {conn.spu_id}, not "
             f"{messages.shown(spu_id)}", field=field, spu=conn.spu_id)

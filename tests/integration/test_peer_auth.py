@@ -21,7 +21,11 @@ from edge.protocol.errors import AuthenticationFailed, ErrorCode
 from edge.protocol.framing import FrameDecoder, encode_frame
 from edge.protocol.handshake import Claim
 from edge.protocol.messages import ApiKey, request
+from edge.sc.config import ScConfig
+from edge.sc.service import Sc
 from edge.secret import ClusterSecret
+from edge.spu.config import SpuConfig
+from edge.spu.service import Spu
 from edge.testing import LocalCluster
 
 AUTH_FAILED = int(ErrorCode.AUTHENTICATION_FAILED)
@@ -45,7 +49,11 @@ class RawPeer:
         """The next frame, or None once the server closed the connection."""
         async with asyncio.timeout(timeout):
             while (frame := self.decoder.next_frame()) is None:
-                data = await self.reader.read(65536)
+                try:
+                    data = await self.reader.read(65536)
+                except ConnectionResetError:
+                    # Closed while our last frame was unread: the kernel answers it with RST.
+                    return None
                 if not data:
                     return None
                 self.decoder.feed(data)
@@ -139,29 +147,38 @@ async def test_unauthenticated_callers_cannot_register_heartbeat_or_fetch(
     assert "Traceback" not in sc_log + spu_log
 
 
+async def private_stats(cluster: LocalCluster, secret: ClusterSecret) -> dict[Any, Any]:
+    spu_private = f"{cluster.host}:{cluster.spu_ports[1][1]}"
+    auth = PrivateAuth(secret=secret)
+    async with ClientConnection(spu_private, authenticate=dialer(auth, 1)) as conn:
+        status, _ = await conn.request(ApiKey.PARTITION_STATUS)
+    return dict(status["stats"])
+
+
 async def test_a_wrong_secret_or_a_replayed_answer_is_refused(
         cluster: LocalCluster, tmp_path: Path) -> None:
     secret = ClusterSecret.load(cluster.secret_path)
     wrong = ClusterSecret.ensure(tmp_path / "other.secret")
-    conn = ClientConnection(cluster.sc_private_addr,
-                            authenticate=dialer(PrivateAuth(secret=wrong), 1))
-    with pytest.raises(AuthenticationFailed):
-        await conn.connect()
-    first, answer = await authenticated(cluster.sc_private_addr, secret.value, 5)
-    # The same answer on a new connection meets a new nonce.
-    replay = await RawPeer.open(cluster.sc_private_addr)
-    try:
-        assert await replay.next() is not None
-        replay.send(ApiKey.AUTHENTICATE, 1, **answer)
-        refusal = await replay.next()
-        assert refusal is not None
-        assert refusal["err"] == AUTH_FAILED
-        replay.send(ApiKey.REGISTER_SPU, 2, spu=5, public="127.0.0.1:1",
-                    private="127.0.0.1:2")
-        assert await replay.next() is None
-    finally:
-        replay.close()
-    # Proven as SPU 5, the connection speaks for SPU 5 only.
+    for addr in (cluster.sc_private_addr, f"{cluster.host}:{cluster.spu_ports[1][1]}"):
+        conn = ClientConnection(addr, authenticate=dialer(PrivateAuth(secret=wrong), 1))
+        with pytest.raises(AuthenticationFailed, match="wrong proof of the cluster secret"):
+            await conn.connect()
+        peer, answer = await authenticated(addr, secret.value, 5)
+        peer.close()
+        # The same answer on a new connection meets a new nonce.
+        replay = await RawPeer.open(addr)
+        try:
+            assert await replay.next() is not None
+            replay.send(ApiKey.AUTHENTICATE, 1, **answer)
+            refusal = await replay.next()
+            assert refusal is not None
+            assert refusal["err"] == AUTH_FAILED
+            replay.send(ApiKey.HEARTBEAT, 2, spu=5)
+            assert await replay.next() is None
+        finally:
+            replay.close()
+    # Proven as SPU 5, a connection speaks for SPU 5 only.
+    first, _ = await authenticated(cluster.sc_private_addr, secret.value, 5)
     try:
         first.send(ApiKey.HEARTBEAT, 2, spu=1)
         refusal = await first.next()
@@ -173,21 +190,49 @@ async def test_a_wrong_secret_or_a_replayed_answer_is_refused(
     status = await sc_status(cluster)
     assert [s["id"] for s in status["spus"] if s["online"]] == [1]
     assert status["auth_failures"] == 3
+    assert (await private_stats(cluster, secret))["auth_failures"] == 2
 
 
 async def test_a_fetch_for_another_replica_is_refused(cluster: LocalCluster) -> None:
     spu_private = f"{cluster.host}:{cluster.spu_ports[1][1]}"
-    auth = PrivateAuth(secret=ClusterSecret.load(cluster.secret_path))
-    async with ClientConnection(spu_private, authenticate=dialer(auth, 2)) as conn:
+    secret = ClusterSecret.load(cluster.secret_path)
+    async with ClientConnection(spu_private,
+                                authenticate=dialer(PrivateAuth(secret=secret), 2)) as conn:
         with pytest.raises(AuthenticationFailed, match="replica: this connection "
                            "authenticated as SPU 2, not 3"):
             await conn.request(ApiKey.REPLICA_FETCH, topic="t", partition=0, epoch=0,
                                replica=3, offset=0)
         await asyncio.sleep(0.2)
         assert conn.closed
-    async with ClientConnection(spu_private, authenticate=dialer(auth, 2)) as conn:
-        status, _ = await conn.request(ApiKey.PARTITION_STATUS)
-    assert status["stats"]["auth_failures"] == 1
+    assert (await private_stats(cluster, secret))["auth_failures"] == 1
+
+
+async def test_insecure_private_binds_ids_and_warns_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sc = Sc(ScConfig(data_dir=tmp_path / "sc", public_addr="127.0.0.1:0",
+                     private_addr="127.0.0.1:0", insecure_private=True))
+    await sc.start()
+    spu = Spu(SpuConfig(id=1, data_dir=tmp_path / "spu", public_addr="127.0.0.1:0",
+                        private_addr="127.0.0.1:0", sc=sc.private_addr, insecure_private=True))
+    await spu.start()
+    try:
+        assert spu.link is not None
+        await asyncio.wait_for(spu.link.registered_once.wait(), 10)
+        # Nothing proves the claim, but the claim still binds the connection.
+        insecure = dialer(PrivateAuth(insecure=True), 4)
+        async with ClientConnection(sc.private_addr, authenticate=insecure) as conn:
+            with pytest.raises(AuthenticationFailed):
+                await conn.request(ApiKey.HEARTBEAT, spu=1)
+        # A node with a secret does not join an insecure one.
+        strict = dialer(PrivateAuth(secret=ClusterSecret.ensure(tmp_path / "s")), 4)
+        with pytest.raises(AuthenticationFailed, match="does not ask for the cluster secret"):
+            await ClientConnection(spu.private_addr, authenticate=strict).connect()
+    finally:
+        await spu.stop()
+        await sc.stop()
+    warnings = [r.getMessage() for r in caplog.records if "insecure_private" in r.getMessage()]
+    assert len(warnings) == 2, warnings
+    assert sc.gate.failures == 1
 
 
 class FakeSc:
