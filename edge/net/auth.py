@@ -69,6 +69,8 @@ class PrivateGate:
         self.role = role
         self.failures = 0
         self._hellos: dict[Connection, Hello] = {}
+        # Refused, closing once the refusal is out: what they still send is dropped.
+        self._refused: set[Connection] = set()
 
     def greet(self, conn: Connection) -> None:
         """Send the hello and give the caller AUTH_TIMEOUT_S to answer it."""
@@ -78,6 +80,7 @@ class PrivateGate:
 
         def forget() -> None:
             self._hellos.pop(conn, None)
+            self._refused.discard(conn)
 
         conn.on_close.append(forget)
         conn.send_soon(handshake.hello_meta(hello))
@@ -88,7 +91,7 @@ class PrivateGate:
 
         def dispatch(conn: Connection, meta: dict[Any, Any], blob: bytes
                      ) -> Response | Awaitable[Response]:
-            if conn.closed:
+            if conn.closed or conn in self._refused:
                 return None
             try:
                 if conn.spu_id is None:
@@ -141,6 +144,7 @@ class PrivateGate:
                ) -> None:
         """Answer AUTHENTICATION_FAILED, count and log it, and close the connection."""
         self.failures += 1
+        self._refused.add(conn)
         conn.server.stats.log_once(conn.peer, "authentication failure", str(exc))
         raw_id = meta.get("id")
         cid = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else -1

@@ -122,6 +122,16 @@ async def test_unauthenticated_callers_cannot_register_heartbeat_or_fetch(
                   replica=4242, offset=0)
     await refused(spu, ApiKey.OFFSET_FOR_EPOCH, topic="t", partition=0, leader_epoch=2**62,
                   epoch=0)
+    # A pipelined burst is one refusal: counted once, the rest dropped unread.
+    burst = await RawPeer.open(spu)
+    burst.writer.write(b"".join(
+        encode_frame(request(ApiKey.REPLICA_FETCH, i, topic="t", partition=0, epoch=2**62,
+                             replica=4242, offset=0)) for i in range(1, 101)))
+    frames = []
+    while (frame := await burst.next()) is not None:
+        frames.append(frame)
+    burst.close()
+    assert [(f["id"], f["err"]) for f in frames] == [(0, 0), (1, AUTH_FAILED)]
     async with Producer(cluster.sc_addr) as p:
         start = time.monotonic()
         await asyncio.wait_for(await p.send("t", b"still served"), 5)
@@ -131,6 +141,8 @@ async def test_unauthenticated_callers_cannot_register_heartbeat_or_fetch(
     status = await sc_status(cluster)
     assert [s["id"] for s in status["spus"]] == [1]
     assert status["auth_failures"] == 3
+    secret = ClusterSecret.load(cluster.secret_path)
+    assert (await private_stats(cluster, secret))["auth_failures"] == 3
     # An unauthenticated caller still learns what the port is (headwater ping).
     peer = await RawPeer.open(sc)
     await peer.next()
