@@ -202,13 +202,15 @@ def edge_root(wheelhouse: Path) -> Iterator[EdgeRoot]:
                        tree_seconds, copy_seconds)
 
 
-def make_pki(directory: Path, host: str) -> dict[str, Path]:
-    """A CA and one node certificate (server and client use, the host and 127.0.0.1)."""
+def make_pki(directory: Path, host: str, spu_ids: tuple[int, ...]) -> dict[str, Path]:
+    """A CA and one node certificate (server and client use, the host and 127.0.0.1,
+    and ``spu-N.headwater`` for each SPU the host runs)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
     key, csr, crt = directory / "node.key", directory / "node.csr", directory / "node.crt"
     ext = directory / "node.ext"
-    ext.write_text(f"subjectAltName=DNS:{host},IP:127.0.0.1\n"
+    spus = "".join(f",DNS:spu-{i}.headwater" for i in spu_ids)
+    ext.write_text(f"subjectAltName=DNS:{host},IP:127.0.0.1{spus}\n"
                    "extendedKeyUsage=serverAuth,clientAuth\n"
                    "basicConstraints=CA:FALSE\n")
     openssl = ["openssl"]
@@ -232,7 +234,7 @@ def cloud_root(wheelhouse: Path) -> Iterator[CloudRoot]:
     if "cloud.yml" in _FAILED_CONVERGES:
         pytest.fail(_FAILED_CONVERGES["cloud.yml"])
     with _fresh_root("headwater-cloud-") as (work, root, _built, _tree_s, _copy_s):
-        pki = make_pki(work / "pki", CLOUD_HOST)
+        pki = make_pki(work / "pki", CLOUD_HOST, spu_ids=(1000,))
         ports = {"sc": free_port_block(1), "spu": free_port_block(1)}
         host_vars = {
             "headwater_common_version": str(_project()["version"]),

@@ -127,10 +127,18 @@ def test_files_belong_to_root_and_are_readable_by_the_service(edge_root: EdgeRoo
               (root / "etc/passwd").read_text().splitlines()}
     assert passwd["headwater"][6] == "/usr/sbin/nologin"
     gid = int(passwd["headwater"][3])
-    for name in ["sc.toml", "gateway.toml", *(f"spu-{i}.toml" for i in edge_root.spu_ids)]:
+    for name in ["sc.toml", "gateway.toml", "cluster.secret",
+                 *(f"spu-{i}.toml" for i in edge_root.spu_ids)]:
         st = (root / "etc/headwater" / name).stat()
         assert (st.st_uid, st.st_gid) == (0, gid), name
         assert stat.S_IMODE(st.st_mode) == 0o640, name
+    # One cluster secret, generated on the controller, shared by the SC and the SPUs.
+    made = (edge_root.work / "credentials" / "cluster.secret").read_text().strip()
+    assert len(made) == 64
+    assert (root / "etc/headwater/cluster.secret").read_text().strip() == made
+    for name in ["sc.toml", *(f"spu-{i}.toml" for i in edge_root.spu_ids)]:
+        config = tomllib.loads((root / "etc/headwater" / name).read_text())
+        assert config["cluster_secret_file"] == "/etc/headwater/cluster.secret", name
     venv = (root / "opt/headwater/venv/bin/headwater").stat()
     assert venv.st_uid == 0
     assert not venv.st_mode & stat.S_IWOTH
