@@ -124,6 +124,8 @@ def booted(edge_root: EdgeRoot) -> Iterator[Booted]:
         inventory = work / "hosts.yml"
         text = edge_root.inventory.read_text()
         shutil.copy2(edge_root.inventory, inventory)
+        # The cluster secret the controller made lives next to the inventory.
+        shutil.copytree(edge_root.work / "credentials", work / "credentials")
         import json
 
         data = json.loads(text)
