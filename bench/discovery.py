@@ -30,6 +30,8 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 import netlab  # noqa: E402
 from core_bench import machine  # noqa: E402
 
+from edge.secret import ClusterSecret  # noqa: E402
+
 HW = [sys.executable, "-m", "edge.cli.main"]
 ENV = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 
@@ -37,7 +39,11 @@ ENV = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 def spu_argv(spu_id: int, data: Path, *, discovered: bool) -> list[str]:
     where = ["--site", "bench"] if discovered else ["--sc", "198.18.0.1:9004"]
     return [*HW, "run", "spu", "--id", str(spu_id), "--data-dir", str(data / f"spu-{spu_id}"),
-            "--log-level", "info", *where]
+            "--log-level", "info", "--cluster-secret", str(secret_file(data)), *where]
+
+
+def secret_file(data: Path) -> Path:
+    return ClusterSecret.ensure(data / "cluster.secret").path
 
 
 def time_to_register(host: netlab.Host, argv: list[str]) -> float:
@@ -89,8 +95,8 @@ def main() -> None:
             h1 = lab.host("h1", sw, "198.18.0.1")
             h2 = lab.host("h2", sw, "198.18.0.2")
             sc_log = data / "sc.log"
-            h1.start([*HW, "run", "sc", "--data-dir", str(data / "sc"), "--site", "bench"],
-                     log=sc_log, env=ENV)
+            h1.start([*HW, "run", "sc", "--data-dir", str(data / "sc"), "--site", "bench",
+                      "--cluster-secret", str(secret_file(data))], log=sc_log, env=ENV)
             while "announcing" not in sc_log.read_text(errors="replace"):
                 time.sleep(0.1)
             times: dict[str, list[float]] = {"mdns": [], "static": []}

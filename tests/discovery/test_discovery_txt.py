@@ -101,15 +101,15 @@ def test_mdns_addresses() -> None:
 
 
 def test_site_alone_makes_an_spu_look_for_its_sc(tmp_path: object) -> None:
-    cfg = SpuConfig.from_dict({"id": 3, "data_dir": "/tmp/x", "site": "kitchen"})
+    base = {"data_dir": "/tmp/x", "insecure_private": True}
+    cfg = SpuConfig.from_dict({**base, "id": 3, "site": "kitchen"})
     assert cfg.sc == "mdns:kitchen"
     assert cfg.discovery.site == "kitchen"
-    static = SpuConfig.from_dict({"id": 3, "data_dir": "/tmp/x", "site": "kitchen",
-                                  "sc": "10.0.0.1:9004"})
+    static = SpuConfig.from_dict({**base, "id": 3, "site": "kitchen", "sc": "10.0.0.1:9004"})
     assert static.sc == "10.0.0.1:9004"  # a static address always wins
-    assert SpuConfig.from_dict({"id": 3, "data_dir": "/tmp/x"}).sc == "127.0.0.1:9004"
-    sc = ScConfig.from_dict({"data_dir": "/tmp/x", "site": "kitchen",
-                             "interfaces": ["eth0", "wlan0"], "ipv6": True})
+    assert SpuConfig.from_dict({**base, "id": 3}).sc == "127.0.0.1:9004"
+    sc = ScConfig.from_dict({**base, "site": "kitchen", "interfaces": ["eth0", "wlan0"],
+                             "ipv6": True})
     assert sc.discovery == DiscoveryConfig(site="kitchen", interfaces=("eth0", "wlan0"),
                                            ipv6=True)
 

@@ -23,6 +23,7 @@ import netlab
 import pytest
 import support
 
+from edge.secret import ClusterSecret
 from gateway.mqtt.testing import broker_config, find_mosquitto
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -61,8 +62,12 @@ class Site:
                ) -> None:
         log = log or name
         self.logs[log] = self.tmp / f"{log}.log"
+        # Each site is a cluster with a secret of its own.
+        site = args[args.index("--site") + 1] if "--site" in args else "static"
+        secret = ClusterSecret.ensure(self.tmp / f"{site}.secret").path
         self.procs[name] = host.start(
-            [*HW, "run", *args, "--data-dir", str(self.tmp / name), "--log-level", "info"],
+            [*HW, "run", *args, "--data-dir", str(self.tmp / name), "--log-level", "info",
+             "--cluster-secret", str(secret)],
             log=self.logs[log], env=ENV)
 
     def cli(self, *args: str, timeout: float = 60, stdin: str | None = None,
@@ -240,8 +245,9 @@ def test_mdns_port_taken_leaves_the_node_static_until_it_is_free(tmp_path: Path)
                           "flush=True); time.sleep(600)"], log=tmp_path / "holder.log")
         _until("5353 held", lambda: "bound" in (tmp_path / "holder.log").read_text(), 10)
         log = tmp_path / "sc.log"
+        secret = ClusterSecret.ensure(tmp_path / "cluster.secret").path
         sc = h.start([*HW, "run", "sc", "--data-dir", str(tmp_path / "sc"), "--site", "x",
-                      "--log-level", "info"], log=log, env=ENV)
+                      "--log-level", "info", "--cluster-secret", str(secret)], log=log, env=ENV)
         _until("SC serving", lambda: "SC serving clients" in log.read_text(), 20)
         _until("discovery off", lambda: "mDNS discovery off" in log.read_text(), 10)
         ping = h.run([*HW, "--sc", "127.0.0.1:9003", "ping"], check=False)
