@@ -12,8 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from edge.net.auth import PrivateAuth
-from edge.secret import ClusterSecret
+from edge.secret import ClusterSecret, PrivateAuth
 from edge.tls import TlsConfig
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,

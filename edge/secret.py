@@ -1,4 +1,5 @@
-"""The cluster secret: a file the SC and every SPU of a cluster share.
+"""The cluster secret: a file the SC and every SPU of a cluster share, and the
+policy of the private ports built on it (:class:`PrivateAuth`).
 
 Without TLS client certificates it is what proves, on the private ports, that a
 caller belongs to the cluster (``edge/protocol/handshake.py``); it never travels
@@ -70,3 +71,23 @@ class ClusterSecret:
             finally:
                 os.close(dir_fd)
         return cls.load(path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivateAuth:
+    """How the private ports of a node and of its peers prove who they are."""
+
+    secret: ClusterSecret | None = None
+    # Peers present TLS client certificates that name their SPU id.
+    certificates: bool = False
+    # Development only: callers are bound to the id they claim, proven by nothing.
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.insecure and self.secret is not None:
+            raise ValueError("insecure_private and a cluster secret exclude each other")
+        if not (self.insecure or self.secret is not None or self.certificates):
+            raise ValueError(
+                "private ports need authentication: set cluster_secret_file (--cluster-secret "
+                "FILE), or TLS with verify_client, or insecure_private = true "
+                "(--insecure-private) for development")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from edge.net.server import Connection, Dispatch, Response
@@ -27,7 +26,7 @@ from edge.protocol import handshake, messages
 from edge.protocol.errors import AuthenticationFailed
 from edge.protocol.handshake import Claim, Hello
 from edge.protocol.messages import ApiKey
-from edge.secret import ClusterSecret
+from edge.secret import PrivateAuth
 from edge.tls import spu_ids_named
 
 if TYPE_CHECKING:
@@ -39,26 +38,6 @@ log = logging.getLogger(__name__)
 # place to park idle sockets.
 AUTH_TIMEOUT_S: Final = 10.0
 CLIENT_ROLE: Final = "spu"
-
-
-@dataclass(frozen=True, kw_only=True)
-class PrivateAuth:
-    """How the private ports of a node and of its peers prove who they are."""
-
-    secret: ClusterSecret | None = None
-    # Peers present TLS client certificates that name their SPU id.
-    certificates: bool = False
-    # Development only: callers are bound to the id they claim, proven by nothing.
-    insecure: bool = False
-
-    def __post_init__(self) -> None:
-        if self.insecure and self.secret is not None:
-            raise ValueError("insecure_private and a cluster secret exclude each other")
-        if not (self.insecure or self.secret is not None or self.certificates):
-            raise ValueError(
-                "private ports need authentication: set cluster_secret_file (--cluster-secret "
-                "FILE), or TLS with verify_client, or insecure_private = true "
-                "(--insecure-private) for development")
 
 
 class PrivateGate:

@@ -31,7 +31,8 @@ REQUEST_TIMEOUT_S = 30.0
 # A Headwater server answers API_VERSIONS at once; a port that stays silent this long
 # is something else (an HTTP server waits for a request line that never comes).
 HANDSHAKE_TIMEOUT_S = 5.0
-# Request ids start at 1; a server's error frame with id 0 is about the connection.
+# Request ids start at 1; id 0 is what a server sends unprompted about the
+# connection: an error refusing it, or a private port's hello.
 CONNECTION_ERROR_ID = 0
 
 Frame = tuple[dict[Any, Any], bytes]
@@ -265,12 +266,13 @@ class ClientConnection:
         if not isinstance(cid, int):
             return
         if cid == CONNECTION_ERROR_ID:
-            # The server refuses the whole connection (too many open): say why.
+            # The server speaks unprompted: an error refuses the whole connection (too
+            # many open), anything else is a private port's hello (below).
             try:
                 messages.check_response(meta)
             except HeadwaterError as exc:
                 self._fail(exc)
-            return
+                return
         fut = self._pending.pop(cid, None)
         if fut is not None:
             if not fut.done():

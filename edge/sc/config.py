@@ -16,10 +16,9 @@ from edge.config import (
     tls_from,
 )
 from edge.discovery.config import DiscoveryConfig
-from edge.net.auth import PrivateAuth
 from edge.net.connection import split_addr
 from edge.net.limits import ServerLimits, limits_from
-from edge.secret import ClusterSecret
+from edge.secret import ClusterSecret, PrivateAuth
 from edge.tls import TlsConfig
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -17,11 +17,10 @@ from edge.config import (
     tls_from,
 )
 from edge.discovery.config import DiscoveryConfig, check_sc_address
-from edge.net.auth import PrivateAuth
 from edge.net.connection import split_addr
 from edge.net.limits import ServerLimits, limits_from
 from edge.protocol.wirezstd import Codec
-from edge.secret import ClusterSecret
+from edge.secret import ClusterSecret, PrivateAuth
 from edge.tls import TlsConfig
 
 DURABILITY = ("group", "always", "never")

@@ -13,13 +13,14 @@ from edge.spu.config import SpuConfig
 
 
 def test_a_config_without_limits_gets_the_defaults() -> None:
-    cfg = SpuConfig.from_dict({"id": 1, "data_dir": "/tmp/x"})
+    cfg = SpuConfig.from_dict({"id": 1, "data_dir": "/tmp/x", "insecure_private": True})
     assert cfg.limits == ServerLimits()
     assert cfg.limits.max_connections == 64
 
 
 def test_limits_are_read_from_both_daemons_configs() -> None:
-    raw = {"data_dir": "/tmp/x", "limits": {"max_connections": 10, "idle_timeout_s": 5}}
+    raw = {"data_dir": "/tmp/x", "insecure_private": True,
+           "limits": {"max_connections": 10, "idle_timeout_s": 5}}
     assert ScConfig.from_dict(raw).limits.max_connections == 10
     assert SpuConfig.from_dict({**raw, "id": 2}).limits.idle_timeout_s == 5.0
 
