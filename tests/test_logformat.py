@@ -18,7 +18,7 @@ def _run_sc(tmp_path: Path, *extra: str, env: dict[str, str]) -> list[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge.cli.main", "run", "sc", "--data-dir", str(tmp_path / "sc"),
          "--public-addr", f"127.0.0.1:{port}", "--private-addr", f"127.0.0.1:{free_port()}",
-         "--log-level", "info", *extra],
+         "--log-level", "info", "--insecure-private", *extra],
         stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
     time.sleep(2)
     proc.send_signal(signal.SIGTERM)
