@@ -37,6 +37,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge import bench
+from edge.bench import machine
 from edge.client import Admin, Producer
 from edge.net.connection import ClientConnection
 from edge.protocol.messages import ApiKey
@@ -176,15 +177,6 @@ async def _quiet(_exc: Exception) -> None:
     """nats-py prints a traceback per failed connect while the server starts."""
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return (f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
-            f"Python {sys.version.split()[0]}")
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
 import netlab  # noqa: E402
-from core_bench import machine  # noqa: E402
 
+from edge.bench import machine  # noqa: E402
 from edge.secret import ClusterSecret  # noqa: E402
 
 HW = [sys.executable, "-m", "edge.cli.main"]

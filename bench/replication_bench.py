@@ -37,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge import bench
+from edge.bench import machine
 from edge.client import Acks, Admin, Producer
 from edge.net.connection import ClientConnection
 from edge.protocol.errors import HeadwaterError
@@ -147,14 +148,6 @@ async def catch_up(cluster: LocalCluster, backlog_mib: int) -> dict[str, float]:
             "records_per_s": count / secs, "mib_per_s": backlog_mib / secs}
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}"
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -40,7 +40,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.bench import percentile
+from edge.bench import machine, percentile
 from edge.cli.site_cmds import upstream_toml
 from edge.client import Acks, Admin, Consumer, Offset, Producer
 from edge.config import parse_size
@@ -223,14 +223,6 @@ async def append_once(spu: str, owner: dict[str, Any], batch: bytes) -> None:
             raise RuntimeError(f"{owner['site']}: no append within 60 s: {error}") from None
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}"
 
 
 async def restart_edge_spu(edge: LocalCluster, upstream: Path) -> None:

@@ -13,6 +13,7 @@ import functools
 import operator
 import os
 import struct
+import sys
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -130,3 +131,17 @@ def _result(records: int, size: int, seconds: float, latencies: list[float]) -> 
 
 def _ms(value: float | None) -> float | None:
     return None if value is None else value * 1000
+
+
+def machine() -> str:
+    """One line naming the machine, for benchmark reports: cores, CPU, memory, Python."""
+    import psutil
+
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+            f"Python {sys.version.split()[0]}")

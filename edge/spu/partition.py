@@ -196,17 +196,7 @@ class Partition:
             raise NotLeader(f"this SPU does not lead {self.name}", topic=self.topic,
                             partition=self.index)
         check_chain(chain, self.log.log_end_offset)
-        try:
-            for batch in batches:
-                self.log.append(batch, leader_epoch=self.leader_epoch, replica=True)
-        except DiskFull as exc:
-            self._refused(exc)
-            raise
-        except StorageError as exc:
-            self._fail(exc)
-            raise
-        self._disk_ok()
-        self._appended()
+        self._append_stored(batches, self.leader_epoch)
         return self.log.log_end_offset
 
     def check_min_isr(self) -> None:
@@ -296,8 +286,14 @@ class Partition:
             raise self.failed
         if epoch > self.epochs.latest_epoch:
             self.epochs.assign(epoch, self.log.log_end_offset)
+        self._append_stored([batch], epoch)
+
+    def _append_stored(self, batches: list[bytearray], epoch: int) -> None:
+        """Append batches that keep their offsets (a leader's copy, an edge's mirror);
+        a full disk refuses them, any other storage error fails the partition."""
         try:
-            self.log.append(batch, leader_epoch=epoch, replica=True)
+            for batch in batches:
+                self.log.append(batch, leader_epoch=epoch, replica=True)
         except DiskFull as exc:
             self._refused(exc)
             raise
