@@ -19,10 +19,14 @@ from edge.tls import TlsConfig, client_context
 TOPIC = "readings"
 
 
+# In-process nodes whose private ports are not what these tests are about:
+# insecure_private (test_peer_auth.py covers the private-port handshake).
+
+
 async def start_cloud(tmp_path: Path, tls: TlsConfig) -> tuple[Sc, Spu, TcpProxy, TcpProxy]:
     """Cloud SC and SPU with TLS; the edge reaches both through capturing proxies."""
     sc = Sc(ScConfig(data_dir=tmp_path / "cloud-sc", public_addr="127.0.0.1:0",
-                     private_addr="127.0.0.1:0", tls=tls))
+                     private_addr="127.0.0.1:0", tls=tls, insecure_private=True))
     await sc.start()
     spu_public = f"127.0.0.1:{free_port()}"
     spu_proxy, sc_proxy = TcpProxy(spu_public), TcpProxy(sc.public_addr)
@@ -31,7 +35,7 @@ async def start_cloud(tmp_path: Path, tls: TlsConfig) -> tuple[Sc, Spu, TcpProxy
         proxy.capture = bytearray()
     spu = Spu(SpuConfig(id=1, data_dir=tmp_path / "cloud-spu", public_addr=spu_public,
                         private_addr="127.0.0.1:0", sc=sc.private_addr, tls=tls,
-                        advertise_public=spu_proxy.addr))
+                        advertise_public=spu_proxy.addr, insecure_private=True))
     await spu.start()
     assert spu.link is not None
     await asyncio.wait_for(spu.link.registered_once.wait(), 10)
@@ -40,10 +44,11 @@ async def start_cloud(tmp_path: Path, tls: TlsConfig) -> tuple[Sc, Spu, TcpProxy
 
 async def start_edge(tmp_path: Path, name: str, upstream: UpstreamConfig) -> tuple[Sc, Spu]:
     sc = Sc(ScConfig(data_dir=tmp_path / f"{name}-sc", public_addr="127.0.0.1:0",
-                     private_addr="127.0.0.1:0"))
+                     private_addr="127.0.0.1:0", insecure_private=True))
     await sc.start()
     spu = Spu(SpuConfig(id=1, data_dir=tmp_path / f"{name}-spu", public_addr="127.0.0.1:0",
-                        private_addr="127.0.0.1:0", sc=sc.private_addr, upstream=upstream))
+                        private_addr="127.0.0.1:0", sc=sc.private_addr, upstream=upstream,
+                        insecure_private=True))
     await spu.start()
     assert spu.link is not None
     await asyncio.wait_for(spu.link.registered_once.wait(), 10)
