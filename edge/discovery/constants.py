@@ -11,4 +11,6 @@ RESOLVE_TIMEOUT_MS = 3000
 FIND_TIMEOUT_S = 5.0
 # How long after the first SC of a site is seen a client keeps listening for
 # others, so that two SCs claiming one site are noticed instead of picked at random.
-SETTLE_S = 1.0
+# Over a second: a responder multicasts a record at most once a second, so one
+# that has just answered another browser answers this one's second query.
+SETTLE_S = 1.5
