@@ -107,7 +107,8 @@ class MqttBridge:
         return out
 
     def stop(self) -> None:
-        """Finish the round in progress, acknowledge it, disconnect, and return from run()."""
+        """Finish the round in progress (or, while the SPU refuses it, acknowledge the
+        part already in the log), disconnect, and return from run()."""
         self._stopping.set()
 
     async def run(self) -> None:
@@ -251,9 +252,12 @@ class MqttBridge:
             entries = await self._next_round(client, fifo, wake)
             if not entries:
                 return
-            if not await self._write_round(entries):
-                return  # stopping while the SPU is away: the broker keeps the round
+            finished = await self._write_round(entries)
+            # Also when stopping mid-round: what is already in the log is acknowledged,
+            # so the broker redelivers only what the SPU does not have.
             self._ack(client, fifo)
+            if not finished:
+                return
             if fifo.closing:
                 return
 

@@ -14,6 +14,7 @@ import cbor2
 import pytest
 from mqtt_helpers import (
     DLQ,
+    RULES,
     TOPIC,
     bridge_config,
     by_device,
@@ -29,7 +30,7 @@ from support import make_pki, require_binary
 
 from edge.client import Producer, Record
 from edge.testing import LocalCluster
-from gateway.config import TlsConfig
+from gateway.config import MqttRule, PayloadFormat, TlsConfig
 from gateway.mqtt.bridge import MqttBridge
 from gateway.mqtt.client import AckingClient
 from gateway.mqtt.testing import Mosquitto
@@ -160,6 +161,29 @@ async def test_messages_wait_in_the_broker_while_the_gateway_is_down(
         await wait_until(lambda: bridge.stats()["produced"] == 150, what="new messages")
         assert bridge.stats()["received"] == 150  # nothing acknowledged came back
     assert_exactly_once_in_order(await read_topic(cluster.sc_addr, TOPIC), 200)
+
+
+async def test_stop_mid_round_acknowledges_what_is_in_the_log(
+    broker: Mosquitto, cluster: LocalCluster
+) -> None:
+    # A round whose readings are written while its last message is refused (its topic
+    # does not exist yet): stopping during the retry backoff must still PUBACK the
+    # written part, or the broker would send it all again to the next gateway.
+    await create_topics(cluster.sc_addr, TOPIC, DLQ)
+    rules = (RULES[0], MqttRule(filter="legacy/+/json", topic="later", format=PayloadFormat.JSON))
+    config = bridge_config(broker, rules=rules)
+    await subscribe_session(broker, config)
+    await publish(broker, [*stream(10), ("legacy/dev4/json", b'{"n": 1}')])
+    async with running_bridge(config, cluster.sc_addr) as bridge:
+        await wait_until(lambda: bridge.stats()["produced"] == 30
+                         and bridge.stats()["spu_retries"] > 0, what="a refused round")
+    await create_topics(cluster.sc_addr, "later")
+    async with running_bridge(config, cluster.sc_addr) as bridge:
+        await wait_until(lambda: bridge.stats()["produced"] == 1, what="the refused message")
+        await wait_until(lambda: bridge.stats()["in_flight"] == 0, what="acknowledged")
+        assert bridge.stats()["received"] == 1  # the readings did not come back
+    assert_exactly_once_in_order(await read_topic(cluster.sc_addr, TOPIC), 10)
+    assert [r.value for r in await read_topic(cluster.sc_addr, "later")] == [b'{"n": 1}']
 
 
 async def test_long_spu_outage_drops_the_connection_and_nothing_doubles(
