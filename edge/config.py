@@ -1,8 +1,8 @@
-"""Daemon configuration: TOML files, human sizes and durations.
+"""Configuration: the one ``ConfigError``, TOML files, human sizes and durations.
 
-Configuration objects are frozen dataclasses validated at construction; a bad
-value raises ``ConfigError`` naming the key, so ``--check-config`` and systemd
-both report the exact mistake.
+Configuration objects (of the daemons and of the gateway) are frozen dataclasses
+validated at construction; a bad value raises ``ConfigError`` naming the key, so
+``--check-config`` and systemd both report the exact mistake.
 """
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from edge.protocol.errors import HeadwaterError
 from edge.secret import ClusterSecret, PrivateAuth
-from edge.tls import TlsConfig
+
+if TYPE_CHECKING:
+    from edge.tls import TlsConfig
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
                "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
@@ -23,8 +26,31 @@ _DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_00
 _NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing or wrong; the message names the key."""
+class ConfigError(HeadwaterError, ValueError):
+    """A configuration value is missing or wrong.
+
+    ``key`` names the offending key as a dotted path from the top of the file
+    (``mqtt.rules[1].format``), or is empty where ``problem`` names it itself or no
+    single key is at fault; the message is ``"key: problem"``. A ``ValueError`` too:
+    callers that validate input catch both alike.
+    """
+
+    def __init__(self, problem: str, *, key: str = "") -> None:
+        super().__init__(f"{key}: {problem}" if key else problem, key=key, problem=problem)
+        self.key = key
+        self.problem = problem
+
+    def under(self, prefix: str) -> ConfigError:
+        """The same error with its key placed under ``prefix`` (the table it is in)."""
+        if not prefix:
+            return self
+        return ConfigError(self.problem, key=f"{prefix}.{self.key}" if self.key else prefix)
+
+
+def check_file(key: str, path: Path) -> None:
+    """ConfigError naming ``key`` unless ``path`` is a file."""
+    if not path.is_file():
+        raise ConfigError(f"{str(path)!r} is not a readable file", key=key)
 
 
 def parse_size(text: str | int) -> int:
@@ -71,26 +97,6 @@ def take(raw: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     return value
 
 
-def tls_from(raw: dict[str, Any]) -> TlsConfig | None:
-    """The optional ``[tls]`` table."""
-    table = raw.pop("tls", None)
-    if table is None:
-        return None
-    if not isinstance(table, dict):
-        raise ConfigError("tls must be a table")
-    table = dict(table)
-    try:
-        cfg = TlsConfig(
-            cert=_path(take(table, "cert", str, None)), key=_path(take(table, "key", str, None)),
-            ca=_path(take(table, "ca", str, None)),
-            verify_client=take(table, "verify_client", bool, False),
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    reject_unknown(table, "tls")
-    return cfg
-
-
 def secret_from(raw: dict[str, Any]) -> ClusterSecret | None:
     """The optional ``cluster_secret_file``, loaded and checked."""
     path = take(raw, "cluster_secret_file", str, None)
@@ -118,7 +124,3 @@ def private_auth(secret: ClusterSecret | None, *, insecure: bool, tls: TlsConfig
 def reject_unknown(raw: dict[str, Any], where: str) -> None:
     if raw:
         raise ConfigError(f"unknown key(s) in {where}: {', '.join(sorted(raw))}")
-
-
-def _path(value: str | None) -> Path | None:
-    return Path(value) if value is not None else None

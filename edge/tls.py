@@ -1,9 +1,10 @@
-"""TLS contexts for listeners and clients.
+"""TLS settings, and contexts for listeners and clients built from them.
 
 Every listener and client takes an optional ``ssl.SSLContext``; this module
-builds them from file paths. Mutual TLS (client certificates) is switched on
-with ``verify_client``; the certificate's subject names the principal. On the
-private ports that principal is an SPU id (:func:`spu_ids_named`).
+builds them from file paths (``TlsConfig``, the one TLS configuration of daemons,
+gateway and CLI). Mutual TLS (client certificates) is switched on with
+``verify_client``; the certificate's subject names the principal. On the private
+ports that principal is an SPU id (:func:`spu_ids_named`).
 """
 
 from __future__ import annotations
@@ -14,31 +15,65 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.config import ConfigError, check_file, reject_unknown, take
+
 
 @dataclass(frozen=True, kw_only=True)
 class TlsConfig:
-    """Paths of a node's certificate, key and trusted CA bundle."""
+    """Paths of our certificate, key and trusted CA bundle.
+
+    ``verify_client`` (listeners) demands client certificates that chain to ``ca``;
+    ``server_name`` (clients) is the name expected in the server's certificate when
+    it is not the host dialled. Errors are ConfigErrors naming the field.
+    """
 
     cert: Path | None = None
     key: Path | None = None
     ca: Path | None = None
     verify_client: bool = False
+    server_name: str | None = None
 
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):
-            raise ValueError("tls: cert and key must be given together")
+            raise ConfigError("cert and key must be given together",
+                              key="cert" if self.cert is None else "key")
         if self.verify_client and self.ca is None:
-            raise ValueError("tls: verify_client needs ca (the CA client certificates chain to)")
-        for name in ("cert", "key", "ca"):
+            raise ConfigError("needs ca (the CA client certificates chain to)",
+                              key="verify_client")
+        for name in ("ca", "cert", "key"):
             path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise ValueError(f"tls: {name} file {path} does not exist")
+            if path is not None:
+                check_file(name, Path(path))
+        if self.server_name is not None and not self.server_name:
+            raise ConfigError("must not be empty", key="server_name")
+
+
+def tls_from(raw: dict[str, Any]) -> TlsConfig | None:
+    """The optional ``[tls]`` table of a daemon's config."""
+    table = raw.pop("tls", None)
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError("tls must be a table")
+    table = dict(table)
+    cert, key, ca = (take(table, name, str, None) for name in ("cert", "key", "ca"))
+    try:
+        cfg = TlsConfig(cert=_path(cert), key=_path(key), ca=_path(ca),
+                        verify_client=take(table, "verify_client", bool, False))
+    except ConfigError as exc:
+        raise exc.under("tls") from None
+    reject_unknown(table, "tls")
+    return cfg
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
 
 
 def server_context(cfg: TlsConfig) -> ssl.SSLContext:
     """Context for a listener: our certificate, optionally demanding client certificates."""
     if cfg.cert is None or cfg.key is None:
-        raise ValueError("tls: a listener needs cert and key")
+        raise ConfigError("a listener needs cert and key", key="tls")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cfg.cert), str(cfg.key))

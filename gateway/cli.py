@@ -15,7 +15,8 @@ from typing import Annotated
 import typer
 
 from edge.cli.common import fail, print_json, print_table, setup_logging
-from gateway.config import ConfigError, GatewayConfig, StatusConfig, load_config
+from edge.config import ConfigError
+from gateway.config import GatewayConfig, StatusConfig, load_config
 from gateway.status import read_status, table_rows
 
 app = typer.Typer(

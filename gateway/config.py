@@ -42,10 +42,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
-from edge.config import ConfigError as EdgeConfigError
+from edge.config import ConfigError, check_file
 from edge.discovery.config import DiscoveryConfig
 from edge.discovery.spec import parse_sc
-from edge.protocol.errors import HeadwaterError
+from edge.tls import TlsConfig
 from gateway.mqtt.topics import TopicFilterError, filter_levels, filters_overlap
 
 # Topic names follow Fluvio's rule (a DNS label), so they are safe as directory names.
@@ -58,19 +58,6 @@ BAUD_RATES: Final = frozenset(
 )
 
 _T = TypeVar("_T")
-
-
-class ConfigError(HeadwaterError):
-    """The configuration is invalid; ``key`` names the offending key (dotted path)."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}" if key else problem, key=key, problem=problem)
-        self.key = key
-        self.problem = problem
-
-    def under(self, prefix: str) -> ConfigError:
-        """The same error with its key placed under ``prefix``."""
-        return ConfigError(f"{prefix}.{self.key}" if self.key else prefix, self.problem)
 
 
 class PayloadFormat(StrEnum):
@@ -86,43 +73,21 @@ class MqttProtocol(StrEnum):
 
 def _check_topic(key: str, value: str) -> None:
     if not TOPIC_NAME.match(value):
-        raise ConfigError(key, f"{value!r} is not a topic name (a-z, 0-9, '-', 1-63 characters)")
+        raise ConfigError(f"{value!r} is not a topic name (a-z, 0-9, '-', 1-63 characters)",
+                          key=key)
 
 
 def _check_address(key: str, value: str, *, any_port: bool = False) -> None:
     host, sep, port = value.rpartition(":")
     lowest = 0 if any_port else 1
     if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
-        raise ConfigError(key, f"{value!r} is not host:port")
+        raise ConfigError(f"{value!r} is not host:port", key=key)
 
 
 def _check_positive(key: str, value: float, *, maximum: float | None = None) -> None:
     if isinstance(value, bool) or value <= 0 or (maximum is not None and value > maximum):
         bound = f" and at most {maximum}" if maximum is not None else ""
-        raise ConfigError(key, f"must be above 0{bound} (got {value!r})")
-
-
-def _check_readable(key: str, path: Path) -> None:
-    if not path.is_file():
-        raise ConfigError(key, f"{str(path)!r} is not a readable file")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TlsConfig:
-    """TLS towards a server: CA to verify it, and a client certificate for mutual TLS."""
-
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    server_name: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.cert is None) != (self.key is None):
-            raise ConfigError("cert" if self.cert is None else "key", "cert and key go together")
-        for name in ("ca", "cert", "key"):
-            path = getattr(self, name)
-            if path is not None:
-                _check_readable(name, path)
+        raise ConfigError(f"must be above 0{bound} (got {value!r})", key=key)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,12 +100,13 @@ class StatusConfig:
     def __post_init__(self) -> None:
         if self.listen.startswith("unix:"):
             if len(self.listen) == len("unix:"):
-                raise ConfigError("listen", "unix: needs a socket path")
+                raise ConfigError("unix: needs a socket path", key="listen")
         else:
             _check_address("listen", self.listen, any_port=True)  # 0: any free port
             if self.host not in ("127.0.0.1", "localhost", "::1"):
                 # The endpoint has no authentication: it must not face the LAN.
-                raise ConfigError("listen", f"must be a loopback address (got {self.host!r})")
+                raise ConfigError(f"must be a loopback address (got {self.host!r})",
+                                  key="listen")
         _check_positive("log_interval_s", self.log_interval_s)
 
     @property
@@ -168,9 +134,9 @@ class SerialConfig:
 
     def __post_init__(self) -> None:
         if not self.path:
-            raise ConfigError("path", "must not be empty")
+            raise ConfigError("must not be empty", key="path")
         if self.baud not in BAUD_RATES:
-            raise ConfigError("baud", f"{self.baud!r} is not a standard baud rate")
+            raise ConfigError(f"{self.baud!r} is not a standard baud rate", key="baud")
         for stream, topic in self.topics.items():
             _check_topic(f"topics.{stream}", topic)
         _check_topic("default_topic", self.default_topic)
@@ -194,16 +160,18 @@ class MqttRule:
         try:
             levels = filter_levels(self.filter)
         except TopicFilterError as exc:
-            raise ConfigError("filter", str(exc)) from None
+            raise ConfigError(str(exc), key="filter") from None
         _check_topic("topic", self.topic)
         if not isinstance(self.format, PayloadFormat):
-            raise ConfigError("format", "must be one of cbor, json, raw")
+            raise ConfigError("must be one of cbor, json, raw", key="format")
         if self.key is not None:
             if isinstance(self.key, bool) or not isinstance(self.key, int) or self.key < 0:
-                raise ConfigError("key", f"must be a topic level index >= 0 (got {self.key!r})")
+                raise ConfigError(f"must be a topic level index >= 0 (got {self.key!r})",
+                                  key="key")
             open_ended = levels[-1] == "#"
             if self.key >= len(levels) and not open_ended:
-                raise ConfigError("key", f"level {self.key} is past the end of {self.filter!r}")
+                raise ConfigError(f"level {self.key} is past the end of {self.filter!r}",
+                                  key="key")
 
     @functools.cached_property
     def key_level(self) -> int | None:
@@ -243,28 +211,28 @@ class MqttConfig:
 
     def __post_init__(self) -> None:
         if not self.host:
-            raise ConfigError("host", "must not be empty")
+            raise ConfigError("must not be empty", key="host")
         if self.port is not None and not 0 < self.port < 65536:
-            raise ConfigError("port", f"{self.port!r} is not a TCP port")
+            raise ConfigError(f"{self.port!r} is not a TCP port", key="port")
         # MQTT 3.1.1 servers must accept 1-23 characters; most accept more, mosquitto 65535.
         if not self.client_id or len(self.client_id.encode()) > 65535:
-            raise ConfigError("client_id", "must be 1-65535 bytes")
+            raise ConfigError("must be 1-65535 bytes", key="client_id")
         if self.password_file is not None:
             if self.username is None:
-                raise ConfigError("password_file", "needs username")
-            _check_readable("password_file", self.password_file)
+                raise ConfigError("needs username", key="password_file")
+            check_file("password_file", self.password_file)
         if not isinstance(self.protocol, MqttProtocol):
-            raise ConfigError("protocol", "must be \"5\" or \"3.1.1\"")
+            raise ConfigError("must be \"5\" or \"3.1.1\"", key="protocol")
         _check_positive("keepalive_s", self.keepalive_s, maximum=65535)
         if not 0 <= self.session_expiry_s <= SESSION_NEVER_EXPIRES:
-            raise ConfigError("session_expiry_s", "must be 0 .. 4294967295")
+            raise ConfigError("must be 0 .. 4294967295", key="session_expiry_s")
         _check_positive("in_flight", self.in_flight, maximum=65535)
         if isinstance(self.linger_ms, bool) or not 0 <= self.linger_ms <= 1000:
-            raise ConfigError("linger_ms", "must be 0 .. 1000")
+            raise ConfigError("must be 0 .. 1000", key="linger_ms")
         # A record must fit one batch (at most 4 MiB) with room for dead-letter headers.
         _check_positive("max_payload_bytes", self.max_payload_bytes, maximum=1024 * 1024)
         if not self.rules:
-            raise ConfigError("rules", "at least one [[mqtt.rules]] is needed")
+            raise ConfigError("at least one [[mqtt.rules]] is needed", key="rules")
         self._check_overlaps()
 
     def _check_overlaps(self) -> None:
@@ -274,8 +242,8 @@ class MqttConfig:
             for j in range(i):
                 if filters_overlap(rule.filter, self.rules[j].filter):
                     raise ConfigError(
-                        f"rules[{i}].filter",
                         f"{rule.filter!r} overlaps rules[{j}].filter {self.rules[j].filter!r}",
+                        key=f"rules[{i}].filter",
                     )
 
     @property
@@ -301,7 +269,7 @@ class ProducerConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.linger_ms, bool) or not 0 <= self.linger_ms <= 1000:
-            raise ConfigError("linger_ms", "must be 0 .. 1000")
+            raise ConfigError("must be 0 .. 1000", key="linger_ms")
         _check_positive("batch_bytes", self.batch_bytes, maximum=4 * 1024 * 1024)
         _check_positive("send_timeout_s", self.send_timeout_s)
 
@@ -326,27 +294,22 @@ class GatewayConfig:
     mqtt: MqttConfig | None = None
 
     def __post_init__(self) -> None:
-        try:
-            discovery = DiscoveryConfig(site=self.site, interfaces=self.interfaces,
-                                        ipv6=self.ipv6)
-        except EdgeConfigError as exc:
-            key, _, message = str(exc).partition(": ")
-            raise ConfigError(key, message) from None
+        discovery = DiscoveryConfig(site=self.site, interfaces=self.interfaces, ipv6=self.ipv6)
         if not self.sc and discovery.site:
             object.__setattr__(self, "sc", f"mdns:{discovery.site}")
         try:
             spec = parse_sc(self.sc)
         except ValueError as exc:
-            raise ConfigError("sc", str(exc)) from None
+            raise ConfigError(str(exc), key="sc") from None
         if spec is None:
             _check_address("sc", self.sc)
         _check_topic("dead_letter_topic", self.dead_letter_topic)
         if not self.serial and self.mqtt is None:
-            raise ConfigError("", "nothing to run: configure [[serial]] ports or [mqtt]")
+            raise ConfigError("nothing to run: configure [[serial]] ports or [mqtt]")
         paths = [port.path for port in self.serial]
         for i, path in enumerate(paths):
             if path in paths[:i]:
-                raise ConfigError(f"serial[{i}].path", f"{path!r} is configured twice")
+                raise ConfigError(f"{path!r} is configured twice", key=f"serial[{i}].path")
 
     def topics(self) -> tuple[str, ...]:
         """Every topic the gateway writes to, in a stable order."""
@@ -382,11 +345,11 @@ class _Table:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         # TOML integers are Python ints, and bool is an int: refuse true for a number.
         if isinstance(value, bool) and bool not in kinds:
-            raise ConfigError(self.key(name), f"expected {_kind_names(kinds)}, got a boolean")
+            raise ConfigError(f"expected {_kind_names(kinds)}, got a boolean",
+                              key=self.key(name))
         if not isinstance(value, kinds):
-            raise ConfigError(
-                self.key(name), f"expected {_kind_names(kinds)}, got {type(value).__name__}"
-            )
+            raise ConfigError(f"expected {_kind_names(kinds)}, got {type(value).__name__}",
+                              key=self.key(name))
         return value
 
     def path(self, name: str) -> Path | None:
@@ -402,7 +365,7 @@ class _Table:
         out = []
         for i, item in enumerate(value):
             if not isinstance(item, dict):
-                raise ConfigError(f"{self.key(name)}[{i}]", "expected a table")
+                raise ConfigError("expected a table", key=f"{self.key(name)}[{i}]")
             out.append(_Table(item, f"{self.key(name)}[{i}]"))
         return out
 
@@ -410,12 +373,12 @@ class _Table:
         """Check for unknown keys, then construct, placing errors under this table's path."""
         unknown = sorted(set(self._data) - self._used)
         if unknown:
-            raise ConfigError(self.key(unknown[0]), "unknown key")
+            raise ConfigError("unknown key", key=self.key(unknown[0]))
         present = {name: value for name, value in kwargs.items() if value is not None}
         try:
             return factory(**present)
         except ConfigError as exc:
-            raise exc.under(self._path) if self._path else exc from None
+            raise exc.under(self._path) from None
 
 
 def _kind_names(kinds: tuple[type, ...]) -> str:
@@ -437,7 +400,7 @@ def _serial(table: _Table) -> SerialConfig:
     topics = table.get("topics", dict, {})
     for stream, topic in topics.items():
         if not isinstance(topic, str):
-            raise ConfigError(table.key(f"topics.{stream}"), "expected a string")
+            raise ConfigError("expected a string", key=table.key(f"topics.{stream}"))
     return table.build(
         SerialConfig, path=table.get("path", str, ""), baud=table.get("baud", int),
         topics=dict(topics), default_topic=table.get("default_topic", str, ""),
@@ -447,7 +410,8 @@ def _serial(table: _Table) -> SerialConfig:
 def _rule(table: _Table) -> MqttRule:
     fmt = table.get("format", str)
     if fmt is not None and fmt not in PayloadFormat.__members__.values():
-        raise ConfigError(table.key("format"), f"must be one of cbor, json, raw (got {fmt!r})")
+        raise ConfigError(f"must be one of cbor, json, raw (got {fmt!r})",
+                          key=table.key("format"))
     return table.build(
         MqttRule, filter=table.get("filter", str, ""), topic=table.get("topic", str, ""),
         format=PayloadFormat(fmt) if fmt is not None else None, key=table.get("key", int),
@@ -459,7 +423,8 @@ def _mqtt(table: _Table | None) -> MqttConfig | None:
         return None
     protocol = table.get("protocol", (str, int))
     if protocol is not None and str(protocol) not in MqttProtocol.__members__.values():
-        raise ConfigError(table.key("protocol"), f"must be \"5\" or \"3.1.1\" (got {protocol!r})")
+        raise ConfigError(f"must be \"5\" or \"3.1.1\" (got {protocol!r})",
+                          key=table.key("protocol"))
     return table.build(
         MqttConfig,
         host=table.get("host", str), port=table.get("port", int),
@@ -509,7 +474,7 @@ def load_config(path: Path) -> GatewayConfig:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError("", f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"{path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     return parse_config(data)

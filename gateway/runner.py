@@ -26,9 +26,8 @@ from edge import sdnotify
 from edge.client import Admin, Producer
 from edge.client.cluster import Backoff
 from edge.protocol.errors import HeadwaterError, TopicExists
-from edge.tls import TlsConfig as EdgeTls
-from edge.tls import client_context
-from gateway.config import GatewayConfig, TlsConfig
+from edge.tls import TlsConfig, client_context
+from gateway.config import GatewayConfig
 from gateway.discovery import GatewayDiscovery
 from gateway.mqtt.bridge import MqttBridge
 from gateway.status import STATUS_VERSION, StatusServer
@@ -62,10 +61,9 @@ class _Running:
 
 
 def tls_context(tls: TlsConfig | None) -> ssl.SSLContext | None:
-    """A client TLS context from the config (None: plain TCP)."""
-    if tls is None:
-        return None
-    return client_context(EdgeTls(cert=tls.cert, key=tls.key, ca=tls.ca))
+    """A client TLS context from the config (None: plain TCP); ``tls.server_name``
+    goes to the connection as ``server_hostname``, not into the context."""
+    return client_context(tls) if tls is not None else None
 
 
 class Gateway:

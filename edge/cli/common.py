@@ -86,8 +86,9 @@ def resolve_target(sc: str | None, tls_ca: Path | None, tls_cert: Path | None,
     if ca or cert or key:
         try:
             tls = TlsConfig(ca=ca, cert=cert, key=key)
-        except ValueError as exc:
-            problem = (f"{exc} (TLS settings from {source}"
+        except ConfigError as exc:
+            # Named as in a profile (tls_ca) and on the command line (--tls-ca).
+            problem = (f"tls_{exc.key}: {exc.problem} (TLS settings from {source}"
                        + ("; fix it with `headwater profile add` or `headwater profile delete`)"
                           if source.startswith("profile") else ")"))
     return Target(sc=sc or DEFAULT_SC, tls=tls,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from edge.discovery import constants
 from edge.discovery.mdns import Mdns, MdnsUnavailableError
 from edge.discovery.txt import MAX_ADDRESSES, SERVICE_TYPE, Announcement
+from edge.tasks import cancel
 
 if TYPE_CHECKING:
     from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
@@ -119,10 +120,7 @@ class Announcer:
 
     async def stop(self) -> None:
         """Withdraw the announcement (goodbye packets, awaited) and release zeroconf."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await cancel(self._task)
         zc = self.mdns.zc
         if zc is not None and self._info is not None:
             with contextlib.suppress(Exception):

@@ -32,13 +32,13 @@ class DiscoveryConfig:
             try:
                 check_site(self.site)
             except ValueError as exc:
-                raise ConfigError(f"site: {exc}") from None
+                raise ConfigError(str(exc), key="site") from None
         if len(self.interfaces) > MAX_INTERFACES:
-            raise ConfigError(f"interfaces: at most {MAX_INTERFACES}")
+            raise ConfigError(f"at most {MAX_INTERFACES}", key="interfaces")
         for name in self.interfaces:
             if not isinstance(name, str) or not INTERFACE_NAME.fullmatch(name):
-                raise ConfigError(f"interfaces: {name!r} is not an interface name "
-                                  "(like eth0 or wlan0)")
+                raise ConfigError(f"{name!r} is not an interface name (like eth0 or wlan0)",
+                                  key="interfaces")
 
     @classmethod
     def take_from(cls, raw: dict[str, Any], **overrides: Any) -> DiscoveryConfig:
@@ -57,5 +57,5 @@ def check_sc_address(key: str, value: str) -> None:
         if parse_sc(value) is None:
             split_addr(value)
     except ValueError as exc:
-        raise ConfigError(f"{key}: {exc} (or mdns / mdns:SITE to find it on the LAN)") \
-            from None
+        raise ConfigError(f"{exc} (or mdns / mdns:SITE to find it on the LAN)",
+                          key=key) from None

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from edge.discovery import constants
 from edge.discovery.mdns import Mdns
 from edge.discovery.txt import SERVICE_TYPE, Announcement, InvalidAnnouncementError, Role
+from edge.logstate import LogOnce
+from edge.tasks import cancel
 
 if TYPE_CHECKING:
     from zeroconf import ServiceStateChange, Zeroconf
@@ -56,7 +58,7 @@ class Directory:
         self._browser: AsyncServiceBrowser | None = None
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
-        self._logged: set[tuple[str, str]] = set()
+        self._once = LogOnce(log, max_keys=MAX_ENTRIES)
 
     async def start(self) -> None:
         """Start browsing; MdnsUnavailableError if UDP 5353 cannot be used."""
@@ -67,10 +69,7 @@ class Directory:
                                             handlers=[self._on_change])
 
     async def stop(self) -> None:
-        for task in list(self._pending.values()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel(*self._pending.values())
         if self._browser is not None:
             browser, self._browser = self._browser, None
             with contextlib.suppress(Exception):
@@ -79,10 +78,7 @@ class Directory:
 
     def log_once(self, key: str, kind: str, message: str, *args: Any) -> None:
         """Log ``message`` once per (``key``, ``kind``); a forged name repeats forever."""
-        if (key, kind) in self._logged or len(self._logged) > MAX_ENTRIES:
-            return
-        self._logged.add((key, kind))
-        log.warning(message, *args)
+        self._once.warning((key, kind), message, *args)
 
     def find(self, predicate: Callable[[Entry], bool]) -> list[Entry]:
         """Matching entries, most recently seen first."""

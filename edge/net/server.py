@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import cbor2
 
-from edge.logstate import StateLog
+from edge.logstate import LogOnce, StateLog
 from edge.net.connection import CONNECTION_ERROR_ID
 from edge.net.limits import FREE_SHARE_BYTES, BufferPool, ServerLimits, charge_of
 from edge.protocol import messages
@@ -65,7 +65,9 @@ KEEPALIVE: Final = ((getattr(socket, "TCP_KEEPIDLE", None), 60),
 # A connection's pipelined requests are served this many at a time before the
 # loop turns to others: one client's 30k requests must not stall everyone's acks.
 FAIR_SHARE_FRAMES: Final = 32
-# Kinds of unexpected error remembered for log-once; past it they are counted only.
+# (host, kind) pairs and kinds of unexpected error remembered for log-once; past
+# that the oldest is forgotten (a scan from many hosts must not grow them forever).
+MAX_LOGGED_PEERS: Final = 4096
 MAX_ERROR_KINDS: Final = 256
 
 Response = tuple[dict[str, Any], bytes] | None
@@ -89,34 +91,25 @@ class ServerStats:
     long_polls_refused: int = 0
     # Exceptions no handler expected (answered UNKNOWN).
     unexpected_errors: int = 0
-    _logged: set[tuple[str, str]] = field(default_factory=set, repr=False)
-    _kinds: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    _peers: LogOnce = field(default_factory=lambda: LogOnce(log, max_keys=MAX_LOGGED_PEERS),
+                            repr=False, compare=False)
+    _kinds: LogOnce = field(default_factory=lambda: LogOnce(log, max_keys=MAX_ERROR_KINDS),
+                            repr=False, compare=False)
 
     def log_once(self, peer: str, kind: str, message: str) -> None:
         """Log the first error of a kind from a host; count the rest silently."""
-        host = peer.rsplit(":", 1)[0]
-        if (host, kind) in self._logged:
-            return
-        if len(self._logged) > 4096:  # bounded: a scan from many hosts must not grow it forever
-            self._logged.clear()
-        self._logged.add((host, kind))
-        log.warning("%s from %s: %s (further %s errors from this host are counted, not logged)",
-                    kind, peer, message, kind)
+        self._peers.warning((peer.rsplit(":", 1)[0], kind),
+                            "%s from %s: %s (further %s errors from this host are counted, "
+                            "not logged)", kind, peer, message, kind)
 
     def unexpected(self, server: str, where: str, exc: BaseException) -> None:
         """Count an exception no handler expected; log it with its traceback once
         per (type, place) for the life of the process."""
         self.unexpected_errors += 1
-        kind = (type(exc).__name__, where)
-        if kind in self._kinds or len(self._kinds) > MAX_ERROR_KINDS:
-            return
-        self._kinds.add(kind)
-        if len(self._kinds) > MAX_ERROR_KINDS:
-            log.error("%s: more than %d kinds of unexpected error; new kinds are counted, "
-                      "not logged", server, MAX_ERROR_KINDS)
-            return
-        log.error("%s: unexpected %s in %s (answered UNKNOWN; further ones of this kind are "
-                  "counted, not logged)", server, kind[0], where, exc_info=exc)
+        name = type(exc).__name__
+        self._kinds.error((name, where), "%s: unexpected %s in %s (answered UNKNOWN; further "
+                          "ones of this kind are counted, not logged)", server, name, where,
+                          exc_info=exc)
 
 
 class Connection:

@@ -13,13 +13,12 @@ from edge.config import (
     reject_unknown,
     secret_from,
     take,
-    tls_from,
 )
 from edge.discovery.config import DiscoveryConfig
 from edge.net.connection import split_addr
 from edge.net.limits import ServerLimits, limits_from
 from edge.secret import ClusterSecret, PrivateAuth
-from edge.tls import TlsConfig
+from edge.tls import TlsConfig, tls_from
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -49,7 +48,7 @@ class ScConfig:
             try:
                 split_addr(getattr(self, key))
             except ValueError as exc:
-                raise ConfigError(f"{key}: {exc}") from None
+                raise ConfigError(str(exc), key=key) from None
         if self.heartbeat_timeout_s <= 0:
             raise ConfigError("heartbeat_timeout_s must be > 0")
         if self.log_level not in LOG_LEVELS:

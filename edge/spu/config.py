@@ -14,14 +14,13 @@ from edge.config import (
     reject_unknown,
     secret_from,
     take,
-    tls_from,
 )
 from edge.discovery.config import DiscoveryConfig, check_sc_address
 from edge.net.connection import split_addr
 from edge.net.limits import ServerLimits, limits_from
 from edge.protocol.wirezstd import Codec
 from edge.secret import ClusterSecret, PrivateAuth
-from edge.tls import TlsConfig
+from edge.tls import TlsConfig, tls_from
 
 DURABILITY = ("group", "always", "never")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -230,8 +229,9 @@ def _upstream_tls(raw: dict[str, Any]) -> TlsConfig | None:
     try:
         return TlsConfig(ca=Path(paths["ca"]), cert=_path(paths["cert"]),
                          key=_path(paths["key"]))
-    except ValueError as exc:
-        raise ConfigError(f"upstream.{exc}") from None
+    except ConfigError as exc:
+        # The fields are flat in [upstream]: tls_ca, tls_cert, tls_key.
+        raise ConfigError(exc.problem, key=f"upstream.tls_{exc.key}") from None
 
 
 def _path(value: str | None) -> Path | None:
@@ -242,7 +242,7 @@ def _check_addr(key: str, value: str) -> None:
     try:
         split_addr(value)
     except ValueError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
+        raise ConfigError(str(exc), key=key) from None
 
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")

@@ -36,6 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.client.cluster import Backoff
+from edge.logstate import LogOnce
 from gateway.config import MqttConfig, MqttProtocol
 from gateway.mqtt.client import AckingClient, Incoming
 from gateway.mqtt.decode import Decoder, Rejected
@@ -48,26 +49,6 @@ STAT_KEYS: Final = (
     "received", "produced", "duplicates", "bad_frames", "dead_lettered", "reconnects",
     "spu_retries", "sequence_gaps", "in_flight", "in_flight_peak", "connected",
 )  # fmt: skip
-
-
-class LogOnce:
-    """Logs each cause once until it clears, then once more when it comes back
-    (an SD card on a Pi must not fill with the same line)."""
-
-    def __init__(self, logger: logging.Logger) -> None:
-        self._log = logger
-        self._active: set[str] = set()
-
-    def warning(self, cause: str, msg: str, *args: object) -> None:
-        if cause not in self._active:
-            self._active.add(cause)
-            self._log.warning(msg, *args)
-
-    def clear(self, cause: str, msg: str | None = None, *args: object) -> None:
-        if cause in self._active:
-            self._active.discard(cause)
-            if msg:
-                self._log.info(msg, *args)
 
 
 class MqttBridge:
@@ -95,8 +76,9 @@ class MqttBridge:
         self._fifo: InFlight | None = None
         self._redeliveries = Redeliveries()
         self._stopping = asyncio.Event()
+        # The broker and the SPU: a line when a cause begins and one when it clears.
         self._problems = LogOnce(log)
-        self._bad_logged: set[tuple[str, str]] = set()
+        self._rejected = LogOnce(log)
 
     def stats(self) -> dict[str, int]:
         """Counters since start (``in_flight`` and ``connected`` are current values,
@@ -240,12 +222,10 @@ class MqttBridge:
 
     def _log_rejected(self, topic: str, rejected: Rejected) -> None:
         cause = (rejected.reason.value, rejected.rule.filter if rejected.rule else "")
-        if cause not in self._bad_logged:
-            self._bad_logged.add(cause)
-            log.warning(
-                "dead-lettering %s message on %s: %s (logged once per reason and rule)",
-                rejected.reason.value, topic, rejected.detail,
-            )
+        self._rejected.warning(
+            cause, "dead-lettering %s message on %s: %s (logged once per reason and rule)",
+            rejected.reason.value, topic, rejected.detail,
+        )
 
     async def _send_loop(self, client: AckingClient, fifo: InFlight, wake: asyncio.Event) -> None:
         while True:
@@ -290,7 +270,7 @@ class MqttBridge:
         False if ``stop()`` came first."""
         plan = plan_round(entries)
         backoff = Backoff(initial=0.1, maximum=self._backoff_max_s)
-        failing: str | None = None
+        failing: set[str] = set()
         while True:
             counts = Counts()
             try:
@@ -300,9 +280,10 @@ class MqttBridge:
             except Exception as exc:
                 self._add(counts)
                 self._counters["spu_retries"] += 1
-                failing = f"spu:{type(exc).__name__}"
+                cause = f"spu:{type(exc).__name__}"
+                failing.add(cause)
                 self._problems.warning(
-                    failing, "writing to the SPU failed: %s: %s (retrying with backoff; "
+                    cause, "writing to the SPU failed: %s: %s (retrying with backoff; "
                     "messages stay unacknowledged in the broker)", type(exc).__name__, exc,
                 )
                 await self._sleep(backoff)
@@ -310,8 +291,8 @@ class MqttBridge:
                     return False
                 continue
             self._add(counts)
-            if failing is not None:
-                self._problems.clear(failing, "writing to the SPU works again")
+            for cause in sorted(failing):
+                self._problems.clear(cause, "writing to the SPU works again")
             return True
 
     def _add(self, counts: Counts) -> None:

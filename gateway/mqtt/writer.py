@@ -30,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
 from typing import Any, Final, Protocol
 
+from edge.logstate import LogOnce
 from edge.protocol.errors import (
     CorruptMessage,
     HeadwaterError,
@@ -97,7 +98,7 @@ class RoundWriter:
         self._timeout_s = timeout_s
         self._max_payload_bytes = max_payload_bytes
         self._epochs: OrderedDict[int, int] = OrderedDict()
-        self._gap_logged: set[str] = set()
+        self._gaps = LogOnce(log)
 
     async def write(self, plan: Round, counts: Counts) -> None:
         """Write everything in ``plan`` that is not done yet, concurrently per kind."""
@@ -171,13 +172,11 @@ class RoundWriter:
         pid = head.sequence.producer_id
         epoch = self._epoch(pid)
         counts.gaps += 1
-        if head.entry.topic not in self._gap_logged:
-            self._gap_logged.add(head.entry.topic)
-            log.warning(
-                "sequence gap on %s: expected %d, got %d; going on in producer epoch %d "
-                "(logged once per MQTT topic)", head.entry.topic, expected, head.sequence.seq,
-                epoch + 1,
-            )
+        self._gaps.warning(
+            head.entry.topic, "sequence gap on %s: expected %d, got %d; going on in producer "
+            "epoch %d (logged once per MQTT topic)", head.entry.topic, expected,
+            head.sequence.seq, epoch + 1,
+        )
         if epoch >= MAX_PRODUCER_EPOCH:
             # Out of epochs for this boot of the device: keep the data, lose exactly-once.
             await self._plain([(item.entry, item.reading) for item in pending], counts)

@@ -20,7 +20,6 @@ import contextlib
 import errno
 import logging
 import os
-import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from typing import Final, Protocol
 
 import serial
 
+from edge.logstate import LogOnce
+from edge.net.backoff import Backoff
 from edge.protocol.errors import HeadwaterError
 from gateway.serial.codec import FrameDecoder, FrameReceived
 from gateway.serial.frames import Frame, wire
@@ -104,24 +105,6 @@ class _PortGoneError(Exception):
     pass
 
 
-class _LogOnce:
-    """Logs a repeated condition once per interval, with how often it happened."""
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def warning(self, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        last, skipped = self._last.get(key, (float("-inf"), 0))
-        if now - last < self._interval:
-            self._last[key] = (last, skipped + 1)
-            return
-        self._last[key] = (now, 0)
-        suffix = f" ({skipped} more since last report)" if skipped else ""
-        log.warning(msg + suffix, *args)
-
-
 class SerialBridge:
     """Runs every configured port until cancelled."""
 
@@ -162,7 +145,7 @@ class _Port:
         self._session = DeviceSession(timing=timing.link)
         self._counters = dict.fromkeys(("reconnects", "frames_out", "produce_errors"), 0)
         self._open = False
-        self._logs = _LogOnce(timing.log_repeat_s)
+        self._logs = LogOnce(log, repeat_s=timing.log_repeat_s)
         self._fd = -1
         self._out = bytearray()
         self._jobs = asyncio.Event()
@@ -171,20 +154,19 @@ class _Port:
         return {**self._session.stats, **self._counters, "ports_open": int(self._open)}
 
     async def run(self) -> None:
-        delay = self._timing.reopen_min_s
+        backoff = Backoff(self._timing.reopen_min_s, self._timing.reopen_max_s)
         opened_before = False
         while True:
             try:
                 ser = self._open_port()
             except (OSError, serial.SerialException) as exc:
                 self._logs.warning("open", "serial %s: cannot open: %s", self.cfg.path, exc)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self._timing.reopen_max_s)
+                await backoff.sleep()
                 continue
             if opened_before:
                 self._counters["reconnects"] += 1
             opened_before = True
-            delay = self._timing.reopen_min_s
+            backoff.reset()
             log.info("serial %s: open at %d baud", self.cfg.path, self.cfg.baudrate)
             try:
                 await self._serve(ser)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from edge.config import ConfigError
 from gateway.config import (
     SESSION_NEVER_EXPIRES,
-    ConfigError,
     GatewayConfig,
     MqttConfig,
     MqttProtocol,

@@ -31,7 +31,7 @@ def test_defaults_and_sizes() -> None:
     ({"compression": "lz4"}, "compression must be one of none, zstd"),
     ({"probe_interval_s": 0}, "probe_interval_s"),
     ({"tls_cert": "/etc/hostname", "tls_key": "/etc/hostname"}, "need upstream.tls_ca"),
-    ({"tls_ca": "/nonexistent/ca.pem"}, "upstream.tls: ca file"),
+    ({"tls_ca": "/nonexistent/ca.pem"}, "upstream.tls_ca: '/nonexistent/ca.pem' is not a readable"),
 ])
 def test_bad_settings_name_the_key(extra: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -30,7 +30,8 @@ from support import make_pki, require_binary
 
 from edge.client import Producer, Record
 from edge.testing import LocalCluster
-from gateway.config import MqttRule, PayloadFormat, TlsConfig
+from edge.tls import TlsConfig
+from gateway.config import MqttRule, PayloadFormat
 from gateway.mqtt.bridge import MqttBridge
 from gateway.mqtt.client import AckingClient
 from gateway.mqtt.testing import Mosquitto
