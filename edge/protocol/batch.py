@@ -249,8 +249,11 @@ def validate(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
             f"max timestamp {h.max_timestamp} before first timestamp {h.first_timestamp}",
             offset=h.base_offset,
         )
-    records = decode_records(buf, pos, h)
-    latest = max(map(operator.itemgetter(1), records), default=h.max_timestamp)
+    raw = _raw_records(buf, pos, h)
+    latest = _plain_latest(raw, h.first_timestamp)
+    if latest is None:  # not all plain: the per-record checks (headers, or an error)
+        records = [_record(r, h.base_offset + i, h.first_timestamp) for i, r in enumerate(raw)]
+        latest = max(map(operator.itemgetter(1), records), default=h.max_timestamp)
     if latest > h.max_timestamp:
         raise CorruptBatch(
             f"record timestamp {latest} past the header's max timestamp {h.max_timestamp}",
@@ -285,6 +288,17 @@ def decode_records(
 ) -> list[Record]:
     """Decode the records of a verified batch at ``pos``."""
     h = header or verify(buf, pos)
+    raw = _raw_records(buf, pos, h)
+    if not raw:
+        return []
+    fast = _decode_plain(raw, h.base_offset, h.first_timestamp)
+    if fast is not None:
+        return fast
+    return [_record(r, h.base_offset + i, h.first_timestamp) for i, r in enumerate(raw)]
+
+
+def _raw_records(buf: bytes | bytearray | memoryview, pos: int, h: BatchHeader) -> list[Any]:
+    """The batch's records array as CBOR decodes it, ``record_count`` long."""
     body = bytes(memoryview(buf)[pos + HEADER_SIZE : pos + h.size])
     if h.compression == Compression.ZLIB:
         body = _decompress(body, h.base_offset)
@@ -294,12 +308,7 @@ def decode_records(
         raise CorruptBatch(f"undecodable records: {exc}", offset=h.base_offset) from None
     if not isinstance(raw, list) or len(raw) != h.record_count:
         raise CorruptBatch("records do not match the header count", offset=h.base_offset)
-    if not raw:
-        return []
-    fast = _decode_plain(raw, h.base_offset, h.first_timestamp)
-    if fast is not None:
-        return fast
-    return [_record(r, h.base_offset + i, h.first_timestamp) for i, r in enumerate(raw)]
+    return raw
 
 
 _LIST_TYPES: Final = frozenset({list})
@@ -307,6 +316,34 @@ _KEY_TYPES: Final = frozenset({bytes, type(None)})
 _BYTES_TYPES: Final = frozenset({bytes})
 _INT_TYPES: Final = frozenset({int})
 _new_record = functools.partial(tuple.__new__, Record)
+
+
+def _plain_columns(raw: list[Any], first_ts: int) -> tuple[Any, Any, Any, int, int] | None:
+    """``(deltas, keys, values, lowest delta, highest delta)`` when every record has
+    the plain 3-field shape with valid types, else None. Checked a column at a time
+    with C-level ``map``/``set``: no Python call per record."""
+    if set(map(type, raw)) != _LIST_TYPES:
+        return None
+    try:
+        deltas, keys, values = zip(*raw, strict=True)  # every record has 3 fields
+    except ValueError:
+        return None
+    if set(map(type, deltas)) != _INT_TYPES:
+        return None
+    low, high = min(deltas), max(deltas)
+    if (set(map(type, values)) != _BYTES_TYPES or not set(map(type, keys)) <= _KEY_TYPES
+            or not first_ts + low >= _I64_MIN or not first_ts + high <= _I64_MAX):
+        return None
+    return deltas, keys, values, low, high
+
+
+def _plain_latest(raw: list[Any], first_ts: int) -> int | None:
+    """The latest timestamp of a plain batch (checked as :func:`_plain_columns`
+    checks), without building its records: what validating on append needs."""
+    if not raw:
+        return first_ts
+    columns = _plain_columns(raw, first_ts)
+    return None if columns is None else first_ts + columns[4]
 
 
 def _decode_plain(raw: list[Any], base: int, first_ts: int) -> list[Record] | None:
@@ -317,17 +354,10 @@ def _decode_plain(raw: list[Any], base: int, first_ts: int) -> list[Record] | No
     backlog decodes at millions of records per second. Any record that does not
     fit (headers, a wrong type) sends the batch through the per-record checks.
     """
-    if set(map(type, raw)) != _LIST_TYPES:
+    columns = _plain_columns(raw, first_ts)
+    if columns is None:
         return None
-    try:
-        deltas, keys, values = zip(*raw, strict=True)  # every record has 3 fields
-    except ValueError:
-        return None
-    low, high = min(deltas), max(deltas)
-    if (set(map(type, values)) != _BYTES_TYPES or not set(map(type, keys)) <= _KEY_TYPES
-            or set(map(type, deltas)) != _INT_TYPES
-            or not first_ts + low >= _I64_MIN or not first_ts + high <= _I64_MAX):
-        return None
+    deltas, keys, values, low, high = columns
     n = len(raw)
     stamps = (itertools.repeat(first_ts, n) if low == high == 0
               else map(operator.add, itertools.repeat(first_ts, n), deltas))
