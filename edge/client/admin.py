@@ -10,9 +10,10 @@ from typing import Any
 from edge.client.cluster import ClusterClient
 from edge.client.consumer import Offset
 from edge.protocol import groups as msg
+from edge.protocol import sc_api
 from edge.protocol.errors import HeadwaterError, PartitionNotFound
 from edge.protocol.messages import ApiKey
-from edge.protocol.schema import decode_response
+from edge.protocol.schema import decode_response, to_wire
 
 
 class Admin:
@@ -46,35 +47,35 @@ class Admin:
         meta = await self.cluster.sc_request(
             ApiKey.CREATE_TOPIC, name=name, partitions=partitions, replication=replication,
             config=config or {}, **extra)
-        return str(meta["status"])
+        return decode_response(sc_api.CREATED, meta).status
 
     async def delete_topic(self, name: str) -> None:
         await self.cluster.sc_request(ApiKey.DELETE_TOPIC, name=name)
 
     async def list_topics(self) -> list[dict[str, Any]]:
         meta = await self.cluster.sc_request(ApiKey.LIST_TOPICS)
-        return list(meta["topics"])
+        return list(decode_response(sc_api.TOPICS, meta).topics)
 
     async def describe_topic(self, name: str) -> dict[str, Any]:
         meta = await self.cluster.sc_request(ApiKey.DESCRIBE_TOPIC, name=name)
-        return {k: v for k, v in meta.items() if k not in ("id", "err")}
+        return _fields(decode_response(sc_api.DESCRIBED_TOPIC, meta))
 
     async def list_partitions(self, topic: str | None = None) -> list[dict[str, Any]]:
         meta = await self.cluster.sc_request(ApiKey.LIST_PARTITIONS, topic=topic)
-        return list(meta["partitions"])
+        return list(decode_response(sc_api.PARTITIONS, meta).partitions)
 
     async def rebalance(self, topic: str | None = None) -> int:
         """Preferred-replica election; returns how many partitions changed leader."""
         meta = await self.cluster.sc_request(ApiKey.PARTITION_REBALANCE, topic=topic)
-        return int(meta["moved"])
+        return decode_response(sc_api.REBALANCED, meta).moved
 
     async def list_spus(self) -> list[dict[str, Any]]:
         meta = await self.cluster.sc_request(ApiKey.LIST_SPUS)
-        return list(meta["spus"])
+        return list(decode_response(sc_api.SPUS, meta).spus)
 
     async def cluster_status(self) -> dict[str, Any]:
         meta = await self.cluster.sc_request(ApiKey.CLUSTER_STATUS)
-        return {k: v for k, v in meta.items() if k not in ("id", "err")}
+        return _fields(decode_response(sc_api.CLUSTER_STATUS, meta))
 
     async def list_consumers(self) -> list[dict[str, Any]]:
         """Stored consumer positions, collected from every online SPU."""
@@ -131,23 +132,24 @@ class Admin:
     async def register_site(self, name: str) -> dict[str, Any]:
         """Register an edge site; the answer holds its token, shown this once."""
         meta = await self.cluster.sc_request(ApiKey.SITE_REGISTER, name=name)
-        return {k: v for k, v in meta.items() if k not in ("id", "err")}
+        return _fields(decode_response(sc_api.SITE_REGISTERED, meta))
 
     async def unregister_site(self, name: str) -> None:
         await self.cluster.sc_request(ApiKey.SITE_UNREGISTER, name=name)
 
     async def list_sites(self) -> list[dict[str, Any]]:
         meta = await self.cluster.sc_request(ApiKey.LIST_SITES)
-        return list(meta["sites"])
+        return list(decode_response(sc_api.SITES, meta).sites)
 
     async def describe_site(self, name: str) -> dict[str, Any]:
         meta = await self.cluster.sc_request(ApiKey.DESCRIBE_SITE, name=name)
-        return {k: v for k, v in meta.items() if k not in ("id", "err")}
+        return _fields(decode_response(sc_api.DESCRIBED_SITE, meta))
 
     async def site_partitions(self, site: str, topic: str) -> list[int]:
         """The cloud partitions of ``topic`` that hold ``site``'s mirror."""
-        info = await self.describe_site(site)
-        return sorted(m["cloud_partition"] for m in info["mirrors"] if m["topic"] == topic)
+        meta = await self.cluster.sc_request(ApiKey.DESCRIBE_SITE, name=site)
+        mirrors = decode_response(sc_api.DESCRIBED_SITE, meta).mirrors
+        return sorted(m.cloud_partition for m in mirrors if m.topic == topic)
 
     async def upstream_status(self) -> list[dict[str, Any]]:
         """Every uplink of an edge cluster, collected from its online SPUs."""
@@ -174,3 +176,9 @@ class Admin:
                         raise
                 await asyncio.sleep(0.05)
                 await self.cluster.refresh()
+
+
+def _fields(answer: object) -> dict[str, Any]:
+    """A decoded answer as the plain map the CLI prints (JSON-ready)."""
+    out: dict[str, Any] = to_wire(answer)
+    return out

@@ -16,14 +16,17 @@ from typing import Any, NamedTuple
 from edge.discovery.spec import parse_sc
 from edge.net.backoff import Backoff
 from edge.net.connection import ClientConnection
+from edge.protocol import sc_api
 from edge.protocol.errors import (
     ConnectionLost,
     HeadwaterError,
     LeaderNotAvailable,
     PartitionNotFound,
+    ProtocolError,
     TopicNotFound,
 )
 from edge.protocol.messages import ApiKey
+from edge.protocol.schema import decode_response
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +48,26 @@ class Metadata(NamedTuple):
 
     @classmethod
     def parse(cls, meta: dict[Any, Any]) -> Metadata:
-        topics: dict[str, list[PartitionInfo]] = {}
-        for name, parts in meta.get("topics", {}).items():
-            infos = [PartitionInfo(name, int(p["partition"]), p.get("leader"),
-                                   int(p.get("epoch", 0))) for p in parts]
-            topics[name] = sorted(infos, key=lambda p: p.partition)
-        spus = {int(k): str(v["public"]) for k, v in meta.get("spus", {}).items()
-                if v.get("online", True)}
-        return cls(int(meta.get("version", 0)), topics, spus,
-                   dict(meta.get("compression", {})))
+        """A METADATA answer (or WATCH_METADATA push); a malformed one is a ProtocolError."""
+        md = decode_response(sc_api.METADATA, meta)
+        topics = {name: sorted((PartitionInfo(name, p.partition, p.leader, p.epoch)
+                                for p in parts), key=lambda p: p.partition)
+                  for name, parts in md.topics.items()}
+        return cls(md.version, topics, _online_spus(md.spus), md.compression)
+
+
+def _online_spus(spus: dict[str, dict[str, Any]]) -> dict[int, str]:
+    """SPU id -> public address of the SPUs that are online (``spus`` of METADATA)."""
+    out = {}
+    for key, spu in spus.items():
+        public, online = spu.get("public"), spu.get("online", True)
+        if not (key.isascii() and key.isdigit() and isinstance(public, str)
+                and isinstance(online, bool)):
+            raise ProtocolError(f"field 'spus': SPU {key!r} is not an id with "
+                                "{public: text, online: boolean}", field="spus")
+        if online:
+            out[int(key)] = public
+    return out
 
 
 class ClusterClient:

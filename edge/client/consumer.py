@@ -41,6 +41,7 @@ from edge.client.cluster import Backoff, ClusterClient
 from edge.client.group import Assignment, GroupMember
 from edge.net.connection import ClientConnection, Stream
 from edge.protocol import batch as codec
+from edge.protocol import spu_api
 from edge.protocol.batch import Record
 from edge.protocol.errors import (
     CorruptBatch,
@@ -51,6 +52,7 @@ from edge.protocol.errors import (
 )
 from edge.protocol.groups import DEFAULT_SESSION_TIMEOUT_MS
 from edge.protocol.messages import ApiKey
+from edge.protocol.schema import decode_response
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +202,7 @@ class Consumer:
             self.positions[i] = self.delivered[i] = await self._start_offset(i)
             limit = self.end_offset
             if self.stop_at_end:
-                end = (await self._offsets(i, "end"))["offset"]
+                end = (await self._offsets(i, "end")).offset
                 limit = end if limit is None else min(limit + 1, end)
             elif limit is not None:
                 limit += 1
@@ -283,8 +285,8 @@ class Consumer:
 
     async def _within_log(self, index: int, committed: int) -> int:
         """A committed position, moved to the log start if retention removed it."""
-        meta = await self._offsets(index, "end")
-        start, leo = int(meta["start"]), int(meta["leo"])
+        answer = await self._offsets(index, "end")
+        start, leo = answer.start, answer.leo
         if committed < start:
             log.warning("%s/%d: committed position %d was removed by retention; "
                         "resuming at the log start %d", self.topic, index, committed, start)
@@ -474,33 +476,34 @@ class Consumer:
                                partition=index, offset=offset)
         return dict(self.delivered)
 
-    async def _offsets(self, index: int, kind: str, **extra: Any) -> dict[Any, Any]:
+    async def _offsets(self, index: int, kind: str, **extra: Any) -> spu_api.Offsets:
         conn = await self.cluster.leader(self.topic, index)
         meta, _ = await conn.request(ApiKey.LIST_OFFSETS, topic=self.topic, partition=index,
                                      kind=kind, **extra)
-        return meta
+        return decode_response(spu_api.OFFSETS, meta)
 
     async def _start_offset(self, index: int) -> int:
         if self.consumer is not None:
             conn = await self.cluster.leader(self.topic, index)
             meta, _ = await conn.request(ApiKey.OFFSET_FETCH, consumer=self.consumer,
                                          topic=self.topic, partition=index)
-            if meta.get("offset") is not None:
-                return int(meta["offset"])
+            committed = decode_response(spu_api.OFFSET_FETCHED, meta).offset
+            if committed is not None:
+                return committed
         kind, value = self.start
         if kind == "absolute":
-            meta = await self._offsets(index, "end")
-            if not int(meta["start"]) <= value <= int(meta["leo"]):
+            ends = await self._offsets(index, "end")
+            if not ends.start <= value <= ends.leo:
                 raise OffsetOutOfRange(
                     f"offset {value} of {self.topic}/{index} is outside "
-                    f"{meta['start']}..{meta['leo']}", offset=value)
+                    f"{ends.start}..{ends.leo}", offset=value)
             return value
         if kind in ("beginning", "end"):
-            return int((await self._offsets(index, kind))["offset"])
+            return (await self._offsets(index, kind)).offset
         if kind == "timestamp":
-            return int((await self._offsets(index, "timestamp", timestamp=value))["offset"])
-        meta = await self._offsets(index, "end")
-        return max(int(meta["offset"]) - value, int(meta["start"]))
+            return (await self._offsets(index, "timestamp", timestamp=value)).offset
+        ends = await self._offsets(index, "end")
+        return max(ends.offset - value, ends.start)
 
 
 def _size_or_rest(blob: bytes, pos: int) -> int:

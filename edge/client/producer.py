@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from edge.client.cluster import Backoff, ClusterClient
 from edge.net.connection import ClientConnection
 from edge.protocol import batch as codec
+from edge.protocol import sc_api, spu_api
 from edge.protocol.errors import (
     ConnectionLost,
     DeliveryUnknown,
@@ -35,6 +36,7 @@ from edge.protocol.errors import (
     RequestTimeout,
 )
 from edge.protocol.messages import Acks, ApiKey, check_response
+from edge.protocol.schema import decode_response
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +208,8 @@ class Producer:
                                   producer_epoch=producer_epoch, base_sequence=base_sequence,
                                   compression=self._compression_for(topic))
         meta = await self._request_with_retry(topic, partition, data, timeout_s)
-        return ProduceResult(topic, partition, int(meta["base"]), int(meta["last"]),
-                             bool(meta.get("dup")))
+        answer = decode_response(spu_api.PRODUCED, meta)
+        return ProduceResult(topic, partition, answer.base, answer.last, answer.dup)
 
     async def flush(self) -> None:
         """Send everything queued and wait for the acks; raise the first failure since
@@ -239,7 +241,8 @@ class Producer:
         self._sticky[topic] = 0
         if self.idempotent and self.producer_id < 0:
             meta = await self.cluster.sc_request(ApiKey.INIT_PRODUCER_ID)
-            self.producer_id, self.producer_epoch = int(meta["producer_id"]), int(meta["epoch"])
+            given = decode_response(sc_api.PRODUCER_ID, meta)
+            self.producer_id, self.producer_epoch = given.producer_id, given.epoch
         return len(parts)
 
     def _compression_for(self, topic: str) -> codec.Compression:
@@ -464,7 +467,7 @@ class _Sender:
         try:
             async with asyncio.timeout(self.p.request_timeout_s):
                 meta, _ = await self._answer(fut, conn)
-            check_response(meta)
+            base = decode_response(spu_api.PRODUCED, check_response(meta)).base
         except TimeoutError:
             self._error = self._error or RequestTimeout(f"produce to {conn.addr} timed out")
             retry.append(b)
@@ -479,7 +482,7 @@ class _Sender:
                 b.future.set_exception(_outcome(b, exc))
             return
         if not b.future.done():
-            b.future.set_result(int(meta["base"]))
+            b.future.set_result(base)
 
     async def _answer(self, fut: asyncio.Future[tuple[dict[Any, Any], bytes]],
                       conn: ClientConnection) -> tuple[dict[Any, Any], bytes]:

@@ -177,7 +177,6 @@ async def authenticate(conn: ClientConnection, hello_frame: Awaitable[Frame], *,
     answer, _ = await conn.request(ApiKey.AUTHENTICATE, timeout=AUTH_TIMEOUT_S,
                                    **handshake.claim_fields(claim))
     if secret is not None:
-        got = answer.get("mac")
-        if not handshake.check_mac(handshake.server_mac(secret.value, hello, claim),
-                                   got if isinstance(got, bytes) else None):
+        got = handshake.parse_answer(answer).mac
+        if not handshake.check_mac(handshake.server_mac(secret.value, hello, claim), got):
             raise AuthenticationFailed(f"{conn.addr} failed to prove the cluster secret")

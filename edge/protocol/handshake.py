@@ -40,13 +40,14 @@ import secrets
 import struct
 from typing import Any, Final, NamedTuple, TypeGuard
 
+from edge.protocol import fields
 from edge.protocol.errors import AuthenticationFailed
+from edge.protocol.schema import Field, Kind, Message, decode_with
 
 NONCE_BYTES: Final = 32
 MAC_BYTES: Final = 32
 HELLO_VERSION: Final = 1
 ROLES: Final = ("sc", "spu")
-MAX_SPU_ID: Final = 2**31 - 1
 CLIENT_LABEL: Final = b"headwater-private-v1 client"
 SERVER_LABEL: Final = b"headwater-private-v1 server"
 _SPU_ID: Final = struct.Struct(">I")
@@ -68,6 +69,23 @@ class Claim(NamedTuple):
     role: str
     nonce: bytes
     mac: bytes | None
+
+
+class AuthAnswer(NamedTuple):
+    """The server's proof of the secret (None when it has none)."""
+
+    mac: bytes | None
+
+
+CLAIM: Final = Message(Claim, (
+    fields.SPU,
+    Field("role", Kind.TEXT, choices=ROLES),
+    Field("nonce", Kind.BYTES, low=NONCE_BYTES, high=NONCE_BYTES),
+    Field("mac", Kind.BYTES, required=False, low=MAC_BYTES, high=MAC_BYTES),
+))
+AUTH_ANSWER: Final = Message(AuthAnswer, (
+    Field("mac", Kind.BYTES, required=False, low=MAC_BYTES, high=MAC_BYTES),
+))
 
 
 def new_nonce() -> bytes:
@@ -100,19 +118,13 @@ def claim_fields(claim: Claim) -> dict[str, Any]:
 
 
 def parse_claim(meta: dict[Any, Any]) -> Claim:
-    """An AUTHENTICATE request's fields, bounds included."""
-    spu, role, nonce, mac = (meta.get(k) for k in ("spu", "role", "nonce", "mac"))
-    if not isinstance(spu, int) or isinstance(spu, bool) or not 0 <= spu <= MAX_SPU_ID:
-        raise AuthenticationFailed(f"spu: an SPU id in 0..{MAX_SPU_ID} is required",
-                                   field="spu")
-    if role not in ROLES:
-        raise AuthenticationFailed(f"role: one of {', '.join(ROLES)} is required",
-                                   field="role")
-    if not _is_nonce(nonce):
-        raise AuthenticationFailed(f"nonce: {NONCE_BYTES} bytes are required", field="nonce")
-    if mac is not None and not (isinstance(mac, bytes) and len(mac) == MAC_BYTES):
-        raise AuthenticationFailed(f"mac: {MAC_BYTES} bytes are required", field="mac")
-    return Claim(spu, str(role), bytes(nonce), mac)
+    """An AUTHENTICATE request's fields, bounds included; a bad one fails the handshake."""
+    return decode_with(Claim, CLAIM.fields, meta, AuthenticationFailed)
+
+
+def parse_answer(meta: dict[Any, Any]) -> AuthAnswer:
+    """The server's AUTHENTICATE answer, checked like a claim."""
+    return decode_with(AuthAnswer, AUTH_ANSWER.fields, meta, AuthenticationFailed)
 
 
 def client_mac(secret: bytes, hello: Hello, claim: Claim) -> bytes:

@@ -20,6 +20,12 @@ from edge.protocol.errors import HeadwaterError, InvalidRequest, ProtocolError
 
 T = TypeVar("T")
 I64_MAX = 2**63 - 1
+# Keys of a map field and texts inside one: names and short words, never documents.
+MAP_KEY_CHARS = 200
+SCALAR_TEXT_CHARS = 1000
+# Undeclared values (status rows, health figures): nested this deep, this long.
+FREE_DEPTH = 3
+MAX_FREE_ITEMS = 10_000
 
 
 class Kind(Enum):
@@ -29,8 +35,14 @@ class Kind(Enum):
     TEXT = "text"
     BOOL = "boolean"
     FLOAT = "float"
+    BYTES = "bytes"
     INTS = "array of integers"
+    TEXTS = "array of text"
     ROWS = "array of maps"
+    # Each element an array holding ``row_fields`` by position (compact rows).
+    TUPLES = "array of arrays"
+    # Keys of ``keys`` kind, values checked by ``values`` (a scalar when None).
+    MAP = "map"
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,9 @@ class Field:
     # ROWS: the NamedTuple of one element and its fields.
     row: type[Any] | None = None
     row_fields: tuple[Field, ...] = ()
+    # MAP: what a key is, and the field each value must satisfy.
+    keys: Kind = Kind.TEXT
+    values: Field | None = None
 
     def take(self, meta: Mapping[Any, Any], error: type[HeadwaterError]) -> Any:
         value = meta.get(self.name)
@@ -71,11 +86,20 @@ class Field:
             if not _is_number(value) or not math.isfinite(value):
                 raise self._type_error(value, error)
             return float(value)
+        if self.kind is Kind.BYTES:
+            return self._bytes(value, error)
+        if self.kind is Kind.MAP:
+            return self._map(value, error)
         items = self._array(value, error)
         if self.kind is Kind.INTS:
             return tuple(self._int(v, error) for v in items)
+        if self.kind is Kind.TEXTS:
+            return tuple(self._text(v, error) for v in items)
+        if self.kind is Kind.TUPLES:
+            return tuple(self._tuple(item, error) for item in items)
         if self.row is None:
-            raise TypeError(f"schema bug: ROWS field {self.name!r} without a row type")
+            # Rows shown to people (listings, status): free maps, checked for shape.
+            return tuple(self._free_row(item, error) for item in items)
         rows = []
         for item in items:
             if not isinstance(item, dict):
@@ -104,6 +128,42 @@ class Field:
                         field=self.name)
         return value
 
+    def _tuple(self, value: Any, error: type[HeadwaterError]) -> Any:
+        if not isinstance(value, list) or len(value) != len(self.row_fields):
+            raise error(f"field {self.name!r} must hold arrays of {len(self.row_fields)}",
+                        field=self.name)
+        checked = [field.check(v, error) for field, v in zip(self.row_fields, value,
+                                                              strict=True)]
+        return checked if self.row is None else self.row(*checked)
+
+    def _bytes(self, value: Any, error: type[HeadwaterError]) -> bytes:
+        if not isinstance(value, bytes):
+            raise self._type_error(value, error)
+        low, high = self.low or 0, self.high
+        if len(value) < low or (high is not None and len(value) > high):
+            raise error(f"field {self.name!r} must be {low}..{high} bytes", field=self.name)
+        return value
+
+    def _map(self, value: Any, error: type[HeadwaterError]) -> dict[Any, Any]:
+        if not isinstance(value, dict):
+            raise self._type_error(value, error)
+        if self.items is not None and len(value) > self.items:
+            raise error(f"field {self.name!r} holds at most {self.items} entries",
+                        field=self.name)
+        key_field = Field(self.name, self.keys, high=MAP_KEY_CHARS)
+        out = {}
+        for key, item in value.items():
+            out[key_field.check(key, error)] = (
+                _free(self.name, item, error, FREE_DEPTH) if self.values is None
+                else self.values.check(item, error))
+        return out
+
+    def _free_row(self, value: Any, error: type[HeadwaterError]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise error(f"field {self.name!r} must hold maps", field=self.name)
+        result: dict[str, Any] = _free(self.name, value, error, FREE_DEPTH)
+        return result
+
     def _array(self, value: Any, error: type[HeadwaterError]) -> list[Any]:
         if not isinstance(value, list):
             raise self._type_error(value, error)
@@ -115,6 +175,37 @@ class Field:
     def _type_error(self, value: Any, error: type[HeadwaterError]) -> HeadwaterError:
         return error(f"field {self.name!r} must be {self.kind.value}, not "
                      f"{type(value).__name__}", field=self.name)
+
+
+def _free(name: str, value: Any, error: type[HeadwaterError], depth: int) -> Any:
+    """A value without a declared field: a scalar, or (``depth`` levels deep at most)
+    an array or a text-keyed map of them, each bounded like a declared field."""
+    if isinstance(value, list | dict) and depth > 0:
+        if len(value) > MAX_FREE_ITEMS:
+            raise error(f"field {name!r} holds more than {MAX_FREE_ITEMS} items", field=name)
+        if isinstance(value, list):
+            return [_free(name, v, error, depth - 1) for v in value]
+        if not all(isinstance(k, str) and len(k) <= MAP_KEY_CHARS for k in value):
+            raise error(f"field {name!r} holds a map with a key that is not a short text",
+                        field=name)
+        return {k: _free(name, v, error, depth - 1) for k, v in value.items()}
+    return _scalar(name, value, error)
+
+
+def _scalar(name: str, value: Any, error: type[HeadwaterError]) -> Any:
+    """Null, a boolean, an i64, a finite float or a short text."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not -I64_MAX - 1 <= value <= I64_MAX:
+            raise error(f"field {name!r} holds an integer outside the i64 range", field=name)
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, str) and len(value) <= SCALAR_TEXT_CHARS:
+        return value
+    raise error(f"field {name!r} holds a {type(value).__name__} where a number, "
+                f"boolean or short text belongs", field=name)
 
 
 def _is_number(value: Any) -> bool:
@@ -152,3 +243,12 @@ def to_wire(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [to_wire(v) for v in value]
     return value
+
+
+@dataclass(frozen=True)
+class Api:
+    """An API's request and its response (for a stream: each frame it pushes)."""
+
+    request: Message[Any]
+    response: Message[Any]
+    stream: bool = False

@@ -48,17 +48,26 @@ def assign(partitions: int, replication: int, spus: Sequence[SpuSlot]) -> list[l
         # Followers are shifted by a per-partition step so that one SPU's loss
         # spreads its followers' extra load over several others.
         step = 1 + (p // n) % max(n - 1, 1) if n > 1 else 1
-        replicas = [order[start].id]
-        k = 1
-        while len(replicas) < replication:
-            cand = order[(start + k * step) % n].id
-            if cand not in replicas:
-                replicas.append(cand)
-            else:
-                step = 1
-            k += 1
-        result.append(replicas)
+        result.append(_replicas(order, start, step, replication))
     return result
+
+
+def _replicas(order: list[SpuSlot], start: int, step: int, replication: int) -> list[int]:
+    """The leader at ``start``, then followers along ``step`` (then along 1, once the
+    step cycles), taking SPUs of racks not used yet first."""
+    n = len(order)
+    walk = [order[(start + k * step) % n] for k in range(1, n)]
+    walk += [order[(start + k) % n] for k in range(1, n)]
+    chosen = [order[start]]
+    for new_racks_only in (True, False):
+        for cand in walk:
+            if len(chosen) == replication:
+                break
+            racks = {c.rack for c in chosen}
+            if cand in chosen or (new_racks_only and (cand.rack is None or cand.rack in racks)):
+                continue
+            chosen.append(cand)
+    return [c.id for c in chosen]
 
 
 def led_by(placement: list[list[int]], spu: int) -> list[list[int]]:

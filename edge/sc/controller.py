@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from edge.protocol.errors import (
     TopicExists,
     TopicNotFound,
 )
+from edge.protocol.sc_api import COMPRESSION, ReplicaStatus, TopicStatus
 from edge.sc.assignment import SpuSlot, assign, led_by
 from edge.sc.store import MetadataStore, PartitionRow, TopicRow
 from edge.storage.config import STORAGE_KEYS, LogConfig, is_topic_name
@@ -28,12 +29,8 @@ from edge.storage.mirror import MirrorOwner
 
 log = logging.getLogger(__name__)
 
-MAX_PARTITIONS = 1000
-# Well above any cluster this SC runs; a bignum used to be accepted and stored.
-MAX_REPLICATION = 64
 TOPIC_CONFIG_KEYS = STORAGE_KEYS | {"compression", "min_insync_replicas", "unclean_election",
                                     "upstream", "upstream_priority"}
-COMPRESSION = ("none", "zlib")
 
 
 @dataclass
@@ -47,7 +44,7 @@ class SpuState:
     online: bool = False
     last_heartbeat: float = 0.0
     health: dict[str, Any] = field(default_factory=dict)
-    partitions: list[dict[str, Any]] = field(default_factory=list)
+    partitions: tuple[ReplicaStatus, ...] = ()
     stats: dict[str, Any] = field(default_factory=dict)
     push: Callable[[list[dict[str, Any]], int], None] | None = None
 
@@ -75,13 +72,11 @@ class Controller:
 
     def create_topic(self, name: str, partitions: int, replication: int,
                      config: dict[str, Any], *, prefer_leader: int | None = None) -> TopicRow:
+        """A new topic from CREATE_TOPIC's decoded fields (their bounds are the
+        schema's, ``edge/protocol/sc_api.py``): names and settings checked here."""
         if not is_topic_name(name):
             raise InvalidConfig(f"invalid topic name {name!r}: use letters, digits, '.', '_', "
                                 "'-' (at most 200, starting with a letter or digit)")
-        if not 1 <= partitions <= MAX_PARTITIONS:
-            raise InvalidConfig(f"partitions must be 1..{MAX_PARTITIONS}")
-        if not 1 <= replication <= MAX_REPLICATION:
-            raise InvalidConfig(f"replication must be 1..{MAX_REPLICATION}")
         config = validate_topic_config(config)
         if config.get("min_insync_replicas", 1) > replication:
             raise InvalidConfig(f"min_insync_replicas {config['min_insync_replicas']} exceeds "
@@ -93,7 +88,7 @@ class Controller:
         if (placement is not None and prefer_leader is not None
                 and prefer_leader in {slot.id for slot in slots}):
             placement = led_by(placement, prefer_leader)
-        status = "ready" if placement else "insufficient-resources"
+        status = TopicStatus.READY if placement else TopicStatus.WAITING
         row = TopicRow(name, partitions, replication, config, status, int(time.time() * 1000))
         self.store.add_topic(row, _partition_rows(name, placement))
         if placement is None:
@@ -116,7 +111,7 @@ class Controller:
     def _place_waiting(self) -> bool:
         placed = False
         for t in self.store.topics():
-            if t.status != "insufficient-resources":
+            if t.status != TopicStatus.WAITING:
                 continue
             placement = assign(t.partitions, t.replication, self.slots())
             if placement is not None:
@@ -163,13 +158,13 @@ class Controller:
             raise InvalidRequest(f"spu: SPU {spu_id} is live on another connection "
                                  f"(heartbeat {age:.1f}s ago)", field="spu", value=spu_id)
 
-    def heartbeat(self, spu_id: int, health: dict[str, Any], partitions: list[dict[str, Any]],
+    def heartbeat(self, spu_id: int, health: dict[str, Any], partitions: Sequence[ReplicaStatus],
                   stats: dict[str, Any]) -> None:
         state = self.spus.get(spu_id)
         if state is None or state.push is None:
             return
         state.last_heartbeat = time.monotonic()
-        state.health, state.partitions, state.stats = health, partitions, stats
+        state.health, state.partitions, state.stats = health, tuple(partitions), stats
         if not state.online:
             state.online = True
             log.info("SPU %d back online", spu_id)
@@ -210,8 +205,12 @@ class Controller:
             isr = [r for r in p.isr if r != spu_id]
             new = self._choose_leader(p, isr, online, topics.get(p.topic))
             # The deposed leader leaves the ISR; with no successor it stays, so
-            # it can lead again when it returns (it has everything committed).
-            self._set_leader(p, new, isr if new is not None else p.isr)
+            # it can lead again when it returns (it has everything committed). An
+            # unclean successor is in sync with nobody but itself.
+            if new is None:
+                self._set_leader(p, None, p.isr)
+            else:
+                self._set_leader(p, new, isr if new in isr else [new])
 
     def _elect_leaderless(self) -> None:
         topics = {t.name: t for t in self.store.topics()}
@@ -245,8 +244,9 @@ class Controller:
                      row.epoch, p.leader)
 
     def update_isr(self, spu_id: int, topic: str, index: int, epoch: int,
-                   isr: list[int]) -> None:
+                   isr: Sequence[int]) -> None:
         """A leader's ISR change; refused unless it is the current leader and epoch."""
+        wanted = list(isr)
         current = next((p for p in self.store.partitions(topic) if p.idx == index), None)
         if current is None:
             raise TopicNotFound(f"{topic}/{index} does not exist", topic=topic)
@@ -254,11 +254,11 @@ class Controller:
             raise StaleEpoch(f"{topic}/{index}: SPU {spu_id} at epoch {epoch} is not the "
                              f"leader (SPU {current.leader}, epoch {current.epoch})",
                              epoch=current.epoch)
-        if not set(isr) <= set(current.replicas) or spu_id not in isr:
-            raise InvalidConfig(f"ISR {isr} is not a subset of replicas {current.replicas} "
+        if not set(wanted) <= set(current.replicas) or spu_id not in wanted:
+            raise InvalidConfig(f"ISR {wanted} is not a subset of replicas {current.replicas} "
                                 "including the leader")
-        self.store.update_partition(current._replace(isr=list(isr)))
-        log.info("%s/%d: ISR %s -> %s", topic, index, current.isr, isr)
+        self.store.update_partition(current._replace(isr=wanted))
+        log.info("%s/%d: ISR %s -> %s", topic, index, current.isr, wanted)
         self._changed()
 
     def rebalance(self, topic: str | None = None) -> int:
@@ -320,9 +320,9 @@ class Controller:
         row["leader_online"] = bool(leader and leader.online)
         if leader is not None:
             for s in leader.partitions:
-                if s.get("topic") == p.topic and s.get("partition") == p.idx:
-                    row.update(hw=s.get("hw"), leo=s.get("leo"), start=s.get("start"),
-                               size=s.get("size"), followers=s.get("followers") or {})
+                if s.topic == p.topic and s.partition == p.idx:
+                    row.update(hw=s.hw, leo=s.leo, start=s.start, size=s.size,
+                               followers=s.followers or {})
         return row
 
     def peers(self) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Checks on what an SPU claims when it registers (pure: no I/O)."""
+"""Checks on what an SPU claims when it registers that its schema cannot say
+(pure: no I/O). The SPU id's range is REGISTER_SPU's schema (``sc_api``)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,8 @@ from typing import Final
 
 from edge.protocol.errors import InvalidRequest
 
-# SQLite stores ids as signed 64-bit integers; 2**31-1 keeps ids printable,
-# portable to 32-bit peers and far from that limit.
-MAX_SPU_ID: Final = 2**31 - 1
 _LABEL: Final = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _MAX_HOSTNAME: Final = 253
-
-
-def check_spu_id(spu_id: int) -> None:
-    if not 0 <= spu_id <= MAX_SPU_ID:
-        raise InvalidRequest(f"spu: id {spu_id} is outside 0..{MAX_SPU_ID}", field="spu",
-                             value=spu_id, max=MAX_SPU_ID)
 
 
 def check_address(field: str, addr: str) -> None:

@@ -12,17 +12,18 @@ from edge.net.auth import PrivateGate, require_spu
 from edge.net.connection import split_addr
 from edge.net.limits import BufferPool
 from edge.net.server import Connection, FrameServer, Response
-from edge.protocol import messages
-from edge.protocol.errors import InvalidRequest
-from edge.protocol.messages import ApiKey, get
+from edge.protocol import messages, sc_api
+from edge.protocol.errors import InvalidConfig, InvalidRequest
+from edge.protocol.messages import ApiKey
+from edge.protocol.schema import decode_request
 from edge.sc.config import ScConfig
 from edge.sc.controller import Controller
 from edge.sc.group_handlers import GroupHandlers
 from edge.sc.group_store import GroupStore
-from edge.sc.registration import MAX_SPU_ID, check_address, check_spu_id
+from edge.sc.registration import check_address
 from edge.sc.sites import SiteRegistry
 from edge.sc.store import MetadataStore
-from edge.spu.sc_link import cancel
+from edge.tasks import cancel
 from edge.tls import server_context
 
 if TYPE_CHECKING:
@@ -150,18 +151,13 @@ class Sc:
                            role="sc", cluster=self.controller.cluster_id), b""
 
     def create_topic(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        prefer = get(meta, "prefer_leader", int, None)
-        if prefer is not None and not 0 <= prefer <= MAX_SPU_ID:
-            raise InvalidRequest(f"prefer_leader: SPU id {prefer} is outside 0..{MAX_SPU_ID}",
-                                 field="prefer_leader", value=prefer, max=MAX_SPU_ID)
-        row = self.controller.create_topic(
-            get(meta, "name", str), get(meta, "partitions", int, 1),
-            get(meta, "replication", int, 1), get(meta, "config", dict, {}),
-            prefer_leader=prefer)
+        req = _create_topic_request(meta)
+        row = self.controller.create_topic(req.name, req.partitions, req.replication,
+                                           req.config, prefer_leader=req.prefer_leader)
         return messages.ok(meta["id"], status=row.status), b""
 
     def delete_topic(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        self.controller.delete_topic(get(meta, "name", str))
+        self.controller.delete_topic(decode_request(sc_api.NAMED, meta).name)
         return messages.ok(meta["id"]), b""
 
     def list_topics(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
@@ -171,7 +167,7 @@ class Sc:
         return messages.ok(meta["id"], topics=rows), b""
 
     def describe_topic(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        t = self.controller.topic(get(meta, "name", str))
+        t = self.controller.topic(decode_request(sc_api.NAMED, meta).name)
         parts = [self.controller.partition_status(p) for p in self.store.partitions(t.name)]
         return messages.ok(meta["id"], name=t.name, partitions=t.partitions,
                            replication=t.replication, config=t.config, status=t.status,
@@ -187,7 +183,7 @@ class Sc:
         return messages.ok(meta["id"], spus=rows), b""
 
     def list_partitions(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        topic = get(meta, "topic", str, None)
+        topic = decode_request(sc_api.TOPIC_FILTER, meta).topic
         rows = [self.controller.partition_status(p) for p in self.store.partitions(topic)]
         return messages.ok(meta["id"], partitions=rows), b""
 
@@ -234,13 +230,11 @@ class Sc:
 
     def register_spu(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                      ) -> Awaitable[Response]:
-        spu_id = get(meta, "spu", int)
-        public, private = get(meta, "public", str), get(meta, "private", str)
-        rack = get(meta, "rack", str, None)
+        req = decode_request(sc_api.REGISTER_SPU, meta)
+        spu_id = req.spu
         require_spu(conn, spu_id, "spu")
-        check_spu_id(spu_id)
-        check_address("public", public)
-        check_address("private", private)
+        check_address("public", req.public)
+        check_address("private", req.private)
         self.controller.check_replaceable(spu_id)
         cid = meta["id"]
         cluster = self.controller.cluster_id
@@ -249,57 +243,64 @@ class Sc:
             conn.send_soon(messages.ok(cid, replicas=replicas, version=version,
                                        cluster=cluster, peers=self.controller.peers()))
 
-        state = self.controller.register_spu(spu_id, public, private, rack, push)
-        state.partitions = get(meta, "partitions", list, [])
+        state = self.controller.register_spu(spu_id, req.public, req.private, req.rack, push)
+        state.partitions = req.partitions
         conn.on_close.append(lambda: self.controller.spu_disconnected(spu_id, push))
         return _hold_open(conn)
 
     def heartbeat(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        spu_id = get(meta, "spu", int)
-        require_spu(conn, spu_id, "spu")
-        self.controller.heartbeat(spu_id, get(meta, "health", dict, {}),
-                                  get(meta, "partitions", list, []), get(meta, "stats", dict, {}))
+        req = decode_request(sc_api.HEARTBEAT, meta)
+        require_spu(conn, req.spu, "spu")
+        self.controller.heartbeat(req.spu, req.health, req.partitions, req.stats)
         return messages.ok(meta["id"], version=self.controller.version), b""
 
     def update_isr(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        isr = get(meta, "isr", list)
-        if not all(isinstance(r, int) and not isinstance(r, bool) for r in isr):
-            raise InvalidRequest("isr must be a list of SPU ids")
-        spu_id = get(meta, "spu", int)
-        require_spu(conn, spu_id, "spu")
-        self.controller.update_isr(spu_id, get(meta, "topic", str),
-                                   get(meta, "partition", int), get(meta, "epoch", int), isr)
+        req = decode_request(sc_api.UPDATE_ISR, meta)
+        require_spu(conn, req.spu, "spu")
+        self.controller.update_isr(req.spu, req.topic, req.partition, req.epoch, req.isr)
         return messages.ok(meta["id"]), b""
 
     def partition_rebalance(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                             ) -> Response:
-        moved = self.controller.rebalance(get(meta, "topic", str, None))
+        moved = self.controller.rebalance(decode_request(sc_api.TOPIC_FILTER, meta).topic)
         return messages.ok(meta["id"], moved=moved), b""
 
     # edge sites --------------------------------------------------------------
 
     def site_register(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        row, token = self.sites.register(get(meta, "name", str))
+        row, token = self.sites.register(decode_request(sc_api.NAMED, meta).name)
         return messages.ok(meta["id"], name=row.name, token=token,
                            created_ms=row.created_ms), b""
 
     def site_unregister(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                         ) -> Response:
-        self.sites.unregister(get(meta, "name", str))
+        self.sites.unregister(decode_request(sc_api.NAMED, meta).name)
         return messages.ok(meta["id"]), b""
 
     def list_sites(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
         return messages.ok(meta["id"], sites=self.sites.list()), b""
 
     def describe_site(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        return messages.ok(meta["id"], **self.sites.describe(get(meta, "name", str))), b""
+        site = self.sites.describe(decode_request(sc_api.NAMED, meta).name)
+        return messages.ok(meta["id"], **site), b""
 
     def mirror_resolve(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        mirror, leader = self.sites.resolve(
-            get(meta, "site", str), get(meta, "token", str), get(meta, "topic", str),
-            get(meta, "partition", int), get(meta, "source", str))
+        req = decode_request(sc_api.MIRROR_RESOLVE, meta)
+        mirror, leader = self.sites.resolve(req.site, req.token, req.topic, req.partition,
+                                            req.source)
         return messages.ok(meta["id"], partition=mirror.cloud_partition, leader=leader,
                            incarnation=mirror.incarnation), b""
+
+
+def _create_topic_request(meta: dict[Any, Any]) -> sc_api.CreateTopicRequest:
+    """CREATE_TOPIC's fields; a wrong partitions, replication or config is INVALID_CONFIG
+    (the schema's bounds, the same class as the settings check's answers)."""
+    try:
+        return decode_request(sc_api.CREATE_TOPIC, meta)
+    except InvalidRequest as exc:
+        if exc.data.get("field") not in sc_api.TOPIC_SETTINGS:
+            raise
+        raise InvalidConfig(exc.message, **exc.data) from None
 
 
 def _route(table: dict[ApiKey, Handler], where: str, conn: Connection, meta: dict[Any, Any],

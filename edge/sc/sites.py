@@ -123,7 +123,7 @@ class SiteRegistry:
                      if m.topic == topic and m.edge_partition == edge_partition), None)
 
     def _create(self, site: str, topic: str, edge_partition: int, source: str) -> MirrorRow:
-        if not is_topic_name(topic) or not 0 <= edge_partition < 2**31:
+        if not is_topic_name(topic):
             raise InvalidConfig(f"invalid mirror {topic!r}/{edge_partition}")
         existing = self.store.topic(topic)
         if existing is not None and not existing.config.get("mirror"):

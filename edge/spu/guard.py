@@ -36,6 +36,7 @@ class LeadershipGuard:
         self.pause_s = pause_s
         self._last_tick = time.monotonic()
         self._suspect = True  # until the SC first confirms the assignment
+        self._paused_at = float("-inf")
         self.pauses = 0
 
     def ok(self) -> bool:
@@ -46,13 +47,25 @@ class LeadershipGuard:
             return False
         return True
 
-    def confirmed(self) -> None:
-        """The SC answered a heartbeat and our assignment is current."""
+    def token(self) -> float:
+        """Taken when a heartbeat is sent, and handed to :meth:`confirmed` with its answer."""
+        return time.monotonic()
+
+    def confirmed(self, sent_at: float) -> None:
+        """The SC answered the heartbeat sent at ``sent_at`` and our assignment is current.
+
+        An answer to a heartbeat sent before a pause confirms nothing: the SC may have
+        deposed this SPU after answering it. A pause not noticed yet is noticed here."""
+        if time.monotonic() - self._last_tick > self.pause_s:
+            self._mark_paused()
+        if sent_at <= self._paused_at:
+            return
         if self._suspect and self.pauses:
             log.info("leadership confirmed by the SC; acknowledging writes again")
         self._suspect = False
 
     def _mark_paused(self) -> None:
+        self._paused_at = time.monotonic()
         if not self._suspect:
             self.pauses += 1
             log.warning("this SPU was paused for over %.1fs; holding acknowledgements until "

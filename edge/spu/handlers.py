@@ -14,6 +14,7 @@ from typing import Any
 from edge.net.server import Connection, Response
 from edge.protocol import batch as batchcodec
 from edge.protocol import messages
+from edge.protocol import spu_api as api
 from edge.protocol.errors import (
     CorruptBatch,
     CorruptMessage,
@@ -21,7 +22,8 @@ from edge.protocol.errors import (
     NotLeader,
     OffsetOutOfRange,
 )
-from edge.protocol.messages import Acks, ApiKey, get
+from edge.protocol.messages import Acks, ApiKey
+from edge.protocol.schema import decode_request
 from edge.spu.mirror import MirrorApi
 from edge.spu.partition import Partition
 from edge.spu.replicas import ReplicaSet
@@ -29,11 +31,9 @@ from edge.storage.offsets import ConsumerOffsets
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FETCH_BYTES = 1024 * 1024
 # Half the frame limit: a fetch answer of whole batches may overshoot max_bytes by
 # one batch, and must still fit a frame.
 MAX_FETCH_BYTES = 4 * 1024 * 1024
-MAX_WAIT_MS = 60_000
 # Below this a plain read and write beats sendfile's setup (dup, wrapper, a
 # second system call); live streams mostly push a batch or two.
 SENDFILE_MIN_BYTES = 64 * 1024
@@ -72,10 +72,10 @@ class PublicApi:
 
     def dispatch(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                  ) -> Response | Awaitable[Response]:
-        api = messages.api_of(meta)
-        handler = self._handlers.get(api)
+        key = messages.api_of(meta)
+        handler = self._handlers.get(key)
         if handler is None:
-            raise InvalidRequest(f"{api.name} is not served on the SPU public port")
+            raise InvalidRequest(f"{key.name} is not served on the SPU public port")
         return handler(conn, meta, blob)
 
     def api_versions(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
@@ -86,17 +86,18 @@ class PublicApi:
     def produce(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                 ) -> Response | Awaitable[Response]:
         cid = meta["id"]
-        topic, index = get(meta, "topic", str), get(meta, "partition", int)
-        acks = get(meta, "acks", int, int(Acks.LEADER))
-        p = self.replicas.leader(topic, index)
+        req = decode_request(api.PRODUCE, meta)
+        acks = req.acks
+        p = self.replicas.leader(req.topic, req.partition)
         if p.mirror is not None:
             raise InvalidRequest(f"{p.name} mirrors site {p.mirror.site!r}: only its uplink "
-                                 "writes it (MIRROR_APPEND)", topic=topic, partition=index)
+                                 "writes it (MIRROR_APPEND)", topic=req.topic,
+                                 partition=req.partition)
         try:
             header = batchcodec.validate(blob)
         except CorruptBatch as exc:
             self.stats["corrupt_batches"] += 1
-            raise CorruptMessage(f"rejected batch for {topic}/{index}: {exc}") from None
+            raise CorruptMessage(f"rejected batch for {p.name}: {exc}") from None
         if header.size != len(blob):
             raise CorruptMessage("a produce request carries exactly one batch")
         if header.is_gap:
@@ -120,13 +121,12 @@ class PublicApi:
         return _after(pending, p, reply)
 
     def fetch(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Awaitable[Response]:
-        topic, index = get(meta, "topic", str), get(meta, "partition", int)
-        offset = get(meta, "offset", int)
-        max_bytes = _bounded(get(meta, "max_bytes", int, DEFAULT_FETCH_BYTES), MAX_FETCH_BYTES)
-        wait_ms = min(max(get(meta, "max_wait_ms", int, 0), 0), MAX_WAIT_MS)
-        p = self.replicas.leader(topic, index)
+        req = decode_request(api.FETCH, meta)
+        p = self.replicas.leader(req.topic, req.partition)
         self.stats["fetches"] += 1
-        return self._fetch(conn, meta["id"], p, offset, max_bytes=max_bytes, wait_ms=wait_ms)
+        return self._fetch(conn, meta["id"], p, req.offset,
+                           max_bytes=min(req.max_bytes, MAX_FETCH_BYTES),
+                           wait_ms=req.max_wait_ms)
 
     async def _fetch(self, conn: Connection, cid: int, p: Partition, offset: int, *,
                      max_bytes: int, wait_ms: int) -> Response:
@@ -153,12 +153,10 @@ class PublicApi:
 
     def stream_fetch(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                      ) -> Awaitable[Response]:
-        topic, index = get(meta, "topic", str), get(meta, "partition", int)
-        offset = get(meta, "offset", int)
-        max_bytes = _bounded(get(meta, "max_bytes", int, DEFAULT_FETCH_BYTES), MAX_FETCH_BYTES)
-        p = self.replicas.leader(topic, index)
+        req = decode_request(api.STREAM_FETCH, meta)
+        p = self.replicas.leader(req.topic, req.partition)
         self.stats["streams"] += 1
-        return self._stream(conn, meta["id"], p, offset, max_bytes)
+        return self._stream(conn, meta["id"], p, req.offset, min(req.max_bytes, MAX_FETCH_BYTES))
 
     async def _stream(self, conn: Connection, cid: int, p: Partition, offset: int,
                       max_bytes: int) -> Response:
@@ -179,40 +177,38 @@ class PublicApi:
         return None
 
     def list_offsets(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        topic, index = get(meta, "topic", str), get(meta, "partition", int)
-        kind = get(meta, "kind", str, "end")
-        p = self.replicas.leader(topic, index)
+        req = decode_request(api.LIST_OFFSETS, meta)
+        p = self.replicas.leader(req.topic, req.partition)
         hw, start = p.high_watermark, p.log.log_start_offset
-        if kind == "beginning":
+        if req.kind == "beginning":
             offset = start
-        elif kind == "end":
+        elif req.kind == "end":
             offset = hw
-        elif kind == "timestamp":
-            found = p.log.offset_for_timestamp(get(meta, "timestamp", int))
-            offset = hw if found is None else min(max(found, start), hw)
         else:
-            raise InvalidRequest(f"offset kind must be beginning, end or timestamp, not {kind!r}")
+            if req.timestamp is None:
+                raise InvalidRequest("missing field 'timestamp' (kind timestamp)",
+                                     field="timestamp")
+            found = p.log.offset_for_timestamp(req.timestamp)
+            offset = hw if found is None else min(max(found, start), hw)
         return messages.ok(meta["id"], offset=offset, start=start, hw=hw,
                            leo=p.log.log_end_offset), b""
 
     def offset_commit(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        consumer = _consumer_name(get(meta, "consumer", str))
-        topic, index = get(meta, "topic", str), get(meta, "partition", int)
-        offset = get(meta, "offset", int)
-        p = self.replicas.leader(topic, index)
-        if not p.log.log_start_offset <= offset <= p.high_watermark:
+        req = decode_request(api.OFFSET_COMMIT, meta)
+        p = self.replicas.leader(req.topic, req.partition)
+        if not p.log.log_start_offset <= req.offset <= p.high_watermark:
             raise OffsetOutOfRange(
-                f"offset {offset} outside {p.log.log_start_offset}..{p.high_watermark}",
-                offset=offset)
-        self.offsets.commit(consumer, topic, index, offset)
-        p.consumer_version += 1
+                f"offset {req.offset} outside {p.log.log_start_offset}..{p.high_watermark}",
+                offset=req.offset)
+        self.offsets.commit(req.consumer, req.topic, req.partition, req.offset)
+        p.consumer_positions_changed()
         return messages.ok(meta["id"]), b""
 
     def offset_fetch(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        consumer = _consumer_name(get(meta, "consumer", str))
-        topic, index = get(meta, "topic", str), get(meta, "partition", int)
-        self.replicas.leader(topic, index)
-        return messages.ok(meta["id"], offset=self.offsets.fetch(consumer, topic, index)), b""
+        req = decode_request(api.OFFSET_FETCH, meta)
+        self.replicas.leader(req.topic, req.partition)
+        offset = self.offsets.fetch(req.consumer, req.topic, req.partition)
+        return messages.ok(meta["id"], offset=offset), b""
 
     def list_consumers(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
         rows = []
@@ -260,15 +256,3 @@ def _check_range(p: Partition, offset: int) -> None:
     if not start <= offset <= end:
         raise OffsetOutOfRange(f"offset {offset} of {p.name} outside {start}..{end}",
                                offset=offset, log_start_offset=start, log_end_offset=end)
-
-
-def _bounded(value: int, limit: int) -> int:
-    if value <= 0:
-        raise InvalidRequest("max_bytes must be positive")
-    return min(value, limit)
-
-
-def _consumer_name(name: str) -> str:
-    if not 0 < len(name) <= 200:
-        raise InvalidRequest("consumer name must be 1..200 characters")
-    return name

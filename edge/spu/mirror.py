@@ -18,6 +18,7 @@ from typing import Any
 from edge.net.server import Connection, Response
 from edge.protocol import batch as batchcodec
 from edge.protocol import messages, wirezstd
+from edge.protocol import spu_api as api
 from edge.protocol.errors import (
     AuthenticationFailed,
     CorruptBatch,
@@ -26,7 +27,8 @@ from edge.protocol.errors import (
     NotLeader,
 )
 from edge.protocol.framing import MAX_FRAME_BYTES
-from edge.protocol.messages import Acks, ApiKey, get
+from edge.protocol.messages import Acks, ApiKey
+from edge.protocol.schema import decode_request
 from edge.spu.partition import Partition
 from edge.spu.replicas import ReplicaSet
 
@@ -44,30 +46,29 @@ class MirrorApi:
         return {ApiKey.MIRROR_OFFSETS: self.mirror_offsets,
                 ApiKey.MIRROR_APPEND: self.mirror_append}
 
-    def _owned(self, meta: dict[Any, Any]) -> Partition:
+    def _owned(self, req: api.MirrorOffsetsRequest | api.MirrorAppendRequest) -> Partition:
         """The led mirror partition the request names, if its site may write it."""
-        topic, index = get(meta, "topic", str), get(meta, "partition", int)
-        site, token = get(meta, "site", str), get(meta, "token", str)
-        p = self.replicas.leader(topic, index)
+        p = self.replicas.leader(req.topic, req.partition)
         if p.mirror is None:
-            raise InvalidRequest(f"{p.name} is not a mirror partition", topic=topic)
-        if not p.mirror.admits(site, token):
+            raise InvalidRequest(f"{p.name} is not a mirror partition", topic=req.topic)
+        if not p.mirror.admits(req.site, req.token):
             self.stats["mirror_refused"] += 1
-            raise AuthenticationFailed(f"site {site!r} may not write {p.name}", topic=topic,
-                                       partition=index)
+            raise AuthenticationFailed(f"site {req.site!r} may not write {p.name}",
+                                       topic=req.topic, partition=req.partition)
         return p
 
     def mirror_offsets(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                        ) -> Response:
-        p = self._owned(meta)
+        p = self._owned(decode_request(api.MIRROR_OFFSETS, meta))
         return messages.ok(meta["id"], **_position(p)), b""
 
     def mirror_append(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                       ) -> Response | Awaitable[Response]:
-        p = self._owned(meta)
+        req = decode_request(api.MIRROR_APPEND, meta)
+        p = self._owned(req)
         wire = len(blob)
         try:
-            blob = _inflated(meta, blob)
+            blob = _inflated(req, blob)
             batches, chain, records = _split(blob, p.name)
         except CorruptMessage:
             self.stats["mirror_corrupt"] += 1
@@ -82,17 +83,16 @@ class MirrorApi:
         return _confirm(pending, p, meta["id"])
 
 
-def _inflated(meta: dict[Any, Any], blob: bytes) -> bytes:
+def _inflated(req: api.MirrorAppendRequest, blob: bytes) -> bytes:
     """The stored batches a request carries, inflated if it came compressed.
 
     The inflated size is bounded by what one uncompressed request could carry
     (a frame), checked before inflating."""
-    codec = get(meta, "codec", str, wirezstd.Codec.NONE)
-    if codec == wirezstd.Codec.NONE:
+    if req.codec == wirezstd.Codec.NONE:
         return blob
-    if codec != wirezstd.Codec.ZSTD:
-        raise InvalidRequest(f"unknown codec {codec[:20]!r} (none, zstd)", field="codec")
-    return wirezstd.decompress(blob, get(meta, "raw_bytes", int), MAX_FRAME_BYTES)
+    if req.raw_bytes is None:
+        raise InvalidRequest("missing field 'raw_bytes' (codec zstd)", field="raw_bytes")
+    return wirezstd.decompress(blob, req.raw_bytes, MAX_FRAME_BYTES)
 
 
 def _split(blob: bytes, name: str) -> tuple[list[bytearray], list[tuple[int, int]], int]:

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,10 +67,10 @@ class Partition:
         self.min_isr = min_isr
         self.epochs = EpochCache(plog.directory)
         self.followers: dict[int, FollowerState] = {}
-        self.isr_pending = False
+        self._isr_pending = False
         # Bumped on every consumer-position commit; followers copy positions when
         # (leader epoch, version) differs from the copy they hold.
-        self.consumer_version = 0
+        self._consumer_version = 0
         self.failed: StorageError | None = None
         # Disk full is a state, logged when it begins and when it ends, not per append.
         self.disk_full = StateLog(log)
@@ -119,14 +119,15 @@ class Partition:
 
     def update_role(self, *, epoch: int, leader_id: int | None, replicas: list[int],
                     isr: list[int], min_isr: int) -> bool:
-        """Apply the SC's view; True if leadership or epoch changed."""
-        self.replicas, self.min_isr = list(replicas), min_isr
+        """Apply the SC's view; True if leadership or epoch changed. A view older than
+        the epoch this replica knows changes nothing."""
         if epoch < self.leader_epoch:
             return False
+        self.replicas, self.min_isr = list(replicas), min_isr
         changed = epoch != self.leader_epoch or leader_id != self.leader_id
         was_leader = self.is_leader
         self.leader_epoch, self.leader_id = epoch, leader_id
-        if not self.isr_pending or changed:
+        if not self._isr_pending or changed:
             self.isr = list(isr)
         if changed:
             if self.is_leader:
@@ -142,7 +143,7 @@ class Partition:
         now = time.monotonic()
         self.followers = {r: FollowerState(last_caught_up=now) for r in self.replicas
                           if r != self.spu_id}
-        self.isr_pending = False
+        self._isr_pending = False
         self.epochs.assign(self.leader_epoch, self.log.log_end_offset)
         log.info("leading %s at epoch %d from offset %d (isr %s)", self.name,
                  self.leader_epoch, self.log.log_end_offset, self.isr)
@@ -243,7 +244,7 @@ class Partition:
 
     def isr_proposal(self, lag_s: float) -> list[int] | None:
         """A new ISR when a follower fell behind for ``lag_s`` or caught up again."""
-        if not self.is_leader or self.isr_pending:
+        if not self.is_leader or self._isr_pending:
             return None
         now = time.monotonic()
         isr = [r for r in self.isr
@@ -256,6 +257,28 @@ class Partition:
         if self.spu_id not in isr:
             isr.insert(0, self.spu_id)
         return isr if sorted(isr) != sorted(self.isr) else None
+
+    @property
+    def isr_pending(self) -> bool:
+        """An ISR proposal is on its way to the SC: the SC's older view must not undo
+        the ISR meanwhile, and no second proposal starts."""
+        return self._isr_pending
+
+    @contextlib.contextmanager
+    def proposing_isr(self) -> Iterator[None]:
+        self._isr_pending = True
+        try:
+            yield
+        finally:
+            self._isr_pending = False
+
+    @property
+    def consumer_version(self) -> int:
+        return self._consumer_version
+
+    def consumer_positions_changed(self) -> None:
+        """A consumer position of this partition was committed: followers copy them."""
+        self._consumer_version += 1
 
     def apply_isr(self, isr: list[int]) -> None:
         log.info("%s: ISR %s -> %s", self.name, self.isr, isr)

@@ -21,17 +21,17 @@ assignment. Fetches from an SPU outside the partition's replica set are refused.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from edge.net.auth import require_spu
+from edge.net.backoff import Backoff
 from edge.net.connection import Authenticator, ClientConnection
 from edge.net.server import Connection, Response
 from edge.protocol import batch as codec
-from edge.protocol import messages
+from edge.protocol import messages, peer_api
 from edge.protocol.errors import (
     AuthenticationFailed,
     CorruptBatch,
@@ -42,9 +42,11 @@ from edge.protocol.errors import (
     PartitionNotFound,
     StaleEpoch,
 )
-from edge.protocol.messages import ApiKey, get
+from edge.protocol.messages import ApiKey
+from edge.protocol.schema import decode_request, decode_response
 from edge.spu.partition import Partition
 from edge.storage.offsets import ConsumerOffsets
+from edge.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,7 @@ class LeaderSide:
         self.spu_id = spu_id
         self.offsets: ConsumerOffsets | None = None
 
-    def _partition(self, meta: dict[Any, Any]) -> Partition:
-        topic, index = get(meta, "topic", str), get(meta, "partition", int)
+    def _partition(self, topic: str, index: int) -> Partition:
         p = self._lookup(topic, index)
         if p is None:
             raise PartitionNotFound(f"{topic}/{index} is not hosted by SPU {self.spu_id}")
@@ -91,30 +92,28 @@ class LeaderSide:
 
     def offset_for_epoch(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                          ) -> Response:
-        p = self._partition(meta)
-        self._check_epoch(conn, p, get(meta, "leader_epoch", int))
-        epoch, end = p.epochs.end_offset_for(get(meta, "epoch", int), p.log.log_end_offset)
+        req = decode_request(peer_api.OFFSET_FOR_EPOCH, meta)
+        p = self._partition(req.topic, req.partition)
+        self._check_epoch(conn, p, req.leader_epoch)
+        epoch, end = p.epochs.end_offset_for(req.epoch, p.log.log_end_offset)
         return messages.ok(meta["id"], epoch=epoch, end=end), b""
 
     def replica_fetch(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                       ) -> Awaitable[Response]:
-        replica = get(meta, "replica", int)
-        require_spu(conn, replica, "replica")
-        p = self._partition(meta)
-        self._check_replica(conn, p, replica)
-        self._check_epoch(conn, p, get(meta, "epoch", int))
-        offset = get(meta, "offset", int)
-        durable = get(meta, "durable", int, 0)
+        req = decode_request(peer_api.REPLICA_FETCH, meta)
+        require_spu(conn, req.replica, "replica")
+        p = self._partition(req.topic, req.partition)
+        self._check_replica(conn, p, req.replica)
+        self._check_epoch(conn, p, req.epoch)
+        offset = req.offset
         if not p.log.log_start_offset <= offset <= p.log.log_end_offset:
             raise OffsetOutOfRange(
                 f"follower offset {offset} outside {p.log.log_start_offset}.."
                 f"{p.log.log_end_offset}", log_start_offset=p.log.log_start_offset,
                 log_end_offset=p.log.log_end_offset)
-        p.follower_fetched(replica, offset, durable)
-        wait = get(meta, "max_wait_ms", int, int(FETCH_WAIT_S * 1000)) / 1000
-        known = (get(meta, "cv_epoch", int, -1), get(meta, "cv", int, -1))
-        return self._answer(conn, meta["id"], p, offset, wait=min(max(wait, 0.0), 5.0),
-                            known=known)
+        p.follower_fetched(req.replica, offset, req.durable)
+        return self._answer(conn, meta["id"], p, offset, wait=req.max_wait_ms / 1000,
+                            known=(req.cv_epoch, req.cv))
 
     def _consumers(self, p: Partition, known: tuple[int, int]) -> dict[str, Any]:
         """Committed consumer positions of ``p``, when the follower's copy is older."""
@@ -162,12 +161,10 @@ class Follower:
             self._run(), name=f"follow-{p.name}")
 
     async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
+        await cancel(self._task)
 
     async def _run(self) -> None:
-        delay = BACKOFF_S[0]
+        backoff = Backoff(*BACKOFF_S)
         while not self.p.closed:
             conn = ClientConnection(self.leader_addr, ssl_context=self._ssl,
                                     authenticate=self._authenticate)
@@ -184,18 +181,15 @@ class Follower:
                     self._refused_corrupt = True
                     log.warning("%s: refusing a batch from leader %s: %s", self.p.name,
                                 self.leader_addr, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_S[1])
+                await backoff.sleep()
             except AuthenticationFailed as exc:
                 if not self._refused_auth:
                     self._refused_auth = True
                     log.warning("%s: leader %s: %s", self.p.name, self.leader_addr, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_S[1])
+                await backoff.sleep()
             except HeadwaterError as exc:
                 log.debug("%s: fetch from %s failed: %s", self.p.name, self.leader_addr, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_S[1])
+                await backoff.sleep()
             finally:
                 await conn.close()
 
@@ -206,7 +200,7 @@ class Follower:
         meta, _ = await conn.request(ApiKey.OFFSET_FOR_EPOCH, topic=self.p.topic,
                                      partition=self.p.index, epoch=mine,
                                      leader_epoch=self.epoch)
-        epoch, end = int(meta["epoch"]), int(meta["end"])
+        epoch, end = decode_response(peer_api.EPOCH_END, meta)
         if epoch < 0:
             end = min(end, self.p.high_watermark)
         self.p.truncate_to(max(min(end, self.p.log.log_end_offset), 0))
@@ -233,14 +227,15 @@ class Follower:
                               p.name, start, end, p.log.log_end_offset)
                     await asyncio.sleep(5)
                 continue
+            answer = decode_response(peer_api.REPLICA_FETCHED, meta)
             appended = False
             for header, pos in _validated(blob):
                 if header.base_offset != p.log.log_end_offset:
                     break
                 p.append_replica(bytearray(blob[pos:pos + header.size]), header.leader_epoch)
                 appended = True
-            p.follower_hw(int(meta["hw"]))
-            self._copy_consumers(meta)
+            p.follower_hw(answer.hw)
+            self._copy_consumers(answer)
             if appended:
                 # The leader's HW (and every acks=all answer) waits for this replica's
                 # *durable* offset, reported in the next fetch; sent before the fsync,
@@ -248,17 +243,16 @@ class Follower:
                 await p.wait_durable()
 
 
-    def _copy_consumers(self, meta: dict[Any, Any]) -> None:
+    def _copy_consumers(self, answer: peer_api.ReplicaFetchResponse) -> None:
         """Keep the leader's committed consumer positions, so a consumer resumes at
         the same place after a failover."""
-        rows = meta.get("consumers")
-        if self._offsets is None or not isinstance(rows, list):
+        if self._offsets is None or answer.consumers is None:
             return
-        for row in rows:
-            if (isinstance(row, list) and len(row) == 2 and isinstance(row[0], str)
-                    and isinstance(row[1], int)):
-                self._offsets.commit(row[0], self.p.topic, self.p.index, row[1])
-        self._consumers_seen = (int(meta.get("cv_epoch", -1)), int(meta.get("cv", -1)))
+        for consumer, offset in answer.consumers:
+            self._offsets.commit(consumer, self.p.topic, self.p.index, offset)
+        self._consumers_seen = (
+            -1 if answer.cv_epoch is None else answer.cv_epoch,
+            -1 if answer.cv is None else answer.cv)
 
 
 def _validated(blob: bytes) -> Iterator[tuple[codec.BatchHeader, int]]:
@@ -308,12 +302,9 @@ class ReplicaManager:
             proposal = p.isr_proposal(self.lag_s)
             if proposal is None:
                 continue
-            p.isr_pending = True
-            try:
+            with p.proposing_isr():
                 if await self._propose(p, proposal):
                     p.apply_isr(proposal)
-            finally:
-                p.isr_pending = False
 
     async def close(self) -> None:
         for f in list(self.followers.values()):

@@ -10,17 +10,23 @@ exponential backoff.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from edge import health
+from edge.net.backoff import Backoff
 from edge.net.connection import Authenticator, ClientConnection
-from edge.protocol.errors import AuthenticationFailed, HeadwaterError, StaleEpoch
+from edge.protocol import sc_api
+from edge.protocol.errors import (
+    AuthenticationFailed,
+    HeadwaterError,
+    ProtocolError,
+    StaleEpoch,
+)
 from edge.protocol.messages import ApiKey
+from edge.protocol.schema import decode_response, to_wire
 from edge.spu.config import SpuConfig
 from edge.spu.guard import LeadershipGuard
 from edge.spu.partition import Partition
@@ -69,12 +75,12 @@ class ScLink:
 
     async def run(self) -> None:
         """Register and follow assignments until cancelled."""
-        delay = BACKOFF_MIN_S
+        backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
         warned = False
         while True:
             try:
                 await self._session()
-                delay = BACKOFF_MIN_S
+                backoff.reset()
             except Exception as exc:
                 if self.connected.is_set() or not warned:
                     what = ("refused" if isinstance(_first(exc), AuthenticationFailed)
@@ -85,8 +91,7 @@ class ScLink:
             else:
                 warned = False
             self.connected.clear()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, BACKOFF_MAX_S)
+            await backoff.sleep()
 
     async def _session(self) -> None:
         conn = await self._dial()
@@ -166,14 +171,14 @@ class ScLink:
         raise ConnectionError("SC ended the assignment stream")
 
     async def _apply(self, meta: dict[Any, Any]) -> None:
-        replicas = meta.get("replicas")
-        if isinstance(replicas, list):
-            peers = meta.get("peers")
-            await self.replicas.apply(
-                replicas, cluster_id=meta.get("cluster"), version=int(meta.get("version", 0)),
-                peers={int(k): str(v) for k, v in peers.items()}
-                if isinstance(peers, dict) else None)
-            await self._on_assignment()
+        """One REGISTER_SPU push; a malformed one is a ProtocolError that ends the session."""
+        push = decode_response(sc_api.ASSIGNMENT, meta)
+        if not all(k.isascii() and k.isdigit() for k in push.peers):
+            raise ProtocolError("field 'peers': keys must be SPU ids", field="peers")
+        peers = {int(k): v for k, v in push.peers.items()}
+        await self.replicas.apply(to_wire(push.replicas), cluster_id=push.cluster,
+                                  version=push.version, peers=peers)
+        await self._on_assignment()
         self.registered_once.set()
 
     async def propose_isr(self, p: Partition, isr: list[int]) -> bool:
@@ -194,13 +199,14 @@ class ScLink:
 
     async def _heartbeats(self, conn: ClientConnection) -> None:
         while True:
+            sent_at = self.guard.token()
             meta, _ = await conn.request(
                 ApiKey.HEARTBEAT, spu=self.cfg.id, health=health.snapshot(self.cfg.data_dir),
                 partitions=self._status(), stats=self._stats(), timeout=10.0,
             )
             # Confirmed only once the assignment the SC had when it answered is applied.
-            if self.replicas.version >= int(meta.get("version", 0)):
-                self.guard.confirmed()
+            if self.replicas.version >= decode_response(sc_api.HEARTBEAT_ANSWER, meta).version:
+                self.guard.confirmed(sent_at)
             await asyncio.sleep(self.cfg.heartbeat_interval_s)
 
     def _status(self) -> list[dict[str, Any]]:
@@ -223,9 +229,3 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def cancel(task: asyncio.Task[Any] | None) -> None:
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task

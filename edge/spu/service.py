@@ -22,9 +22,10 @@ from edge.spu.guard import LeadershipGuard
 from edge.spu.handlers import PublicApi
 from edge.spu.replicas import ReplicaSet
 from edge.spu.replication import LeaderSide, ReplicaManager
-from edge.spu.sc_link import ScLink, cancel
+from edge.spu.sc_link import ScLink
 from edge.spu.upstream import Upstream
 from edge.storage.offsets import ConsumerOffsets
+from edge.tasks import cancel
 from edge.tls import client_context, server_context
 
 log = logging.getLogger(__name__)

@@ -31,13 +31,15 @@ from typing import Any
 from edge.net.backoff import Backoff
 from edge.net.bandwidth import SharedLink
 from edge.net.connection import ClientConnection, split_addr
-from edge.protocol import messages, wirezstd
+from edge.protocol import messages, sc_api, spu_api, wirezstd
 from edge.protocol.errors import ConnectionLost, HeadwaterError, NotContiguous
 from edge.protocol.messages import ApiKey
+from edge.protocol.schema import decode_response
 from edge.spu.config import UpstreamConfig
 from edge.spu.partition import Partition
 from edge.spu.replicas import ReplicaSet
 from edge.storage.mirror import Resume, resume_from
+from edge.tasks import cancel
 from edge.tls import client_context
 
 log = logging.getLogger(__name__)
@@ -183,8 +185,7 @@ class PartitionUplink:
         await conn.connect()
         try:
             meta, _ = await conn.request(ApiKey.MIRROR_OFFSETS, **self._fields(cloud_partition))
-            self._seen(meta)
-            offset = self._resume(int(meta["end"]))
+            offset = self._resume(self._seen(meta).end)
             self._set_state(LinkState.CONNECTED)
             self.shared.watch.up()
             backoff.reset()
@@ -202,24 +203,26 @@ class PartitionUplink:
             meta, _ = await sc.request(ApiKey.MIRROR_RESOLVE, site=self.cfg.site,
                                        token=self.cfg.token, topic=self.p.topic,
                                        partition=self.p.index, source=source)
-        self.status.cloud_partition = int(meta["partition"])
-        return self.status.cloud_partition, str(meta["leader"])
+        home = decode_response(sc_api.MIRROR_RESOLVED, meta)
+        self.status.cloud_partition = home.partition
+        return home.partition, home.leader
 
     def _fields(self, cloud_partition: int) -> dict[str, Any]:
         return {"topic": self.p.topic, "partition": cloud_partition, "site": self.cfg.site,
                 "token": self.cfg.token}
 
-    def _seen(self, meta: dict[Any, Any]) -> None:
+    def _seen(self, meta: dict[Any, Any]) -> spu_api.MirrorPosition:
         """Record the cloud's position; a new incarnation means the cloud partition
         was re-created, which is worth one loud line (the resume point follows it)."""
+        at = decode_response(spu_api.MIRROR_POSITION, meta)
         s = self.status
-        incarnation = str(meta.get("incarnation", ""))
-        if s.incarnation is not None and incarnation != s.incarnation:
+        if s.incarnation is not None and at.incarnation != s.incarnation:
             log.warning("upstream %s: the cloud partition was re-created (incarnation %s -> "
-                        "%s); resuming from its end %s", self.p.name, s.incarnation,
-                        incarnation, meta.get("end"))
-        s.incarnation = incarnation
-        s.cloud_end, s.cloud_acked = int(meta["end"]), int(meta["hw"])
+                        "%s); resuming from its end %d", self.p.name, s.incarnation,
+                        at.incarnation, at.end)
+        s.incarnation = at.incarnation
+        s.cloud_end, s.cloud_acked = at.end, at.hw
+        return at
 
     def _resume(self, cloud_end: int) -> int:
         decision = resume_from(cloud_end, self.p.log.log_start_offset,
@@ -249,10 +252,9 @@ class PartitionUplink:
                 # or the cloud lost an unreplicated tail: continue from its end.
                 offset = self._resume(int(exc.data.get("log_end_offset", offset)))
                 continue
-            self._seen(meta)
+            offset = self._seen(meta).end
             self.status.raw_bytes += len(blob)
             self.status.wire_bytes += len(wire)
-            offset = int(meta["end"])
 
     async def _encoded(self, blob: bytes) -> tuple[bytes, dict[str, Any]]:
         """The blob as it goes on the wire and the fields that say how; compressed
@@ -351,9 +353,5 @@ class Upstream:
         return out
 
     async def close(self) -> None:
-        for _, task in self._links.values():
-            task.cancel()
-        for _, task in self._links.values():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel(*(task for _, task in self._links.values()))
         self._links.clear()

@@ -1,0 +1,411 @@
+"""The SC's messages: topics, metadata, sites, and the SPUs' private registration.
+
+Each API has a request and a response (for a stream: each pushed frame) as a
+``NamedTuple`` with its declared fields; ``docs/PROTOCOL.md`` has the same
+tables. A handler's first step is ``decode_request`` of its message, so what it
+reads is typed and in bounds; our clients read the answers with
+``decode_response``. Listings that people read (topics, SPUs, partitions,
+sites) are free rows, bounded in size and depth; rows that code acts on
+(routing metadata, replica assignments, the SPUs' replica reports, a site's
+mirrors) are declared field by field.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Final, NamedTuple
+
+from edge.protocol import fields as f
+from edge.protocol.messages import ApiKey
+from edge.protocol.schema import Api, Field, Kind, Message
+from edge.protocol.spu_api import EMPTY
+
+# A partition is a directory with an open segment and index on each of its SPUs:
+# far more than a Pi fleet serves, and a topic's metadata stays a few dozen KiB.
+MAX_PARTITIONS: Final = 1000
+# Well above any cluster this SC runs; a bignum used to be accepted and stored.
+MAX_REPLICATION: Final = 64
+# Every topic setting there is, several times over; an unknown key is the
+# settings check's INVALID_CONFIG, not a reason to read on.
+MAX_CONFIG_ENTRIES: Final = 64
+# A health report: a dozen figures today, room for sensors to come.
+MAX_HEALTH_ENTRIES: Final = 64
+COMPRESSION: Final = ("none", "zlib")
+# An edge log's identity, ``<cluster id>/<topic>/<created_ms>``: two names and a
+# 20-digit number.
+SOURCE_CHARS: Final = 2 * f.NAME_CHARS + 22
+# Producer epochs travel as an i16 in the batch header (-1: not idempotent).
+MAX_PRODUCER_EPOCH: Final = 2**15 - 1
+
+
+class TopicStatus(StrEnum):
+    READY = "ready"
+    # Fewer online SPUs than the replication: placed when enough register.
+    WAITING = "insufficient-resources"
+
+
+_NAME = f.name("name")
+_SITE = f.name("site")
+_TOKEN = f.TOKEN
+_SOURCE = Field("source", Kind.TEXT, low=1, high=SOURCE_CHARS)
+_STATUS = Field("status", Kind.TEXT, choices=tuple(s.value for s in TopicStatus))
+_CONFIG = Field("config", Kind.MAP, items=MAX_CONFIG_ENTRIES)
+_SPU_ID = Field("leader", Kind.INT, low=0, high=f.I32_MAX)
+_LEADER = f.optional(_SPU_ID)
+_REPLICAS = Field("replicas", Kind.INTS, items=MAX_REPLICATION, low=0, high=f.I32_MAX)
+_ISR = Field("isr", Kind.INTS, items=MAX_REPLICATION, low=0, high=f.I32_MAX)
+_ADDRESS = Field("address", Kind.TEXT, low=1, high=f.ADDRESS_CHARS)
+_MS = Field("created_ms", Kind.INT, low=0, high=f.I64_MAX)
+
+
+def _count(name: str) -> Field:
+    return Field(name, Kind.INT, low=0, high=f.I64_MAX)
+
+
+def _renamed(field: Field, name: str, *, required: bool = True) -> Field:
+    return Field(name, field.kind, required=required, low=field.low, high=field.high,
+                 items=field.items, choices=field.choices)
+
+
+def _rows(name: str) -> Field:
+    """Rows shown to people: free maps, bounded like every free value."""
+    return Field(name, Kind.ROWS, items=f.MAX_ROWS)
+
+
+class Named(NamedTuple):
+    """A request naming one topic or site."""
+
+    name: str
+
+
+class TopicFilter(NamedTuple):
+    """A request about one topic, or every topic when None."""
+
+    topic: str | None
+
+
+NAMED: Final = Message(Named, (_NAME,))
+TOPIC_FILTER: Final = Message(TopicFilter, (f.optional(f.TOPIC),))
+
+# topics -----------------------------------------------------------------------
+
+
+class CreateTopicRequest(NamedTuple):
+    name: str
+    partitions: int
+    replication: int
+    config: dict[str, Any]
+    prefer_leader: int | None
+
+
+class CreateTopicResponse(NamedTuple):
+    status: str
+
+
+class TopicsResponse(NamedTuple):
+    topics: tuple[dict[str, Any], ...]
+
+
+class DescribeTopicResponse(NamedTuple):
+    name: str
+    partitions: int
+    replication: int
+    config: dict[str, Any]
+    status: str
+    created_ms: int
+    partition_status: tuple[dict[str, Any], ...]
+
+
+# Partitions, replication and config are the topic's settings: whatever is wrong
+# with them is INVALID_CONFIG, as the settings check answers for the rest.
+TOPIC_SETTINGS: Final = frozenset({"partitions", "replication", "config"})
+CREATE_TOPIC: Final = Message(CreateTopicRequest, (
+    _NAME,
+    Field("partitions", Kind.INT, required=False, default=1, low=1, high=MAX_PARTITIONS),
+    Field("replication", Kind.INT, required=False, default=1, low=1, high=MAX_REPLICATION),
+    Field("config", Kind.MAP, required=False, default={}, items=MAX_CONFIG_ENTRIES),
+    _renamed(_SPU_ID, "prefer_leader", required=False),
+))
+CREATED: Final = Message(CreateTopicResponse, (_STATUS,))
+TOPICS: Final = Message(TopicsResponse, (_rows("topics"),))
+DESCRIBED_TOPIC: Final = Message(DescribeTopicResponse, (
+    _NAME,
+    # A mirror topic starts with none and grows a partition per site partition.
+    Field("partitions", Kind.INT, low=0, high=f.I32_MAX),
+    Field("replication", Kind.INT, low=1, high=MAX_REPLICATION),
+    _CONFIG, _STATUS, _MS, _rows("partition_status"),
+))
+
+# SPUs, partitions, metadata --------------------------------------------------
+
+
+class SpusResponse(NamedTuple):
+    spus: tuple[dict[str, Any], ...]
+
+
+class PartitionsResponse(NamedTuple):
+    partitions: tuple[dict[str, Any], ...]
+
+
+class PartitionLeader(NamedTuple):
+    """Where a client sends a partition's requests."""
+
+    partition: int
+    leader: int | None
+    epoch: int
+    replicas: tuple[int, ...]
+
+
+class MetadataResponse(NamedTuple):
+    version: int
+    topics: dict[str, tuple[PartitionLeader, ...]]
+    # SPU id as text -> {public, online, rack}.
+    spus: dict[str, dict[str, Any]]
+    compression: dict[str, str]
+
+
+SPUS: Final = Message(SpusResponse, (_rows("spus"),))
+PARTITIONS: Final = Message(PartitionsResponse, (_rows("partitions"),))
+METADATA: Final = Message(MetadataResponse, (
+    f.VERSION,
+    Field("topics", Kind.MAP, items=f.MAX_ROWS, values=Field(
+        "topics", Kind.ROWS, items=f.MAX_ROWS, row=PartitionLeader,
+        row_fields=(f.PARTITION, _LEADER, f.EPOCH, _REPLICAS))),
+    Field("spus", Kind.MAP, items=f.MAX_ROWS, values=Field("spus", Kind.MAP, items=16)),
+    Field("compression", Kind.MAP, items=f.MAX_ROWS,
+          values=Field("compression", Kind.TEXT, choices=COMPRESSION)),
+))
+
+# cluster, producers, rebalance ----------------------------------------------
+
+
+class ClusterStatusResponse(NamedTuple):
+    cluster: str
+    uptime_s: float
+    version: int
+    public: str
+    private: str
+    spus_total: int
+    spus_online: int
+    topics: int
+    partitions: int
+    partitions_offline: int
+    waiting_topics: tuple[str, ...]
+    auth_failures: int
+
+
+class ProducerIdResponse(NamedTuple):
+    producer_id: int
+    epoch: int
+
+
+class RebalanceResponse(NamedTuple):
+    moved: int
+
+
+CLUSTER_STATUS: Final = Message(ClusterStatusResponse, (
+    Field("cluster", Kind.TEXT, high=f.NAME_CHARS),
+    Field("uptime_s", Kind.FLOAT),
+    f.VERSION,
+    _renamed(_ADDRESS, "public"), _renamed(_ADDRESS, "private"),
+    _count("spus_total"), _count("spus_online"), _count("topics"), _count("partitions"),
+    _count("partitions_offline"),
+    Field("waiting_topics", Kind.TEXTS, items=f.MAX_ROWS, low=1, high=f.NAME_CHARS),
+    _count("auth_failures"),
+))
+PRODUCER_ID: Final = Message(ProducerIdResponse, (
+    Field("producer_id", Kind.INT, low=1, high=f.I64_MAX),
+    Field("epoch", Kind.INT, low=0, high=MAX_PRODUCER_EPOCH),
+))
+REBALANCED: Final = Message(RebalanceResponse, (_count("moved"),))
+
+# edge sites ------------------------------------------------------------------
+
+
+class SiteRegisterResponse(NamedTuple):
+    name: str
+    token: str
+    created_ms: int
+
+
+class SitesResponse(NamedTuple):
+    sites: tuple[dict[str, Any], ...]
+
+
+class SiteMirror(NamedTuple):
+    """One of a site's edge partitions and its home in the cloud."""
+
+    topic: str
+    edge_partition: int
+    cloud_partition: int
+    leader: int | None
+    hw: int | None
+    leo: int | None
+    incarnation: str
+    source: str
+
+
+class DescribeSiteResponse(NamedTuple):
+    name: str
+    created_ms: int
+    mirrors: tuple[SiteMirror, ...]
+    last_contact_s: float | None
+
+
+class MirrorResolveRequest(NamedTuple):
+    site: str
+    token: str
+    topic: str
+    partition: int
+    source: str
+
+
+class MirrorResolveResponse(NamedTuple):
+    partition: int
+    leader: str
+    incarnation: str
+
+
+_INCARNATION = Field("incarnation", Kind.TEXT, high=f.NAME_CHARS)
+SITE_REGISTERED: Final = Message(SiteRegisterResponse, (_NAME, _TOKEN, _MS))
+SITES: Final = Message(SitesResponse, (_rows("sites"),))
+DESCRIBED_SITE: Final = Message(DescribeSiteResponse, (
+    _NAME, _MS,
+    Field("mirrors", Kind.ROWS, items=f.MAX_ROWS, row=SiteMirror, row_fields=(
+        f.TOPIC, _renamed(f.PARTITION, "edge_partition"),
+        _renamed(f.PARTITION, "cloud_partition"), _LEADER, f.optional(f.HW),
+        f.optional(f.LEO), _INCARNATION, _SOURCE,
+    )),
+    f.optional(Field("last_contact_s", Kind.FLOAT)),
+))
+MIRROR_RESOLVE: Final = Message(MirrorResolveRequest, (
+    _SITE, _TOKEN, f.TOPIC, f.PARTITION, _SOURCE,
+))
+MIRROR_RESOLVED: Final = Message(MirrorResolveResponse, (
+    f.PARTITION, _renamed(_ADDRESS, "leader"), _INCARNATION,
+))
+
+# SC private: an SPU's registration, heartbeats and ISR changes ----------------
+
+
+class ReplicaStatus(NamedTuple):
+    """One replica as the SPU hosting it reports it."""
+
+    topic: str
+    partition: int
+    leader: bool
+    epoch: int
+    hw: int
+    leo: int
+    start: int
+    size: int
+    failed: bool
+    isr: tuple[int, ...] | None
+    # On a leader, text SPU id -> {leo, lag, last_fetch_s}.
+    followers: dict[str, Any] | None
+
+
+_REPORTED = Field("partitions", Kind.ROWS, required=False, default=(), items=f.MAX_ROWS,
+                  row=ReplicaStatus, row_fields=(
+    f.TOPIC, f.PARTITION, Field("leader", Kind.BOOL), f.EPOCH, f.HW, f.LEO, f.START,
+    _count("size"), Field("failed", Kind.BOOL), f.optional(_ISR),
+    f.optional(Field("followers", Kind.MAP, items=MAX_REPLICATION)),
+))
+
+
+class RegisterSpuRequest(NamedTuple):
+    spu: int
+    public: str
+    private: str
+    rack: str | None
+    partitions: tuple[ReplicaStatus, ...]
+
+
+class AssignedReplica(NamedTuple):
+    """A replica the SC tells an SPU to host, with its role and topic settings."""
+
+    topic: str
+    partition: int
+    leader: int | None
+    replicas: tuple[int, ...]
+    epoch: int
+    isr: tuple[int, ...]
+    config: dict[str, Any]
+    # A cloud mirror partition's owner: {site, token_sha256, incarnation, edge_partition}.
+    mirror: dict[str, Any] | None
+    source: str
+
+
+class Assignment(NamedTuple):
+    replicas: tuple[AssignedReplica, ...]
+    version: int
+    cluster: str
+    peers: dict[str, str]
+
+
+class HeartbeatRequest(NamedTuple):
+    spu: int
+    health: dict[str, Any]
+    partitions: tuple[ReplicaStatus, ...]
+    stats: dict[str, int]
+
+
+class HeartbeatResponse(NamedTuple):
+    version: int
+
+
+class UpdateIsrRequest(NamedTuple):
+    spu: int
+    topic: str
+    partition: int
+    epoch: int
+    isr: tuple[int, ...]
+
+
+# SPU ids are i32 (fields.SPU): printable, portable to 32-bit peers, far inside
+# the i64 SQLite stores. The address syntax is the SC's check (edge/sc/registration.py).
+REGISTER_SPU: Final = Message(RegisterSpuRequest, (
+    f.SPU, _renamed(_ADDRESS, "public"), _renamed(_ADDRESS, "private"),
+    # A label from the SPU's config file, which does not check it: empty is allowed.
+    f.optional(Field("rack", Kind.TEXT, high=f.NAME_CHARS)), _REPORTED,
+))
+ASSIGNMENT: Final = Message(Assignment, (
+    Field("replicas", Kind.ROWS, items=f.MAX_ROWS, row=AssignedReplica, row_fields=(
+        f.TOPIC, f.PARTITION, _LEADER, _REPLICAS, f.EPOCH, _ISR, _CONFIG,
+        f.optional(Field("mirror", Kind.MAP, items=16)), _SOURCE,
+    )),
+    f.VERSION,
+    Field("cluster", Kind.TEXT, high=f.NAME_CHARS),
+    Field("peers", Kind.MAP, items=f.MAX_ROWS, values=_renamed(_ADDRESS, "peers")),
+))
+HEARTBEAT: Final = Message(HeartbeatRequest, (
+    f.SPU,
+    Field("health", Kind.MAP, required=False, default={}, items=MAX_HEALTH_ENTRIES),
+    _REPORTED,
+    Field("stats", Kind.MAP, required=False, default={}, items=f.MAX_ROWS,
+          values=Field("stats", Kind.INT)),
+))
+HEARTBEAT_ANSWER: Final = Message(HeartbeatResponse, (f.VERSION,))
+UPDATE_ISR: Final = Message(UpdateIsrRequest, (f.SPU, f.TOPIC, f.PARTITION, f.EPOCH, _ISR))
+
+APIS: Final[dict[ApiKey, Api]] = {
+    ApiKey.CREATE_TOPIC: Api(CREATE_TOPIC, CREATED),
+    ApiKey.DELETE_TOPIC: Api(NAMED, EMPTY),
+    ApiKey.LIST_TOPICS: Api(EMPTY, TOPICS),
+    ApiKey.DESCRIBE_TOPIC: Api(NAMED, DESCRIBED_TOPIC),
+    ApiKey.LIST_SPUS: Api(EMPTY, SPUS),
+    ApiKey.LIST_PARTITIONS: Api(TOPIC_FILTER, PARTITIONS),
+    ApiKey.METADATA: Api(EMPTY, METADATA),
+    ApiKey.WATCH_METADATA: Api(EMPTY, METADATA, stream=True),
+    ApiKey.CLUSTER_STATUS: Api(EMPTY, CLUSTER_STATUS),
+    ApiKey.INIT_PRODUCER_ID: Api(EMPTY, PRODUCER_ID),
+    ApiKey.PARTITION_REBALANCE: Api(TOPIC_FILTER, REBALANCED),
+    ApiKey.SITE_REGISTER: Api(NAMED, SITE_REGISTERED),
+    ApiKey.SITE_UNREGISTER: Api(NAMED, EMPTY),
+    ApiKey.LIST_SITES: Api(EMPTY, SITES),
+    ApiKey.DESCRIBE_SITE: Api(NAMED, DESCRIBED_SITE),
+    ApiKey.MIRROR_RESOLVE: Api(MIRROR_RESOLVE, MIRROR_RESOLVED),
+    ApiKey.REGISTER_SPU: Api(REGISTER_SPU, ASSIGNMENT, stream=True),
+    ApiKey.HEARTBEAT: Api(HEARTBEAT, HEARTBEAT_ANSWER),
+    ApiKey.UPDATE_ISR: Api(UPDATE_ISR, EMPTY),
+}
