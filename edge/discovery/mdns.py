@@ -8,6 +8,8 @@ clear log line and the node keeps serving on its static configuration.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import ipaddress
 import logging
 import socket
@@ -74,8 +76,12 @@ class Mdns:
 
     async def acquire(self) -> AsyncZeroconf:
         """The running instance; MdnsUnavailableError (one line) if 5353 cannot be used."""
-        self._users += 1
         if self.zc is None:
+            # Imported lazily (3.4 MiB a node without discovery does not carry), and
+            # off the loop: a first import stalls it for 60 ms and more.
+            await asyncio.to_thread(importlib.import_module, "zeroconf.asyncio")
+        self._users += 1
+        if self.zc is None:  # checked again: another user may have opened it meanwhile
             try:
                 self.zc = self._open()
             except Exception:

@@ -253,9 +253,15 @@ async def test_reset_and_delete(cluster: LocalCluster, members: Members) -> None
     assert cli(cluster, "consumer", "delete", "workers").returncode == 1
     assert members.stop("a") == 130
 
-    listed = cli(cluster, "consumer", "list")
-    assert listed.returncode == 0
-    lines = listed.stdout.splitlines()
+    # HW and lag are what the leaders last reported: a heartbeat old at most.
+    async with asyncio.timeout(10):
+        while True:
+            listed = cli(cluster, "consumer", "list")
+            assert listed.returncode == 0
+            lines = listed.stdout.splitlines()
+            if all(line.split()[8] != "-" for line in lines[1:]):
+                break
+            await asyncio.sleep(0.2)
     assert lines[0].split() == ["GROUP", "TOPIC", "STATE", "GEN", "PARTITION", "MEMBER",
                                 "CLIENT", "OFFSET", "HW", "LAG"]
     assert [line.split()[7:] for line in lines[1:]] == [["10", "10", "0"]] * 6
