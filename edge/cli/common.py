@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import os
@@ -141,6 +142,21 @@ def _find_on_lan(t: Target) -> None:
     except HeadwaterError as exc:
         fail(f"--sc {spec} (from {t.source}): {exc}")
     t.sc, t.source = found, f"{t.source}, {spec} on mDNS"
+
+
+def parse_time_ms(text: str, flag: str) -> int:
+    """A point in time from the command line: ISO 8601 (local time unless it names an
+    offset) or ms since the epoch; anything else ends the command naming ``flag``."""
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"{flag}: {text!r} is neither ISO 8601 (2026-12-03T10:00) nor ms since "
+             "the epoch", 2)
+    if when.tzinfo is None:
+        when = when.astimezone()
+    return int(when.timestamp() * 1000)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

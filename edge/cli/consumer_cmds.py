@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from edge.cli.admin_cmds import OUTPUT_HELP, _admin, _check_output
-from edge.cli.common import fail, print_json, print_table, run, target
+from edge.cli.common import fail, parse_time_ms, print_json, print_table, run, target
 from edge.client import Offset
 from edge.protocol.groups import GroupRow
 from edge.protocol.schema import to_wire
@@ -88,7 +88,7 @@ def consumer_reset(
     if len(chosen) != 1:
         fail("choose one of --to-earliest, --to-latest, --to-offset N, --to-time T", 2)
     to = (Offset.beginning() if to_earliest else Offset.end() if to_latest
-          else Offset.timestamp(parse_time_ms(to_time)) if to_time is not None
+          else Offset.timestamp(parse_time_ms(to_time, '--to-time')) if to_time is not None
           else _absolute(to_offset))
 
     async def main() -> dict[int, int]:
@@ -105,20 +105,6 @@ def _absolute(offset: int | None) -> Offset:
         return Offset.absolute(offset or 0)
     except ValueError as exc:
         fail(f"--to-offset: {exc}", 2)
-
-
-def parse_time_ms(text: str) -> int:
-    """ISO 8601 (local time unless it names an offset) or ms since the epoch."""
-    if text.isdigit():
-        return int(text)
-    try:
-        when = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        fail(f"--to-time: {text!r} is neither ISO 8601 (2026-12-03T10:00) nor ms since "
-             "the epoch", 2)
-    if when.tzinfo is None:
-        when = when.astimezone()
-    return int(when.timestamp() * 1000)
 
 
 @consumer_app.command("delete")

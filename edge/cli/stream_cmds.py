@@ -17,7 +17,7 @@ from typing import IO, Any, NamedTuple
 
 import typer
 
-from edge.cli.common import Target, fail, run, target
+from edge.cli.common import Target, fail, parse_time_ms, run, target
 from edge.client import Acks, Admin, Consumer, Offset, Producer, SkippedBatch
 from edge.client.group import check_session_timeout
 from edge.config import ConfigError, parse_duration_ms
@@ -148,6 +148,12 @@ def consume(
     offset: int | None = typer.Option(None, "--offset", "-o", help="Start at this offset; "
                                       "negative: that many before the end (-o -5, as kcat)."),
     tail: int | None = typer.Option(None, "--tail", "-T", help="Start N records before the end."),
+    since: str | None = typer.Option(None, "--since", help="Start at the first record written "
+                                     "this long ago or later (10m, 2h, 7d)."),
+    from_time: str | None = typer.Option(None, "--from-time", help="Start at the first record "
+                                         "at or after this time: ISO 8601 (2026-12-03T10:00, "
+                                         "local time unless it has an offset) or ms since "
+                                         "the epoch."),
     end: int | None = typer.Option(None, "--end", help="Stop after this offset."),
     disable_continuous: bool = typer.Option(False, "--disable-continuous", "-d",
                                             help="Stop at the current end instead of following."),
@@ -176,8 +182,9 @@ def consume(
     """Print records of TOPIC; follows new records until Ctrl-C unless -d."""
     if output not in ("text", "json"):
         fail("--output must be text or json", 2)
-    if sum(x is not None and x is not False for x in (offset, tail, from_beginning or None)) > 1:
-        fail("choose one of --from-beginning, --offset, --tail", 2)
+    starts = (offset, tail, from_beginning or None, since, from_time)
+    if sum(x is not None for x in starts) > 1:
+        fail("choose one of --from-beginning, --offset, --tail, --since, --from-time", 2)
     if count is not None and (consumer_name is not None or group is not None):
         fail("--count stops part-way through what was fetched, so it does not go with "
              "--consumer or --group (their stored position would skip records)", 2)
@@ -189,7 +196,7 @@ def consume(
         offset = None
     start = (Offset.beginning() if from_beginning else Offset.absolute(offset)
              if offset is not None else Offset.from_end(tail) if tail is not None
-             else Offset.end())
+             else _start_time(since, from_time) or Offset.end())
     t = target(ctx)
     storing = consumer_name is not None or group is not None
 
@@ -226,6 +233,21 @@ def consume(
 
     with contextlib.suppress(BrokenPipeError):  # `| head` closed the pipe: done
         run(main, what=f"consume {topic}", target_=t)
+
+
+def _start_time(since: str | None, from_time: str | None) -> Offset | None:
+    """``--since``/``--from-time`` as a start offset (the first record at or after it)."""
+    if from_time is not None:
+        return Offset.timestamp(parse_time_ms(from_time, "--from-time"))
+    if since is None:
+        return None
+    if since.strip().isdigit():  # 10 would be 10 ms: nobody means that
+        fail(f"--since: {since!r} needs a unit (examples: 30s, 10m, 2h, 7d)", 2)
+    try:
+        ago = parse_duration_ms(since)
+    except ConfigError as exc:
+        fail(f"--since: {exc}", 2)
+    return Offset.timestamp(int(time.time() * 1000) - ago)
 
 
 def _report_skip(skip: SkippedBatch) -> None:

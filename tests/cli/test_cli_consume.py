@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import sys
+import time
 from pathlib import Path
 
+from edge.client import Admin, Producer
 from edge.testing import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,3 +60,30 @@ async def test_multi_partition_error_is_one_line(cluster: LocalCluster) -> None:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("error: consume t: ")
+
+
+async def test_consume_since_and_from_time(cluster: LocalCluster) -> None:
+    async with Admin(cluster.sc_addr) as admin:
+        await admin.create_topic("timed", partitions=1)
+        await admin.wait_ready("timed")
+    now = int(time.time() * 1000)
+    stamps = [now - 3 * 3600_000 + i for i in range(4)] + [now - 60_000 + i for i in range(3)]
+    async with Producer(cluster.sc_addr) as p:
+        for i, ts in enumerate(stamps):  # one batch each: the time index finds batches
+            await (await p.send("timed", b"r%d" % i, timestamp_ms=ts))
+    rc, out, err = await shell(cluster, "headwater consume timed --since 10m -d")
+    assert (rc, err) == (0, "")
+    assert out.split() == ["r4", "r5", "r6"]
+    two_hours_ago = datetime.datetime.fromtimestamp((now - 7200_000) / 1000).isoformat()
+    rc, out, _ = await shell(cluster, f"headwater consume timed --from-time {two_hours_ago} -d")
+    assert (rc, out.split()) == (0, ["r4", "r5", "r6"])
+    rc, out, _ = await shell(cluster,
+                             f"headwater consume timed --from-time {now - 4 * 3600_000} -d")
+    assert (rc, out.split()) == (0, [f"r{i}" for i in range(7)])
+    rc, out, err = await shell(cluster, "headwater consume timed --since 10 -d")
+    assert rc == 2
+    assert "--since" in err
+    assert "needs a unit" in err
+    rc, _, err = await shell(cluster, "headwater consume timed --since 1h -B -d")
+    assert rc == 2
+    assert "choose one of" in err
