@@ -24,6 +24,9 @@ def hw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPro
     (["topic", "create", "t", "--segment-time", "10ms"], {}, "at least 1s"),
     (["topic", "create", "t", "--segment-bytes", "4096"], {}, "give a unit"),
     (["topic", "create", "t", "--retention-bytes", "10B"], {}, "at least 4096 bytes"),
+    (["topic", "alter", "t", "--retention-time", "7"], {}, "give a unit"),
+    (["topic", "alter", "t", "--segment-bytes", "1KiB"], {}, "at least 4096 bytes"),
+    (["topic", "alter", "t"], {}, "nothing to change"),
     (["produce", "t", "-m", "x", "--compression", "lz9"], {}, "--compression must be"),
 ])
 def test_bad_input_is_one_line(args: list[str], env: dict[str, str], message: str) -> None:

@@ -6,12 +6,14 @@ from typing import Any
 
 import typer
 
+from edge.cli import topic_options as opts
 from edge.cli.common import fail, human_bytes, print_json, print_table, run, target
 from edge.client.admin import Admin
-from edge.config import ConfigError, parse_duration_ms, parse_size
+from edge.config import ConfigError
 from edge.protocol.errors import TopicExists
 
-topic_app = typer.Typer(help="Create, list, describe and delete topics.", no_args_is_help=True)
+topic_app = typer.Typer(help="Create, list, describe, alter and delete topics.",
+                        no_args_is_help=True)
 partition_app = typer.Typer(help="Inspect partitions.", no_args_is_help=True)
 spu_app = typer.Typer(help="Inspect SPUs.", no_args_is_help=True)
 cluster_app = typer.Typer(help="Inspect the cluster.", no_args_is_help=True)
@@ -22,27 +24,6 @@ OUTPUT_HELP = "table or json."
 def _admin(ctx: typer.Context) -> Admin:
     t = target(ctx)
     return Admin(t.sc, ssl=t.ssl(), server_hostname=t.server_name)
-
-
-def _duration_flag(flag: str, text: str, minimum_ms: int) -> int:
-    """A duration with its unit (``7`` meant 7 ms, which nobody asking for a
-    retention time means), at least ``minimum_ms``."""
-    if text.strip().isdigit():
-        raise ConfigError(f"{flag} {text}: give a unit (examples: 30s, 12h, 7d, 250ms)")
-    ms = parse_duration_ms(text)
-    if ms < minimum_ms:
-        raise ConfigError(f"{flag} {text}: at least {minimum_ms // 1000}s")
-    return ms
-
-
-def _size_flag(flag: str, text: str, minimum: int) -> int:
-    """A size with its unit, at least ``minimum`` bytes."""
-    if text.strip().isdigit():
-        raise ConfigError(f"{flag} {text}: give a unit (examples: 64MiB, 1GiB, 500MB, 4096B)")
-    size = parse_size(text)
-    if size < minimum:
-        raise ConfigError(f"{flag} {text}: at least {minimum} bytes")
-    return size
 
 
 def _check_output(output: str) -> None:
@@ -60,47 +41,29 @@ def topic_create(
                               "than --replication; it is placed when enough register."),
     if_not_exists: bool = typer.Option(False, "--if-not-exists", help="Succeed if the topic "
                                        "exists already (its settings are not changed)."),
-    retention_time: str | None = typer.Option(None, help="Keep data this long (e.g. 7d, 12h); "
-                                              "'forever' keeps it (default 7d)."),
-    retention_bytes: str | None = typer.Option(None, help="Keep at most this much per "
-                                               "partition (e.g. 1GiB)."),
-    segment_bytes: str | None = typer.Option(None, help="Roll segments at this size "
-                                             "(default 64MiB)."),
-    segment_time: str | None = typer.Option(None, help="Roll segments after this long "
-                                            "(default 7d)."),
-    compression: str | None = typer.Option(None, help="none or zlib (applied by producers)."),
-    min_isr: int | None = typer.Option(None, "--min-isr", help="In-sync replicas acks=all "
-                                       "needs (default 1)."),
-    unclean_election: bool = typer.Option(False, help="Allow an out-of-sync replica to lead "
-                                          "when no in-sync one is left (may lose records)."),
+    retention_time: opts.RetentionTime = None,
+    retention_bytes: opts.RetentionBytes = None,
+    segment_bytes: opts.SegmentBytes = None,
+    segment_time: opts.SegmentTime = None,
+    compression: opts.Compression = None,
+    min_isr: opts.MinIsr = None,
+    unclean_election: opts.UncleanElection = None,
     upstream: bool = typer.Option(False, "--upstream", help="Mirror this topic to the cloud "
-                                  "cluster of the SPUs' [upstream] config."),
-    upstream_priority: int | None = typer.Option(None, "--upstream-priority", help="0..9: "
-                                                 "under the uplink's bandwidth limit, higher "
-                                                 "goes first (default 0)."),
+                                  "cluster of the SPUs' [upstream] config (fixed for the "
+                                  "topic's life)."),
+    upstream_priority: opts.UpstreamPriority = None,
 ) -> None:
     """Create a topic."""
-    config: dict[str, Any] = {"upstream": True} if upstream else {}
-    if upstream_priority is not None:
-        config["upstream_priority"] = upstream_priority
-    if min_isr is not None:
-        config["min_insync_replicas"] = min_isr
-    if unclean_election:
-        config["unclean_election"] = True
     try:
-        if retention_time is not None:
-            config["retention_ms"] = (None if retention_time == "forever" else
-                                      _duration_flag("--retention-time", retention_time, 1000))
-        if retention_bytes is not None:
-            config["retention_bytes"] = _size_flag("--retention-bytes", retention_bytes, 4096)
-        if segment_bytes is not None:
-            config["segment_bytes"] = _size_flag("--segment-bytes", segment_bytes, 4096)
-        if segment_time is not None:
-            config["segment_ms"] = _duration_flag("--segment-time", segment_time, 1000)
+        config = opts.settings_from(
+            retention_time=retention_time, retention_bytes=retention_bytes,
+            segment_bytes=segment_bytes, segment_time=segment_time, compression=compression,
+            min_isr=min_isr, unclean_election=unclean_election,
+            upstream_priority=upstream_priority)
     except ConfigError as exc:
         fail(str(exc), 2)
-    if compression is not None:
-        config["compression"] = compression
+    if upstream:
+        config["upstream"] = True
 
     async def main() -> str:
         async with _admin(ctx) as admin:
@@ -152,17 +115,10 @@ def topic_list(ctx: typer.Context,
 
 def _retention(config: dict[str, Any]) -> str:
     ms = config.get("retention_ms", 7 * 86_400_000)
-    parts = ["forever" if ms is None else _duration(ms)]
+    parts = ["forever" if ms is None else opts.duration(ms)]
     if config.get("retention_bytes"):
         parts.append(human_bytes(config["retention_bytes"]))
     return " / ".join(parts)
-
-
-def _duration(ms: int) -> str:
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms >= size and ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
 
 
 @topic_app.command("describe")
@@ -185,9 +141,57 @@ def topic_describe(ctx: typer.Context, name: str = typer.Argument(..., help="Top
     typer.echo(f"partitions   {info['partitions']}   replication {info['replication']}")
     typer.echo(f"retention    {_retention(info['config'])}")
     for key, value in sorted(info["config"].items()):
-        typer.echo(f"  {key:<22} {value}")
+        typer.echo(f"  {key:<22} {opts.show_setting(key, value)}")
     typer.echo("")
     _partition_table(info["partition_status"])
+
+
+@topic_app.command("alter")
+def topic_alter(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Topic name."),
+    retention_time: opts.RetentionTime = None,
+    retention_bytes: opts.RetentionBytes = None,
+    segment_bytes: opts.SegmentBytes = None,
+    segment_time: opts.SegmentTime = None,
+    compression: opts.Compression = None,
+    min_isr: opts.MinIsr = None,
+    unclean_election: opts.UncleanElection = None,
+    upstream_priority: opts.UpstreamPriority = None,
+    reset: list[str] | None = typer.Option(None, "--reset", help="Return this setting to "
+                                           "its default (e.g. retention-bytes or "
+                                           "retention_bytes); repeat for more."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the change and show the "
+                                 "resulting settings; change nothing."),
+) -> None:
+    """Change a topic's settings; its partitions apply them without a restart
+    (retention at their next retention pass). Partitions, replication and upstream
+    are fixed when a topic is created."""
+    try:
+        changes = opts.settings_from(
+            retention_time=retention_time, retention_bytes=retention_bytes,
+            segment_bytes=segment_bytes, segment_time=segment_time, compression=compression,
+            min_isr=min_isr, unclean_election=unclean_election,
+            upstream_priority=upstream_priority)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    resets = sorted({opts.setting_name(r) for r in reset or []})
+    if not changes and not resets:
+        fail(f"alter topic {name}: nothing to change (give a setting option or --reset "
+             "SETTING; see --help)", 2)
+
+    async def main() -> dict[str, Any]:
+        async with _admin(ctx) as admin:
+            return await admin.alter_topic(name, set=changes, unset=resets,
+                                           validate_only=dry_run)
+
+    config = run(main, what=f"alter topic {name}", target_=target(ctx))
+    typer.echo(f"topic {name} would have these settings (dry run: nothing changed)"
+               if dry_run else f"topic {name} altered")
+    rows = [[key, opts.show_setting(key, value), "set" if key in changes else ""]
+            for key, value in sorted(config.items())]
+    rows += [[key, "default", "reset"] for key in resets]
+    print_table(rows, ["SETTING", "VALUE", "CHANGE"])
 
 
 def _partition_table(rows: list[dict[str, Any]]) -> None:

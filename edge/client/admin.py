@@ -49,6 +49,18 @@ class Admin:
             config=config or {}, **extra)
         return decode_response(sc_api.CREATED, meta).status
 
+    async def alter_topic(self, name: str, *, set: dict[str, Any] | None = None,
+                          unset: Sequence[str] = (), validate_only: bool = False
+                          ) -> dict[str, Any]:
+        """Change a topic's settings: ``set`` maps settings to new values, ``unset``
+        names settings that return to their defaults. Returns the resulting settings
+        (with ``validate_only``, what they would be; nothing is changed). Refused
+        with InvalidConfig naming the setting."""
+        meta = await self.cluster.sc_request(
+            ApiKey.ALTER_TOPIC, name=name, set=dict(set or {}), unset=list(unset),
+            validate_only=validate_only)
+        return dict(decode_response(sc_api.ALTERED, meta).config)
+
     async def delete_topic(self, name: str) -> None:
         await self.cluster.sc_request(ApiKey.DELETE_TOPIC, name=name)
 

@@ -52,6 +52,8 @@ class ApiKey(IntEnum):
     LIST_SITES = 26
     DESCRIBE_SITE = 27
     MIRROR_RESOLVE = 28
+    # SC public: a topic's settings after creation
+    ALTER_TOPIC = 29
     # SC private (SPU -> SC)
     REGISTER_SPU = 30
     HEARTBEAT = 31

@@ -17,7 +17,7 @@ from typing import Any, Final, NamedTuple
 
 from edge.protocol import fields as f
 from edge.protocol.messages import ApiKey
-from edge.protocol.schema import Api, Field, Kind, Message
+from edge.protocol.schema import MAP_KEY_CHARS, Api, Field, Kind, Message
 from edge.protocol.spu_api import EMPTY
 
 # A partition is a directory with an open segment and index on each of its SPUs:
@@ -116,9 +116,22 @@ class DescribeTopicResponse(NamedTuple):
     partition_status: tuple[dict[str, Any], ...]
 
 
-# Partitions, replication and config are the topic's settings: whatever is wrong
-# with them is INVALID_CONFIG, as the settings check answers for the rest.
-TOPIC_SETTINGS: Final = frozenset({"partitions", "replication", "config"})
+class AlterTopicRequest(NamedTuple):
+    name: str
+    # Setting -> new value; the settings in ``unset`` return to their defaults.
+    set: dict[str, Any]
+    unset: tuple[str, ...]
+    validate_only: bool
+
+
+class AlterTopicResponse(NamedTuple):
+    config: dict[str, Any]
+
+
+# Partitions, replication and config (and ALTER_TOPIC's set and unset) are the
+# topic's settings: whatever is wrong with them is INVALID_CONFIG, as the settings
+# check answers for the rest.
+TOPIC_SETTINGS: Final = frozenset({"partitions", "replication", "config", "set", "unset"})
 CREATE_TOPIC: Final = Message(CreateTopicRequest, (
     _NAME,
     Field("partitions", Kind.INT, required=False, default=1, low=1, high=MAX_PARTITIONS),
@@ -128,6 +141,14 @@ CREATE_TOPIC: Final = Message(CreateTopicRequest, (
 ))
 CREATED: Final = Message(CreateTopicResponse, (_STATUS,))
 TOPICS: Final = Message(TopicsResponse, (_rows("topics"),))
+ALTER_TOPIC: Final = Message(AlterTopicRequest, (
+    _NAME,
+    Field("set", Kind.MAP, required=False, default={}, items=MAX_CONFIG_ENTRIES),
+    Field("unset", Kind.TEXTS, required=False, default=(), items=MAX_CONFIG_ENTRIES, low=1,
+          high=MAP_KEY_CHARS),
+    Field("validate_only", Kind.BOOL, required=False, default=False),
+))
+ALTERED: Final = Message(AlterTopicResponse, (_CONFIG,))
 DESCRIBED_TOPIC: Final = Message(DescribeTopicResponse, (
     _NAME,
     # A mirror topic starts with none and grows a partition per site partition.
@@ -405,6 +426,7 @@ APIS: Final[dict[ApiKey, Api]] = {
     ApiKey.LIST_SITES: Api(EMPTY, SITES),
     ApiKey.DESCRIBE_SITE: Api(NAMED, DESCRIBED_SITE),
     ApiKey.MIRROR_RESOLVE: Api(MIRROR_RESOLVE, MIRROR_RESOLVED),
+    ApiKey.ALTER_TOPIC: Api(ALTER_TOPIC, ALTERED),
     ApiKey.REGISTER_SPU: Api(REGISTER_SPU, ASSIGNMENT, stream=True),
     ApiKey.HEARTBEAT: Api(HEARTBEAT, HEARTBEAT_ANSWER),
     ApiKey.UPDATE_ISR: Api(UPDATE_ISR, EMPTY),

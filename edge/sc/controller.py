@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.net.bandwidth import MAX_PRIORITY, MIN_PRIORITY
 from edge.protocol.errors import (
     InvalidConfig,
     InvalidRequest,
@@ -21,16 +20,14 @@ from edge.protocol.errors import (
     TopicExists,
     TopicNotFound,
 )
-from edge.protocol.sc_api import COMPRESSION, ReplicaStatus, TopicStatus
+from edge.protocol.sc_api import ReplicaStatus, TopicStatus
 from edge.sc.assignment import SpuSlot, assign, led_by
 from edge.sc.store import MetadataStore, PartitionRow, TopicRow
-from edge.storage.config import STORAGE_KEYS, LogConfig, is_topic_name
+from edge.sc.topic_settings import altered_config, check_topic_settings
+from edge.storage.config import is_topic_name
 from edge.storage.mirror import MirrorOwner
 
 log = logging.getLogger(__name__)
-
-TOPIC_CONFIG_KEYS = STORAGE_KEYS | {"compression", "min_insync_replicas", "unclean_election",
-                                    "upstream", "upstream_priority"}
 
 
 @dataclass
@@ -77,10 +74,7 @@ class Controller:
         if not is_topic_name(name):
             raise InvalidConfig(f"invalid topic name {name!r}: use letters, digits, '.', '_', "
                                 "'-' (at most 200, starting with a letter or digit)")
-        config = validate_topic_config(config)
-        if config.get("min_insync_replicas", 1) > replication:
-            raise InvalidConfig(f"min_insync_replicas {config['min_insync_replicas']} exceeds "
-                                f"replication {replication}")
+        config = check_topic_settings(config, replication)
         if self.store.topic(name) is not None:
             raise TopicExists(f"topic {name!r} already exists", topic=name)
         slots = self.slots()
@@ -96,6 +90,23 @@ class Controller:
                         len(self.slots()))
         self._changed()
         return row
+
+    def alter_topic(self, name: str, changes: dict[str, Any], reset: Sequence[str], *,
+                    validate_only: bool = False) -> TopicRow:
+        """ALTER_TOPIC: ``changes`` set and ``reset`` back to their defaults, checked
+        as CREATE_TOPIC checks settings (``edge/sc/topic_settings.py``), then stored
+        and pushed to SPUs and watchers, unless ``validate_only`` or nothing changed."""
+        row = self.topic(name)
+        altered = row._replace(config=altered_config(row.config, changes, reset,
+                                                     replication=row.replication))
+        if validate_only or altered.config == row.config:
+            return altered
+        self.store.set_topic_config(name, altered.config)
+        log.info("topic %s settings changed: %s", name, ", ".join(
+            [f"{k}={v!r}" for k, v in sorted(changes.items())]
+            + [f"{k} reset" for k in sorted(reset)]))
+        self._changed()
+        return altered
 
     def delete_topic(self, name: str) -> None:
         if not self.store.delete_topic(name):
@@ -339,34 +350,6 @@ class Controller:
                 state.push(self.replicas_for(state.id), self.version)
         for notify in list(self.watchers):
             notify()
-
-
-def validate_topic_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Check a topic's storage settings with the same rules the SPU applies."""
-    unknown = set(config) - TOPIC_CONFIG_KEYS
-    if unknown:
-        raise InvalidConfig(f"unknown topic setting(s): {', '.join(sorted(unknown))}")
-    compression = config.get("compression", "none")
-    if compression not in COMPRESSION:
-        raise InvalidConfig(f"compression must be one of {', '.join(COMPRESSION)}")
-    min_isr = config.get("min_insync_replicas", 1)
-    if not isinstance(min_isr, int) or isinstance(min_isr, bool) or min_isr < 1:
-        raise InvalidConfig("min_insync_replicas must be an integer >= 1")
-    if not isinstance(config.get("unclean_election", False), bool):
-        raise InvalidConfig("unclean_election must be true or false")
-    if not isinstance(config.get("upstream", False), bool):
-        raise InvalidConfig("upstream must be true or false")
-    priority = config.get("upstream_priority", MIN_PRIORITY)
-    if (not isinstance(priority, int) or isinstance(priority, bool)
-            or not MIN_PRIORITY <= priority <= MAX_PRIORITY):
-        raise InvalidConfig(f"upstream_priority must be an integer {MIN_PRIORITY}..{MAX_PRIORITY} "
-                            "(higher is sent first)")
-    storage = {k: v for k, v in config.items() if k in STORAGE_KEYS}
-    try:
-        LogConfig(**storage)
-    except (TypeError, ValueError) as exc:
-        raise InvalidConfig(f"invalid topic setting: {exc}") from None
-    return dict(config)
 
 
 def _partition_rows(topic: str, placement: list[list[int]] | None) -> list[PartitionRow]:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edge.net.auth import PrivateGate, require_spu
 from edge.net.connection import split_addr
@@ -15,7 +15,7 @@ from edge.net.server import Connection, FrameServer, Response
 from edge.protocol import messages, sc_api
 from edge.protocol.errors import InvalidConfig, InvalidRequest
 from edge.protocol.messages import ApiKey
-from edge.protocol.schema import decode_request
+from edge.protocol.schema import Message, decode_request
 from edge.sc.config import ScConfig
 from edge.sc.controller import Controller
 from edge.sc.group_handlers import GroupHandlers
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 LIVENESS_CHECK_S = 0.25
 Handler = Callable[[Connection, dict[Any, Any], bytes], Response | Awaitable[Response]]
 
@@ -79,6 +80,7 @@ class Sc:
             ApiKey.LIST_SITES: self.list_sites,
             ApiKey.DESCRIBE_SITE: self.describe_site,
             ApiKey.MIRROR_RESOLVE: self.mirror_resolve,
+            ApiKey.ALTER_TOPIC: self.alter_topic,
             **self.groups.table(),
         }
         self._private: dict[ApiKey, Handler] = {
@@ -151,10 +153,16 @@ class Sc:
                            role="sc", cluster=self.controller.cluster_id), b""
 
     def create_topic(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        req = _create_topic_request(meta)
+        req = _settings_request(sc_api.CREATE_TOPIC, meta)
         row = self.controller.create_topic(req.name, req.partitions, req.replication,
                                            req.config, prefer_leader=req.prefer_leader)
         return messages.ok(meta["id"], status=row.status), b""
+
+    def alter_topic(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        req = _settings_request(sc_api.ALTER_TOPIC, meta)
+        row = self.controller.alter_topic(req.name, req.set, req.unset,
+                                          validate_only=req.validate_only)
+        return messages.ok(meta["id"], config=row.config), b""
 
     def delete_topic(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
         self.controller.delete_topic(decode_request(sc_api.NAMED, meta).name)
@@ -292,11 +300,12 @@ class Sc:
                            incarnation=mirror.incarnation), b""
 
 
-def _create_topic_request(meta: dict[Any, Any]) -> sc_api.CreateTopicRequest:
-    """CREATE_TOPIC's fields; a wrong partitions, replication or config is INVALID_CONFIG
-    (the schema's bounds, the same class as the settings check's answers)."""
+def _settings_request(message: Message[T], meta: dict[Any, Any]) -> T:
+    """CREATE_TOPIC's or ALTER_TOPIC's fields; a wrong topic setting (partitions,
+    replication, config, set, unset) is INVALID_CONFIG (the schema's bounds, the same
+    class as the settings check's answers)."""
     try:
-        return decode_request(sc_api.CREATE_TOPIC, meta)
+        return decode_request(message, meta)
     except InvalidRequest as exc:
         if exc.data.get("field") not in sc_api.TOPIC_SETTINGS:
             raise

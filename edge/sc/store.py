@@ -155,6 +155,13 @@ class MetadataStore:
             for p in partitions:
                 self._put_partition(p)
 
+    def set_topic_config(self, name: str, config: dict[str, Any]) -> bool:
+        """Replace a topic's settings; False if there is no such topic."""
+        with self._tx():
+            cur = self._db.execute("UPDATE topics SET config=? WHERE name=?",
+                                   (json.dumps(config), name))
+        return cur.rowcount > 0
+
     def delete_topic(self, name: str) -> bool:
         with self._tx():
             self._db.execute("DELETE FROM mirrors WHERE topic=?", (name,))

@@ -46,6 +46,10 @@ def log_config_from(raw: dict[str, Any], durability: str) -> LogConfig:
                      **{k: v for k, v in raw.items() if k in STORAGE_KEYS})
 
 
+def _storage_settings(cfg: LogConfig) -> str:
+    return ", ".join(f"{k}={getattr(cfg, k)}" for k in sorted(STORAGE_KEYS))
+
+
 class ReplicaSet:
     """Partitions hosted by this SPU, keyed by (topic, partition)."""
 
@@ -117,9 +121,9 @@ class ReplicaSet:
 
     def _open_or_update(self, key: tuple[str, int], r: dict[str, Any]) -> None:
         role = _role(r)
+        cfg = log_config_from(r.get("config", {}), self.durability)
         p = self.partitions.get(key)
         if p is None:
-            cfg = log_config_from(r.get("config", {}), self.durability)
             path = self.partition_dir(*key)
             plog = PartitionLog.open(path, cfg)
             p = Partition(key[0], key[1], plog, spu_id=self.spu_id,
@@ -131,6 +135,8 @@ class ReplicaSet:
                      role["leader_id"], role["epoch"], plog.log_end_offset)
         else:
             p.update_role(**role)
+            if p.log.reconfigure(cfg):
+                log.info("%s: topic settings now %s", p.name, _storage_settings(cfg))
         p.mirror = MirrorOwner.parse(r.get("mirror"))
         source = r.get("source")
         config = r.get("config", {})

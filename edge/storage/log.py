@@ -127,6 +127,26 @@ class PartitionLog:
             lock.close()
             raise
 
+    # -- settings -----------------------------------------------------------------------
+
+    @property
+    def config(self) -> LogConfig:
+        return self._config
+
+    def reconfigure(self, config: LogConfig) -> bool:
+        """Take new settings on the live log; False if they are the ones it has.
+
+        Nothing written is rewritten: the next append rolls by the new segment size
+        and age, the next ``apply_retention`` keeps by the new retention, and
+        segments created from now on are indexed at the new interval.
+        """
+        self._check_open()
+        if config == self._config:
+            return False
+        self._config = config
+        self._segs.interval = config.index_interval_bytes
+        return True
+
     # -- offsets ------------------------------------------------------------------------
 
     @property

@@ -39,6 +39,7 @@ API_KEYS = {
     "LIST_SITES": 26,
     "DESCRIBE_SITE": 27,
     "MIRROR_RESOLVE": 28,
+    "ALTER_TOPIC": 29,
     "REGISTER_SPU": 30,
     "HEARTBEAT": 31,
     "UPDATE_ISR": 32,

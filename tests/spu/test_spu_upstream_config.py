@@ -9,7 +9,7 @@ import pytest
 from edge.config import ConfigError
 from edge.protocol.errors import InvalidConfig
 from edge.protocol.wirezstd import Codec
-from edge.sc.controller import validate_topic_config
+from edge.sc.topic_settings import validate_topic_config
 from edge.spu.config import UpstreamConfig
 
 BASE = {"sc": "127.0.0.1:9003", "site": "kitchen", "token": "t"}
