@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -120,3 +121,54 @@ def test_config_templates_are_validated_before_replacing() -> None:
                 assert "validate:" in block, f"{path}: {block}"
                 assert "--check-config" in block, f"{path}: {block}"
                 assert "%s" in block, path
+
+
+def _headwater_install_task() -> dict[str, object]:
+    tasks = _tasks(ROLES / "headwater_common" / "tasks" / "install.yml")
+    for task in tasks:
+        pip = task.get("ansible.builtin.pip")
+        if isinstance(pip, dict) and "--no-deps" in str(pip.get("extra_args", "")):
+            return task
+    pytest.fail("install.yml has no task installing headwater alone (--no-deps)")
+
+
+def test_headwater_itself_never_comes_from_a_configured_index() -> None:
+    # Dependency confusion: anyone can publish "headwater" on a public index, and a
+    # node's pip.conf (piwheels on Raspberry Pi OS) or PIP_* variables add indexes.
+    task = _headwater_install_task()
+    pip = task["ansible.builtin.pip"]
+    assert isinstance(pip, dict)
+    args = str(pip["extra_args"])
+    assert "--isolated" in args, args
+    assert "'--no-index --find-links '" in args, args
+    env = task.get("environment")
+    assert isinstance(env, dict), task
+    assert env.get("PIP_CONFIG_FILE") == "/dev/null", task
+    names = [t.get("name") for t in _tasks(ROLES / "headwater_common" / "tasks" / "install.yml")]
+    guard = "Refuse to install Headwater from a public package index"
+    assert guard in names, names
+    assert names.index(guard) < names.index(task["name"]), names
+
+
+def test_role_refuses_to_install_headwater_from_the_public_index(tmp_path: Path) -> None:
+    # No wheelhouse and no index of our own: the play stops before anything runs.
+    require_tools("ansible-playbook")
+    playbook = tmp_path / "guard.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.include_role:\n        name: headwater_common\n"
+        "        tasks_from: install.yml\n"
+    )
+    # Should the guard ever let it through: check mode, and paths in tmp_path.
+    extra = {"headwater_common_venv_dir": str(tmp_path / "venv"),
+             "headwater_common_wheelhouse_dir": str(tmp_path / "wheelhouse")}
+    result = subprocess.run(
+        ["ansible-playbook", "--check", "-i", "localhost,", str(playbook),
+         "--extra-vars", json.dumps(extra)],
+        cwd=ANSIBLE_DIR, capture_output=True, text=True, timeout=300,
+        env=ansible_env(tmp_path), check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "would take headwater from the public package index" in output, output
+    assert not (tmp_path / "venv").exists()
