@@ -32,6 +32,28 @@ def _head(out, major, n):
         raise ValueError("int too large")
 
 
+def head_into(dst, off, major, n):
+    """Write the head of an item (major type, argument n < 2**32) into dst at off;
+    return the offset after it. For building messages in a preallocated buffer."""
+    m = major << 5
+    if n < 24:
+        dst[off] = m | n
+        return off + 1
+    if n < 0x100:
+        dst[off] = m | 24
+        dst[off + 1] = n
+        return off + 2
+    if n < 0x10000:
+        dst[off] = m | 25
+        struct.pack_into(">H", dst, off + 1, n)
+        return off + 3
+    if n < 0x100000000:
+        dst[off] = m | 26
+        struct.pack_into(">I", dst, off + 1, n)
+        return off + 5
+    raise ValueError("argument too large")
+
+
 def _float(out, x):
     if x != x or x in (float("inf"), float("-inf")):
         raise ValueError("NaN/Inf not allowed")

@@ -214,7 +214,7 @@ class MqttBridge:
         self._counters["received"] += 1
         if self._redeliveries.seen_before(entry, dup=message.dup):
             entry.done = True
-            self._counters["duplicates"] += 1
+            self._counters["duplicates"] += max(1, entry.left)
         elif isinstance(outcome, Rejected):
             self._counters["bad_frames"] += 1
             self._log_rejected(topic, outcome)

@@ -1,8 +1,8 @@
-"""From an MQTT message to a record to produce, or to the reason it cannot be one.
+"""From an MQTT message to the records to produce, or to the reason it cannot be any.
 
 Pure: no sockets, no asyncio. The contract is "any bytes on any topic → a
-``Reading`` or a ``Rejected`` with a reason", never an exception, whatever the
-payload holds (the tests check it with Hypothesis).
+``Reading``, ``Readings`` or a ``Rejected`` with a reason", never an exception,
+whatever the payload holds (the tests check it with Hypothesis).
 
 Device payloads (CBOR or JSON) may carry sequence fields, the shape the firmware's
 MQTT link publishes::
@@ -15,6 +15,15 @@ redelivery of the same message ends as one copy in the log. ``s`` counts the
 records of one MQTT topic of one device (0, 1, 2, ... wrapping after 2**31 - 1). A payload without
 them is produced at-least-once. The record value is always the payload bytes as
 they arrived: the gateway never re-encodes what a device sent.
+
+A device may pack several readings of one stream into one message (what the
+firmware's MQTT link does by default)::
+
+    {"d": device_id, "e": boot_epoch, "s": first_seq, "r": [reading, ...]}
+
+Reading ``i`` has sequence ``first_seq + i`` (wrapping the same way) and becomes a
+record of its own, whose value is the reading's bytes cut out of the payload
+(``envelope``). docs/GATEWAY.md has the byte-exact format and its bounds.
 """
 
 from __future__ import annotations
@@ -29,12 +38,18 @@ from typing import Any, Final, TypeGuard
 import cbor2
 
 from gateway.config import MqttRule, PayloadFormat
+from gateway.mqtt.envelope import READINGS_KEY, EnvelopeError, cbor_spans, json_spans
 from gateway.mqtt.topics import matches
 
 # The SPU's producer sequence is an i32 that wraps to 0 after 2**31 - 1.
 MAX_SEQUENCE: Final = 2**31 - 1
 MAX_EPOCH: Final = 2**32 - 1
 MAX_DEVICE_ID_BYTES: Final = 128
+SEQ_MODULUS: Final = MAX_SEQUENCE + 1
+# Readings in one message: the firmware packs 32 by default; the bound keeps one
+# message's records (and the Python objects behind them) small.
+MAX_READINGS: Final = 256
+ENVELOPE_KEYS: Final = frozenset({"d", "e", "s", READINGS_KEY})
 PRODUCER_ID_MASK: Final = 2**63 - 1
 # Topics whose rule is remembered; past this the memory starts afresh.
 ROUTE_CACHE: Final = 4096
@@ -53,6 +68,7 @@ class Reason(StrEnum):
     BAD_SEQUENCE_FIELDS = "bad_sequence_fields"
     BAD_DEVICE_ID = "bad_device_id"
     DEVICE_MISMATCH = "device_mismatch"
+    BAD_READINGS = "bad_readings"
     SPU_REJECTED = "spu_rejected"
 
 
@@ -76,12 +92,22 @@ class Reading:
 
 
 @dataclass(frozen=True, slots=True)
+class Readings:
+    """The records of a multi-reading message: one per reading, in sequence order."""
+
+    readings: tuple[Reading, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """A message that goes to the dead-letter topic, and why."""
 
     reason: Reason
     detail: str
     rule: MqttRule | None = None
+
+
+Outcome = Reading | Readings | Rejected
 
 
 def producer_id(stream: str, epoch: int) -> int:
@@ -110,7 +136,7 @@ class Decoder:
         self._max_payload_bytes = max_payload_bytes
         self._routes: dict[str, MqttRule | None] = {}
 
-    def __call__(self, topic: str, payload: bytes) -> Reading | Rejected:
+    def __call__(self, topic: str, payload: bytes) -> Outcome:
         try:
             rule = self._routes[topic]
         except KeyError:
@@ -122,14 +148,14 @@ class Decoder:
 
 def decode(
     rules: tuple[MqttRule, ...], topic: str, payload: bytes, *, max_payload_bytes: int
-) -> Reading | Rejected:
+) -> Outcome:
     """Route and decode one MQTT message; never raises."""
     return _decode(find_rule(rules, topic), topic, payload, max_payload_bytes)
 
 
 def _decode(
     rule: MqttRule | None, topic: str, payload: bytes, max_payload_bytes: int
-) -> Reading | Rejected:
+) -> Outcome:
     if rule is None:
         return Rejected(Reason.NO_RULE, f"no rule matches {topic!r}")
     if len(payload) > max_payload_bytes:
@@ -186,7 +212,7 @@ def _parse_cbor(payload: bytes) -> Any | Rejected:
 
 def _reading(
     rule: MqttRule, stream: str, device: str | None, payload: bytes, doc: Any
-) -> Reading | Rejected:
+) -> Outcome:
     fields = doc if isinstance(doc, dict) else {}
     claimed = fields.get("d")
     if claimed is not None:
@@ -205,7 +231,68 @@ def _reading(
     sequence = _sequence(stream, device, fields)
     if isinstance(sequence, str):
         return Rejected(Reason.BAD_SEQUENCE_FIELDS, sequence, rule)
+    if READINGS_KEY in fields:
+        return _readings(rule, key, payload, fields, sequence)
     return Reading(topic=rule.topic, key=key, value=payload, sequence=sequence)
+
+
+def _readings(
+    rule: MqttRule, key: bytes | None, payload: bytes, fields: dict[Any, Any],
+    first: DeviceSequence,
+) -> Readings | Rejected:
+    """The records of a multi-reading message, each reading's bytes sliced out."""
+    problem = _envelope_problem(fields, key, first)
+    if problem is not None:
+        return Rejected(Reason.BAD_READINGS, problem, rule)
+    try:
+        if rule.format is PayloadFormat.CBOR:
+            spans = cbor_spans(payload)
+        else:
+            spans = json_spans(payload.decode("utf-8"))
+    except EnvelopeError as exc:
+        return Rejected(Reason.BAD_READINGS, f"cannot locate the readings: {exc}", rule)
+    if spans.pairs != len(fields):
+        return Rejected(Reason.BAD_READINGS, "duplicate keys in the message", rule)
+    if len(spans.readings) != len(fields[READINGS_KEY]):
+        return Rejected(Reason.BAD_READINGS, "cannot locate the readings", rule)
+    pid, epoch = first.producer_id, first.epoch
+    return Readings(tuple(
+        Reading(topic=rule.topic, key=key, value=payload[start:end],
+                sequence=DeviceSequence(pid, epoch, (first.seq + i) % SEQ_MODULUS))
+        for i, (start, end) in enumerate(spans.readings)
+    ))
+
+
+def _envelope_problem(fields: dict[Any, Any], key: bytes | None,
+                      first: DeviceSequence) -> str | None:
+    """What is wrong with a multi-reading message's fields, if anything."""
+    unknown = [k for k in fields if k not in ENVELOPE_KEYS]
+    if unknown:
+        return f"unknown field {unknown[0]!r} next to 'r' (allowed: d, e, s, r)"[:200]
+    readings = fields[READINGS_KEY]
+    if not isinstance(readings, list) or not 0 < len(readings) <= MAX_READINGS:
+        return f"'r' must be an array of 1..{MAX_READINGS} readings"
+    device = key.decode() if key is not None else None
+    for i, reading in enumerate(readings):
+        problem = _reading_problem(reading, device, first.epoch, (first.seq + i) % SEQ_MODULUS)
+        if problem is not None:
+            return f"reading {i}: {problem}"
+    return None
+
+
+def _reading_problem(reading: Any, device: str | None, epoch: int, seq: int) -> str | None:
+    # A reading may repeat the message's d, e and s (readings made for single-reading
+    # messages carry them), but never contradict them.
+    if not isinstance(reading, dict) or not reading:
+        return "must be a map with at least one field"
+    if READINGS_KEY in reading:
+        return "must not hold 'r'"
+    for name, want in (("d", device), ("e", epoch), ("s", seq)):
+        if name in reading:
+            got = reading[name]
+            if type(got) is not type(want) or got != want:
+                return f"its {name!r} {got!r} contradicts the message ({want!r})"[:200]
+    return None
 
 
 def _sequence(stream: str, device: str | None, fields: dict[Any, Any]) -> DeviceSequence | str:

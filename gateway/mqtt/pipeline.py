@@ -13,6 +13,11 @@ SPU. One round at a time keeps the in-flight set the bridge could have written b
 not acknowledged to one round, so a crash can duplicate at most that round, and
 the idempotent producer recognises exactly that.
 
+A multi-reading message (``decode.Readings``) is one entry with one *part* per
+reading; every part is written as a record of its own (in the batches of its
+device stream, like the parts of the other messages), and the entry is done, and
+may be acknowledged, only when all of its parts are.
+
 The FIFO is bounded by the client (``client.AckingClient``): at ``in_flight``
 messages it stops reading from the broker, which keeps the rest queued.
 """
@@ -24,7 +29,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.mqtt.decode import DeviceSequence, Reading, Rejected
+from gateway.mqtt.decode import DeviceSequence, Outcome, Reading, Readings, Rejected
 
 SEQ_MODULUS = 2**31
 
@@ -37,13 +42,31 @@ class Entry:
     qos: int
     topic: str
     payload: bytes
-    outcome: Reading | Rejected
+    outcome: Outcome
     received_ms: int
     done: bool = False
+    # Parts (readings) not yet in the log.
+    left: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.left = len(self.readings())
 
     @property
     def size(self) -> int:
         return len(self.payload) + len(self.topic)
+
+    def readings(self) -> tuple[Reading, ...]:
+        """The records this message becomes (none when it is rejected)."""
+        outcome = self.outcome
+        if isinstance(outcome, Readings):
+            return outcome.readings
+        return () if isinstance(outcome, Rejected) else (outcome,)
+
+    def part_done(self) -> None:
+        """One of its readings is in the log; the last one makes the entry done."""
+        self.left -= 1
+        if self.left <= 0:
+            self.done = True
 
     def fingerprint(self) -> tuple[int, str, bytes]:
         """What identifies a redelivery of this message on a later connection."""
@@ -139,13 +162,33 @@ def seq_behind(seq: int, reference: int) -> bool:
     return (seq - reference) % SEQ_MODULUS >= SEQ_MODULUS // 2
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
+class Part:
+    """One reading without sequence fields (at-least-once), on its way to the log."""
+
+    entry: Entry
+    reading: Reading
+    done: bool = False
+
+    def finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self.entry.part_done()
+
+
+@dataclass(slots=True, eq=False)
 class Sequenced:
-    """A message with sequence fields, ready for an idempotent batch."""
+    """One reading with its device sequence, ready for an idempotent batch."""
 
     entry: Entry
     reading: Reading
     sequence: DeviceSequence
+    done: bool = False
+
+    def finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self.entry.part_done()
 
 
 @dataclass(slots=True)
@@ -153,22 +196,26 @@ class Round:
     """One round's messages, grouped by how they are written."""
 
     streams: dict[tuple[str, int], list[Sequenced]] = field(default_factory=dict)
-    plain: list[tuple[Entry, Reading]] = field(default_factory=list)
+    plain: list[Part] = field(default_factory=list)
     dead: list[tuple[Entry, Rejected]] = field(default_factory=list)
 
 
 def plan_round(entries: list[Entry]) -> Round:
-    """Group a round: per (topic, producer id) in arrival order, the rest per kind."""
+    """Group a round: readings per (topic, producer id) in arrival order, the rest per kind."""
     plan = Round()
     for entry in entries:
         outcome = entry.outcome
         if isinstance(outcome, Rejected):
             plan.dead.append((entry, outcome))
-        elif outcome.sequence is None:
-            plan.plain.append((entry, outcome))
-        else:
-            stream = (outcome.topic, outcome.sequence.producer_id)
-            plan.streams.setdefault(stream, []).append(Sequenced(entry, outcome, outcome.sequence))
+            continue
+        for reading in entry.readings():
+            if reading.sequence is None:
+                plan.plain.append(Part(entry, reading))
+            else:
+                stream = (reading.topic, reading.sequence.producer_id)
+                plan.streams.setdefault(stream, []).append(
+                    Sequenced(entry, reading, reading.sequence)
+                )
     return plan
 
 

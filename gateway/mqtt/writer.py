@@ -20,6 +20,12 @@ writer settles every case from that answer:
   the gap;
 * ``InvalidProducerEpoch`` after a gateway restart says which epoch the stream is
   at (``stored``); the writer adopts it and tries again.
+
+All of this works per reading: the readings of a multi-reading message are parts
+of their stream like single-reading messages are, and a redelivered message whose
+readings now fall into other batches (a device that re-packed its buffer after a
+reconnect) is settled reading by reading the same way. A reading the SPU refuses
+for good goes to the dead-letter topic on its own, with its epoch and sequence.
 """
 
 from __future__ import annotations
@@ -39,8 +45,8 @@ from edge.protocol.errors import (
     MessageTooLarge,
     OutOfOrderSequence,
 )
-from gateway.mqtt.decode import Reading, Reason, Rejected, dead_letter_headers
-from gateway.mqtt.pipeline import Entry, Round, Sequenced, first_run, seq_behind
+from gateway.mqtt.decode import Readings, Reason, Rejected, dead_letter_headers
+from gateway.mqtt.pipeline import Entry, Part, Round, Sequenced, first_run, seq_behind
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +119,14 @@ class RoundWriter:
                 raise result
 
     async def _stream(self, topic: str, items: list[Sequenced], counts: Counts) -> None:
-        pending = [item for item in items if not item.entry.done]
+        pending = [item for item in items if not item.done]
         while pending:
             run = first_run(pending, max_bytes=self._max_batch_bytes)
             try:
                 duplicate = await self._send_run(topic, run)
             except InvalidProducerEpoch as exc:
                 if not self._adopt_epoch(run[0], exc):
-                    await self._reject([item.entry for item in run], exc, counts)
+                    await self._reject(run, exc, counts)
                     pending = pending[len(run):]
                 continue
             except OutOfOrderSequence as exc:
@@ -129,7 +135,7 @@ class RoundWriter:
             except HeadwaterError as exc:
                 if not is_payload_error(exc):
                     raise
-                await self._reject([item.entry for item in run], exc, counts)
+                await self._reject(run, exc, counts)
                 pending = pending[len(run):]
                 continue
             _finish(run, counts, duplicate=duplicate)
@@ -161,7 +167,7 @@ class RoundWriter:
         expected = exc.data.get("expected")
         head = pending[0]
         if not isinstance(expected, int):
-            await self._reject([item.entry for item in pending], exc, counts)
+            await self._reject(pending, exc, counts)
             return []
         behind = 0
         while behind < len(pending) and seq_behind(pending[behind].sequence.seq, expected):
@@ -179,7 +185,7 @@ class RoundWriter:
         )
         if epoch >= MAX_PRODUCER_EPOCH:
             # Out of epochs for this boot of the device: keep the data, lose exactly-once.
-            await self._plain([(item.entry, item.reading) for item in pending], counts)
+            await self._plain(pending, counts)
             return []
         self._set_epoch(pid, epoch + 1)
         return pending
@@ -196,18 +202,28 @@ class RoundWriter:
         while len(self._epochs) > EPOCH_CACHE:
             self._epochs.popitem(last=False)
 
-    async def _plain(self, items: list[tuple[Entry, Reading]], counts: Counts) -> None:
-        todo = [entry for entry, _ in items if not entry.done]
+    async def _plain(self, parts: Sequence[Part | Sequenced], counts: Counts) -> None:
+        todo = [part for part in parts if not part.done]
         futures = [
             await self._producer.send(
-                reading.topic, reading.value, key=reading.key, timestamp_ms=entry.received_ms
+                part.reading.topic, part.reading.value, key=part.reading.key,
+                timestamp_ms=part.entry.received_ms,
             )
-            for entry, reading in items
-            if not entry.done
+            for part in todo
         ]
-        failed = await _settle_futures(todo, futures)
-        counts.produced += len(todo) - len(failed)
-        await self._reject_or_raise(failed, counts)
+        failed: list[tuple[Part | Sequenced, BaseException]] = []
+        for part, error in zip(todo, await _errors(futures), strict=True):
+            if error is None:
+                part.finish()
+                counts.produced += 1
+            else:
+                failed.append((part, error))
+        fatal = [(part, exc) for part, exc in failed if is_payload_error(exc)]
+        if fatal:
+            await self._reject([part for part, _ in fatal], fatal[0][1], counts)
+        other = next((exc for _, exc in failed if not is_payload_error(exc)), None)
+        if other is not None:
+            raise other
 
     async def _dead(self, items: list[tuple[Entry, Rejected]], counts: Counts) -> None:
         todo = [(entry, rejected) for entry, rejected in items if not entry.done]
@@ -220,48 +236,62 @@ class RoundWriter:
             )
             for entry, rejected in todo
         ]
-        failed = await _settle_futures([entry for entry, _ in todo], futures)
-        counts.dead_lettered += len(todo) - len(failed)
-        if failed:
-            raise failed[0][1]
+        first: BaseException | None = None
+        for (entry, _), error in zip(todo, await _errors(futures), strict=True):
+            if error is None:
+                entry.done = True
+                counts.dead_lettered += 1
+            elif first is None:
+                first = error
+        if first is not None:
+            raise first
 
-    async def _reject(self, entries: list[Entry], exc: BaseException, counts: Counts) -> None:
-        """Send records the SPU refused for good to the dead-letter topic."""
-        rejected = Rejected(Reason.SPU_REJECTED, f"{type(exc).__name__}: {exc}")
-        for entry in entries:
-            entry.outcome = rejected
-        await self._dead([(entry, rejected) for entry in entries], counts)
-
-    async def _reject_or_raise(
-        self, failed: list[tuple[Entry, BaseException]], counts: Counts
+    async def _reject(
+        self, parts: Sequence[Part | Sequenced], exc: BaseException, counts: Counts
     ) -> None:
-        if not failed:
-            return
-        fatal = [entry for entry, exc in failed if is_payload_error(exc)]
-        if fatal:
-            await self._reject(fatal, next(e for _, e in failed if is_payload_error(e)), counts)
-        other = next((exc for _, exc in failed if not is_payload_error(exc)), None)
-        if other is not None:
-            raise other
+        """Send readings the SPU refused for good to the dead-letter topic, each on its own
+        (the other readings of its message may well be in the log)."""
+        rejected = Rejected(Reason.SPU_REJECTED, f"{type(exc).__name__}: {exc}")
+        todo = [part for part in parts if not part.done]
+        futures = [
+            await self._producer.send(
+                self._dead_letter_topic, part.reading.value[: self._max_payload_bytes],
+                key=part.entry.topic.encode("utf-8", "replace"),
+                headers=_refused_headers(rejected, part), timestamp_ms=part.entry.received_ms,
+            )
+            for part in todo
+        ]
+        first: BaseException | None = None
+        for part, error in zip(todo, await _errors(futures), strict=True):
+            if error is None:
+                part.finish()
+                counts.dead_lettered += 1
+            elif first is None:
+                first = error
+        if first is not None:
+            raise first
 
 
-async def _settle_futures(
-    entries: list[Entry], futures: list[Awaitable[Any]]
-) -> list[tuple[Entry, BaseException]]:
-    """Wait for every future; mark the entries whose record landed as done."""
+async def _errors(futures: list[Awaitable[Any]]) -> list[BaseException | None]:
+    """Wait for every future; the error of each, None for those that landed."""
     results = await asyncio.gather(*futures, return_exceptions=True)
-    failed: list[tuple[Entry, BaseException]] = []
-    for entry, result in zip(entries, results, strict=True):
-        if isinstance(result, BaseException):
-            failed.append((entry, result))
-        else:
-            entry.done = True
-    return failed
+    return [result if isinstance(result, BaseException) else None for result in results]
+
+
+def _refused_headers(rejected: Rejected, part: Part | Sequenced) -> dict[str, bytes]:
+    entry = part.entry
+    headers = dead_letter_headers(rejected, entry.topic, len(entry.payload))
+    sequence = part.reading.sequence
+    if isinstance(entry.outcome, Readings) and sequence is not None:
+        # The reading's bytes alone do not say which reading of its message it was.
+        headers["device-epoch"] = str(sequence.epoch).encode()
+        headers["device-seq"] = str(sequence.seq).encode()
+    return headers
 
 
 def _finish(items: Sequence[Sequenced], counts: Counts, *, duplicate: bool) -> None:
     for item in items:
-        item.entry.done = True
+        item.finish()
     if duplicate:
         counts.duplicates += len(items)
     else:

@@ -3,7 +3,7 @@
 Every firmware module and test module is compiled with mpy-cross first (as a
 device runs it); each MicroPython test function then runs in its own
 ``micropython -X heapsize=64k`` process, with the golden vectors of
-tests/vectors/serial.json.
+tests/vectors/serial.json and tests/gateway/mqtt/mqtt_vectors.json.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ MP = HERE / "mp"
 ROOT = HERE.parents[1]
 FIRMWARE = ROOT / "firmware"
 VECTORS = ROOT / "tests" / "vectors" / "serial.json"
+MQTT_VECTORS = ROOT / "tests" / "gateway" / "mqtt" / "mqtt_vectors.json"
 MODULES = ["t_cobs", "t_cbor", "t_buffer", "t_serial_link", "t_mqtt_link"]
 HEAP = "64k"
 
@@ -56,7 +57,8 @@ def mp_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def run_mp(build: tuple[Path, Path], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HW_MP_PATH": str(build[0]), "HW_VECTORS_DIR": str(build[1])}
+    env = {**os.environ, "HW_MP_PATH": str(build[0]), "HW_VECTORS_DIR": str(build[1]),
+           "HW_MQTT_VECTORS": str(MQTT_VECTORS)}
     return subprocess.run(
         [tool("micropython"), "-X", f"heapsize={HEAP}", str(MP / "runner.py"), *args],
         capture_output=True, text=True, env=env, timeout=120, check=False,

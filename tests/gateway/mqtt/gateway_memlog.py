@@ -35,6 +35,8 @@ class MemoryLog:
     logs: dict[tuple[str, int], list[Stored]] = field(default_factory=dict)
     states: dict[tuple[str, int], ProducerStateTable] = field(default_factory=dict)
     fail_next: list[BaseException] = field(default_factory=list)
+    # Call number (1 = the first send or send_batch) -> the error it raises.
+    fail_calls: dict[int, BaseException] = field(default_factory=dict)
     calls: int = 0
 
     def records(self, topic: str) -> list[Stored]:
@@ -49,6 +51,8 @@ class MemoryLog:
 
     def _maybe_fail(self) -> None:
         self.calls += 1
+        if self.calls in self.fail_calls:
+            raise self.fail_calls.pop(self.calls)
         if self.fail_next:
             raise self.fail_next.pop(0)
 

