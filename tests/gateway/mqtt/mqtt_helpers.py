@@ -217,3 +217,15 @@ def consume_cli(sc: str, topic: str) -> list[dict[str, Any]]:
         capture_output=True, check=True, timeout=120,
     )
     return [json.loads(line) for line in out.stdout.decode().splitlines() if line.strip()]
+
+
+async def drained_records(sc: str, gateway: Any, total: int) -> list[dict[str, Any]]:
+    """TOPIC's records (as ``consume_cli`` gives them) once ``total`` are in the log and
+    the gateway holds nothing unacknowledged, read a second later: anything that
+    arrived late would be a duplicate."""
+    async with asyncio.timeout(60):
+        while len(await read_topic(sc, TOPIC)) < total:
+            await asyncio.sleep(0.2)
+    await gateway.wait_status(lambda s: mqtt_counters(s)["in_flight"] == 0, what="drained")
+    await asyncio.sleep(1.0)
+    return consume_cli(sc, TOPIC)

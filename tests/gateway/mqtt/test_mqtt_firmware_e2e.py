@@ -22,10 +22,9 @@ from mqtt_helpers import (
     DLQ,
     TOPIC,
     GatewayProcess,
-    consume_cli,
     create_topics,
+    drained_records,
     mqtt_counters,
-    read_topic,
     write_gateway_toml,
 )
 from support import require
@@ -98,13 +97,7 @@ async def test_micropython_devices_through_crashes(
         await running
     assert [d.output[-1] for d in devices] == [f"done {PER_DEVICE}"] * len(devices)
 
-    async with asyncio.timeout(60):
-        while len(await read_topic(cluster.sc_addr, TOPIC)) < total:
-            await asyncio.sleep(0.2)
-    await gateway.wait_status(lambda s: mqtt_counters(s)["in_flight"] == 0, what="drained")
-    await asyncio.sleep(1.0)  # anything late would be a duplicate
-
-    records = consume_cli(cluster.sc_addr, TOPIC)
+    records = await drained_records(cluster.sc_addr, gateway, total)
     assert len(records) == total
     seen: dict[str, list[dict[str, object]]] = {d.name: [] for d in devices}
     for record in records:

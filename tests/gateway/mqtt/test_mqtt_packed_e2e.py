@@ -17,8 +17,8 @@ from mqtt_helpers import (
     DLQ,
     TOPIC,
     GatewayProcess,
-    consume_cli,
     create_topics,
+    drained_records,
     mqtt_counters,
     read_topic,
     write_gateway_toml,
@@ -75,14 +75,8 @@ async def test_packed_readings_once_in_order_through_restarts(
         await running
     assert [d.output[-1] for d in devices] == [f"done {PER_DEVICE}"] * len(devices)
 
-    async with asyncio.timeout(60):
-        while len(await read_topic(cluster.sc_addr, TOPIC)) < total:
-            await asyncio.sleep(0.2)
-    await gateway.wait_status(lambda s: mqtt_counters(s)["in_flight"] == 0, what="drained")
-    await asyncio.sleep(1.0)  # anything late would be a duplicate
+    records = await drained_records(cluster.sc_addr, gateway, total)
     stats = mqtt_counters(await gateway.status())
-
-    records = consume_cli(cluster.sc_addr, TOPIC)
     assert len(records) == total
     seen: dict[str, list[bytes]] = {d.name: [] for d in devices}
     for record in records:
