@@ -10,7 +10,9 @@ across network namespaces in tests/integration/test_discovery_lan.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -149,8 +151,26 @@ async def test_unusable_interfaces_leave_the_node_running(
 
 async def test_nothing_blocks_the_event_loop(site: str, caplog: pytest.LogCaptureFixture
                                              ) -> None:
-    """Announce, browse, resolve and withdraw with the loop's slow-callback detector on."""
+    """Announce, browse, resolve and withdraw with the loop's slow-callback detector on.
+
+    The cyclic garbage collector is held off meanwhile: late in a long test run a
+    full collection of the test process takes 100 ms on its own, whichever
+    callback it happens to interrupt. A step reported slow once may also have been
+    preempted by another process on a busy machine, so it counts only when the
+    same step is slow again on a second round: blocking code is slow every time.
+    """
+    first = await _slow_steps(site, caplog)
+    if first:
+        again = await _slow_steps(f"{site}b", caplog)
+        assert first & again == set()
+
+
+async def _slow_steps(site: str, caplog: pytest.LogCaptureFixture) -> set[str]:
+    """The coroutine steps that held the loop for more than 50 ms."""
     loop = asyncio.get_running_loop()
+    caplog.clear()
+    gc.collect()
+    gc.disable()
     loop.set_debug(True)
     loop.slow_callback_duration = 0.05
     caplog.set_level(logging.WARNING, logger="asyncio")
@@ -160,5 +180,7 @@ async def test_nothing_blocks_the_event_loop(site: str, caplog: pytest.LogCaptur
         await a.stop()
     finally:
         loop.set_debug(False)
-    slow = [r.getMessage() for r in caplog.records if "Executing" in r.getMessage()]
-    assert slow == []
+        gc.enable()
+    steps = (re.search(r"coro=<(\S+) running at (\S+?)>", r.getMessage())
+             for r in caplog.records if "Executing" in r.getMessage())
+    return {m.group(1) + "@" + m.group(2) if m else "?" for m in steps}
