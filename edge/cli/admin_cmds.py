@@ -52,6 +52,8 @@ def topic_create(
                                   "cluster of the SPUs' [upstream] config (fixed for the "
                                   "topic's life)."),
     upstream_priority: opts.UpstreamPriority = None,
+    budget: opts.Budget = None,
+    budget_policy: opts.BudgetPolicy = None,
 ) -> None:
     """Create a topic."""
     try:
@@ -59,7 +61,7 @@ def topic_create(
             retention_time=retention_time, retention_bytes=retention_bytes,
             segment_bytes=segment_bytes, segment_time=segment_time, compression=compression,
             min_isr=min_isr, unclean_election=unclean_election,
-            upstream_priority=upstream_priority)
+            upstream_priority=upstream_priority, budget=budget, budget_policy=budget_policy)
     except ConfigError as exc:
         fail(str(exc), 2)
     if upstream:
@@ -158,6 +160,8 @@ def topic_alter(
     min_isr: opts.MinIsr = None,
     unclean_election: opts.UncleanElection = None,
     upstream_priority: opts.UpstreamPriority = None,
+    budget: opts.Budget = None,
+    budget_policy: opts.BudgetPolicy = None,
     reset: list[str] | None = typer.Option(None, "--reset", help="Return this setting to "
                                            "its default (e.g. retention-bytes or "
                                            "retention_bytes); repeat for more."),
@@ -172,7 +176,7 @@ def topic_alter(
             retention_time=retention_time, retention_bytes=retention_bytes,
             segment_bytes=segment_bytes, segment_time=segment_time, compression=compression,
             min_isr=min_isr, unclean_election=unclean_election,
-            upstream_priority=upstream_priority)
+            upstream_priority=upstream_priority, budget=budget, budget_policy=budget_policy)
     except ConfigError as exc:
         fail(str(exc), 2)
     resets = sorted({opts.setting_name(r) for r in reset or []})

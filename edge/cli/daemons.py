@@ -38,6 +38,21 @@ def _auth_overrides(secret: Path | None, insecure: bool) -> dict[str, Any]:
             "insecure_private": True if insecure else None}
 
 
+BUDGET_HELP = ("Bytes of record data the SPU may hold (e.g. 2GiB); when full, each topic's "
+               "budget_policy decides: refuse new writes, or drop the oldest data "
+               "(data the cloud has goes first).")
+
+
+def _budget(text: str | None) -> int | None:
+    from edge.config import parse_size
+
+    if text is None:
+        return None
+    if text.strip().isdigit():
+        raise ConfigError(f"--disk-budget {text}: give a unit (examples: 512MiB, 2GiB)")
+    return parse_size(text)
+
+
 def _upstream(path: Path | None) -> Any:
     from edge.spu.config import UpstreamConfig
 
@@ -115,6 +130,7 @@ def run_spu(
     rack: str | None = typer.Option(None, help="Rack or site label used for placement."),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
     upstream: Path | None = typer.Option(None, "--upstream", help=UPSTREAM_HELP),
+    disk_budget: str | None = typer.Option(None, "--disk-budget", help=BUDGET_HELP),
     site: str | None = typer.Option(None, "--site", help=SITE_HELP),
     log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP),
     cluster_secret: Path | None = typer.Option(None, "--cluster-secret", help=CLUSTER_KEY_HELP),
@@ -128,6 +144,7 @@ def run_spu(
                                  "private_addr": private_addr, "sc": sc, "durability": durability,
                                  "rack": rack, "log_level": log_level, "site": site}
     try:
+        overrides["disk_budget"] = _budget(disk_budget)
         overrides["upstream"] = _upstream(upstream)
         overrides.update(_auth_overrides(cluster_secret, insecure_private))
         if config:
@@ -173,6 +190,8 @@ def local(
     durability: str = typer.Option("group", help="group, always or never."),
     log_level: str = typer.Option("warning", help="debug, info, warning or error."),
     upstream: Path | None = typer.Option(None, "--upstream", help=UPSTREAM_HELP),
+    disk_budget: str | None = typer.Option(None, "--disk-budget", help=BUDGET_HELP +
+                                           " (for each SPU)"),
     site: str | None = typer.Option(None, "--site", help=SITE_HELP + " The SC and every "
                                     "SPU announce themselves (listen with --host 0.0.0.0 "
                                     "to be reachable from other machines)."),
@@ -207,7 +226,7 @@ def local(
                               advertise_private=advertise and
                               f"{advertise}:{spu_port + 2 * (i - 1) + 1}",
                               log_level=log_level, upstream=uplink, discovery=discovery,
-                              cluster_secret=secret)
+                              cluster_secret=secret, disk_budget=_budget(disk_budget))
                     for i in range(1, spus + 1)]
     except ConfigError as exc:
         fail(str(exc), 2)

@@ -119,8 +119,9 @@ def site_describe(ctx: typer.Context, name: str = typer.Argument(..., help="Site
     typer.echo(f"registered    {_when(info['created_ms'])}")
     typer.echo(f"last contact  {_ago(info.get('last_contact_s'))}\n")
     print_table([[m["topic"], m["edge_partition"], m["cloud_partition"], m["leader"],
-                  m["hw"], m["leo"]] for m in info["mirrors"]],
-                ["TOPIC", "EDGE PARTITION", "CLOUD PARTITION", "LEADER", "HW", "LEO"])
+                  m["hw"], m["leo"], m.get("gap_offsets")] for m in info["mirrors"]],
+                ["TOPIC", "EDGE PARTITION", "CLOUD PARTITION", "LEADER", "HW", "LEO",
+                 "LOST AT EDGE"])
 
 
 @upstream_app.command("status")
@@ -142,9 +143,10 @@ def upstream_status(ctx: typer.Context,
                    "--upstream)")
     else:
         print_table([[r["topic"], r["partition"], r["spu"], r["edge_end"], r["cloud_acked"],
-                      r["lag"], r["state"], r["last_error"]] for r in rows],
-                    ["TOPIC", "PARTITION", "SPU", "EDGE END", "CLOUD ACKED", "LAG", "STATE",
-                     "LAST ERROR"])
+                      r["lag"], r.get("dropped_records", 0), r["state"], r["last_error"]]
+                     for r in rows],
+                    ["TOPIC", "PARTITION", "SPU", "EDGE END", "CLOUD ACKED", "LAG", "DROPPED",
+                     "STATE", "LAST ERROR"])
 
 
 def _ago(seconds: float | None) -> str:

@@ -9,6 +9,7 @@ import typer
 
 from edge.cli.common import human_bytes
 from edge.config import ConfigError, parse_duration_ms, parse_size
+from edge.storage.budget import MIN_BUDGET_BYTES, Policy
 
 # Below these a segment holds a batch or two and a second of data: a typing
 # mistake (4096 meant as 4096 MiB, 7 meant as 7 days), never a wish.
@@ -34,6 +35,13 @@ UncleanElection = Annotated[bool | None, typer.Option(
 UpstreamPriority = Annotated[int | None, typer.Option(
     "--upstream-priority", help="0..9: under the uplink's bandwidth limit, higher goes first "
     "(default 0).")]
+Budget = Annotated[str | None, typer.Option(
+    "--budget", help="Disk budget of this topic on each SPU (e.g. 512MiB), within the "
+    "SPU's own --disk-budget; see --budget-policy.")]
+BudgetPolicy = Annotated[str | None, typer.Option(
+    "--budget-policy", help="When the disk budget is full: reject-new (writers get a "
+    "retriable BUDGET_EXCEEDED) or drop-oldest (the oldest data the cloud lacks goes, "
+    "counted and marked upstream); default reject-new.")]
 
 # Option names (without "--") of the settings, for ``topic alter --reset``.
 SETTING_OF_FLAG: Final = {
@@ -41,10 +49,12 @@ SETTING_OF_FLAG: Final = {
     "segment-bytes": "segment_bytes", "segment-time": "segment_ms",
     "compression": "compression", "min-insync-replicas": "min_insync_replicas",
     "min-isr": "min_insync_replicas", "unclean-election": "unclean_election",
-    "upstream-priority": "upstream_priority",
+    "upstream-priority": "upstream_priority", "budget": "budget_bytes",
+    "budget-policy": "budget_policy",
 }
 _DURATIONS: Final = frozenset({"retention_ms", "segment_ms"})
-_SIZES: Final = frozenset({"retention_bytes", "segment_bytes", "index_interval_bytes"})
+_SIZES: Final = frozenset({"retention_bytes", "segment_bytes", "index_interval_bytes",
+                           "budget_bytes"})
 
 
 def duration_flag(flag: str, text: str, minimum_ms: int = MIN_DURATION_MS) -> int:
@@ -71,7 +81,8 @@ def size_flag(flag: str, text: str, minimum: int = MIN_SIZE) -> int:
 def settings_from(*, retention_time: str | None, retention_bytes: str | None,
                   segment_bytes: str | None, segment_time: str | None,
                   compression: str | None, min_isr: int | None,
-                  unclean_election: bool | None, upstream_priority: int | None
+                  unclean_election: bool | None, upstream_priority: int | None,
+                  budget: str | None = None, budget_policy: str | None = None
                   ) -> dict[str, Any]:
     """The topic settings the given options ask for (None: not given); a bad value
     raises ConfigError naming its flag. The SC checks the rest."""
@@ -85,6 +96,13 @@ def settings_from(*, retention_time: str | None, retention_bytes: str | None,
         config["segment_bytes"] = size_flag("--segment-bytes", segment_bytes)
     if segment_time is not None:
         config["segment_ms"] = duration_flag("--segment-time", segment_time)
+    if budget is not None:
+        config["budget_bytes"] = size_flag("--budget", budget, MIN_BUDGET_BYTES)
+    if budget_policy is not None:
+        choices = [p.value for p in Policy]
+        if budget_policy not in choices:
+            raise ConfigError(f"--budget-policy {budget_policy}: one of {', '.join(choices)}")
+        config["budget_policy"] = budget_policy
     given = {"compression": compression, "min_insync_replicas": min_isr,
              "unclean_election": unclean_election, "upstream_priority": upstream_priority}
     config.update({k: v for k, v in given.items() if v is not None})

@@ -60,6 +60,8 @@ class ApiKey(IntEnum):
     UPDATE_ISR = 32
     # SC and SPU private: the first request on a private connection
     AUTHENTICATE = 33
+    # SPU public (cloud): what an edge deleted before the cloud had it, marked
+    MIRROR_GAP = 34
     # SPU private (follower -> leader)
     REPLICA_FETCH = 40
     OFFSET_FOR_EPOCH = 41

@@ -59,6 +59,7 @@ class ReplicaFetchResponse(NamedTuple):
     consumers: tuple[ConsumerPosition, ...] | None
     cv_epoch: int | None
     cv: int | None
+    cloud: int | None
 
 
 # (leader epoch, version) of the consumer positions a follower holds; -1: none.
@@ -84,6 +85,7 @@ REPLICA_FETCHED: Final = Message(ReplicaFetchResponse, (
     Field("consumers", Kind.TUPLES, required=False, items=f.MAX_ROWS, row=ConsumerPosition,
           row_fields=(f.name("consumer"), f.OFFSET)),
     f.optional(_CV_EPOCH), f.optional(_CV),
+    f.optional(Field("cloud", Kind.INT, low=0, high=f.I64_MAX)),
 ))
 
 APIS: Final[dict[ApiKey, Api]] = {

@@ -264,6 +264,9 @@ class SiteMirror(NamedTuple):
     leo: int | None
     incarnation: str
     source: str
+    # Gap batches in the home partition: what the site deleted before the cloud had it.
+    gaps: int | None = None
+    gap_offsets: int | None = None
 
 
 class DescribeSiteResponse(NamedTuple):
@@ -295,7 +298,8 @@ DESCRIBED_SITE: Final = Message(DescribeSiteResponse, (
     Field("mirrors", Kind.ROWS, items=f.MAX_ROWS, row=SiteMirror, row_fields=(
         f.TOPIC, _renamed(f.PARTITION, "edge_partition"),
         _renamed(f.PARTITION, "cloud_partition"), _LEADER, f.optional(f.HW),
-        f.optional(f.LEO), _INCARNATION, _SOURCE,
+        f.optional(f.LEO), _INCARNATION, _SOURCE, f.optional(_count("gaps")),
+        f.optional(_count("gap_offsets")),
     )),
     f.optional(Field("last_contact_s", Kind.FLOAT)),
 ))
@@ -324,6 +328,11 @@ class ReplicaStatus(NamedTuple):
     isr: tuple[int, ...] | None
     # On a leader, text SPU id -> {leo, lag, last_fetch_s}.
     followers: dict[str, Any] | None
+    # What the disk budget deleted before the cloud had it (edge), and the gap
+    # batches in the log (cloud mirror): None from SPUs that do not report them.
+    dropped: int | None = None
+    gaps: int | None = None
+    gap_offsets: int | None = None
 
 
 _REPORTED = Field("partitions", Kind.ROWS, required=False, default=(), items=f.MAX_ROWS,
@@ -331,6 +340,7 @@ _REPORTED = Field("partitions", Kind.ROWS, required=False, default=(), items=f.M
     f.TOPIC, f.PARTITION, Field("leader", Kind.BOOL), f.EPOCH, f.HW, f.LEO, f.START,
     _count("size"), Field("failed", Kind.BOOL), f.optional(_ISR),
     f.optional(Field("followers", Kind.MAP, items=MAX_REPLICATION)),
+    f.optional(_count("dropped")), f.optional(_count("gaps")), f.optional(_count("gap_offsets")),
 ))
 
 

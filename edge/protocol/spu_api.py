@@ -202,6 +202,15 @@ class MirrorAppendRequest(NamedTuple):
     raw_bytes: int | None
 
 
+class MirrorGapRequest(NamedTuple):
+    topic: str
+    partition: int
+    site: str
+    token: str
+    start: int
+    end: int
+
+
 class MirrorPosition(NamedTuple):
     end: int
     hw: int
@@ -215,6 +224,10 @@ MIRROR_APPEND: Final = Message(MirrorAppendRequest, (
     *_MIRROR,
     Field("codec", Kind.TEXT, required=False, default="none", choices=("none", "zstd")),
     Field("raw_bytes", Kind.INT, required=False, low=1, high=MAX_FRAME_BYTES),
+))
+MIRROR_GAP: Final = Message(MirrorGapRequest, (
+    *_MIRROR, Field("start", Kind.INT, low=0, high=f.I64_MAX),
+    Field("end", Kind.INT, low=1, high=f.I64_MAX),
 ))
 MIRROR_POSITION: Final = Message(MirrorPosition, (
     Field("end", Kind.INT, low=0, high=f.I64_MAX), f.HW, f.START,
@@ -234,4 +247,5 @@ APIS: Final[dict[ApiKey, Api]] = {
     ApiKey.UPSTREAM_STATUS: Api(EMPTY, UPSTREAM_STATUS),
     ApiKey.MIRROR_OFFSETS: Api(MIRROR_OFFSETS, MIRROR_POSITION),
     ApiKey.MIRROR_APPEND: Api(MIRROR_APPEND, MIRROR_POSITION),
+    ApiKey.MIRROR_GAP: Api(MIRROR_GAP, MIRROR_POSITION),
 }

@@ -333,7 +333,8 @@ class Controller:
             for s in leader.partitions:
                 if s.topic == p.topic and s.partition == p.idx:
                     row.update(hw=s.hw, leo=s.leo, start=s.start, size=s.size,
-                               followers=s.followers or {})
+                               followers=s.followers or {}, dropped=s.dropped, gaps=s.gaps,
+                               gap_offsets=s.gap_offsets)
         return row
 
     def peers(self) -> dict[str, str]:

@@ -86,6 +86,7 @@ class SiteRegistry:
             mirrors.append({"topic": m.topic, "edge_partition": m.edge_partition,
                             "cloud_partition": m.cloud_partition, "leader": status.get("leader"),
                             "hw": status.get("hw"), "leo": status.get("leo"),
+                            "gaps": status.get("gaps"), "gap_offsets": status.get("gap_offsets"),
                             "incarnation": m.incarnation, "source": m.source})
         return {**self._summary(row), "mirrors": mirrors}
 

@@ -13,16 +13,18 @@ from typing import Any, Final
 from edge.net.bandwidth import MAX_PRIORITY, MIN_PRIORITY
 from edge.protocol.errors import InvalidConfig
 from edge.protocol.sc_api import COMPRESSION
+from edge.storage.budget import BUDGET_KEYS, TopicBudget
 from edge.storage.config import STORAGE_KEYS, LogConfig
 
-TOPIC_CONFIG_KEYS: Final = STORAGE_KEYS | {
+TOPIC_CONFIG_KEYS: Final = STORAGE_KEYS | BUDGET_KEYS | {
     "compression", "min_insync_replicas", "unclean_election", "upstream", "upstream_priority"}
 # The SC's own mark on a cloud mirror topic's config (edge/sc/sites.py): kept, never set.
 MIRROR_MARK: Final = "mirror"
 # Settings a topic keeps for life, and why. The rest take effect on the live topic:
 # SPUs apply storage settings and min_insync_replicas to their open logs, the SC
 # reads unclean_election at each election, producers read compression from the
-# metadata they watch, and the uplinks read upstream_priority.
+# metadata they watch, the uplinks read upstream_priority, and SPUs apply the
+# disk budget settings (budget_bytes, budget_policy) from the next append.
 FIXED_SETTINGS: Final = {
     "partitions": "records are routed by key hash over the partition count, so another "
                   "count would move keys (and their order) to other partitions; re-create "
@@ -54,6 +56,11 @@ def validate_topic_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if not _is_int(config.get("upstream_priority", MIN_PRIORITY), MIN_PRIORITY, MAX_PRIORITY):
         raise InvalidConfig(f"upstream_priority must be an integer {MIN_PRIORITY}..{MAX_PRIORITY} "
                             "(higher is sent first)", setting="upstream_priority")
+    try:
+        TopicBudget.from_config(dict(config))
+    except ValueError as exc:
+        key = "budget_policy" if "budget_policy" in str(exc) else "budget_bytes"
+        raise InvalidConfig(str(exc), setting=key) from None
     for key in sorted(STORAGE_KEYS & config.keys()):
         try:
             LogConfig(**{key: config[key]})

@@ -20,6 +20,7 @@ from edge.net.connection import split_addr
 from edge.net.limits import ServerLimits, limits_from
 from edge.protocol.wirezstd import Codec
 from edge.secret import ClusterSecret, PrivateAuth
+from edge.storage.budget import check_budget
 from edge.tls import TlsConfig, tls_from
 
 DURABILITY = ("group", "always", "never")
@@ -148,6 +149,9 @@ class SpuConfig:
     cluster_secret: ClusterSecret | None = None
     insecure_private: bool = False
     upstream: UpstreamConfig | None = None
+    # Bytes of record data this SPU may hold over all its partitions (None: the
+    # disk's size); topics choose what happens when it is full (budget_policy).
+    disk_budget: int | None = None
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     def __post_init__(self) -> None:
@@ -169,6 +173,11 @@ class SpuConfig:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be > 0")
         private_auth(self.cluster_secret, insecure=self.insecure_private, tls=self.tls)
+        if self.disk_budget is not None:
+            try:
+                check_budget("disk_budget", self.disk_budget)
+            except ValueError as exc:
+                raise ConfigError(str(exc), key="disk_budget") from None
 
     @property
     def private_auth(self) -> PrivateAuth:
@@ -210,6 +219,7 @@ class SpuConfig:
             "insecure_private": take(raw, "insecure_private", bool, False),
             "upstream": (UpstreamConfig.from_table(raw.pop("upstream"))
                          if "upstream" in raw else None),
+            "disk_budget": _size_or_none(raw, "disk_budget"),
         }
         discovery = DiscoveryConfig.take_from(raw, site=overrides.pop("site", None))
         reject_unknown(raw, "spu config")
@@ -217,6 +227,15 @@ class SpuConfig:
         if values["sc"] is None:
             values["sc"] = f"mdns:{discovery.site}" if discovery.site else cls.sc
         return cls(**values, discovery=discovery)
+
+
+def _size_or_none(raw: dict[str, Any], key: str) -> int | None:
+    value = raw.pop(key, None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"{key} must be a size (4096 or \"2GiB\")", key=key)
+    return parse_size(value)
 
 
 def _upstream_tls(raw: dict[str, Any]) -> TlsConfig | None:

@@ -1,4 +1,4 @@
-"""Cloud side of the upstream mirror: MIRROR_OFFSETS and MIRROR_APPEND.
+"""Cloud side of the upstream mirror: MIRROR_OFFSETS, MIRROR_APPEND and MIRROR_GAP.
 
 An edge site's uplink asks the cloud leader of its home partition where the
 cloud log ends (at every connect), then sends stored edge batches unchanged
@@ -7,11 +7,15 @@ MIRROR_APPEND v1 (inflated here, bounded, back to the stored bytes). They are
 validated like any produce and appended only where they continue the log
 (``check_chain``); the answer waits until the high watermark covers them
 (``acks=all``), so the edge counts a batch as delivered only once every in-sync
-cloud replica has it on disk.
+cloud replica has it on disk. MIRROR_GAP appends a gap batch where the edge
+deleted data before the cloud had it (its disk budget), so the loss is a
+visible, counted record in the cloud log, never a silent jump.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -32,21 +36,26 @@ from edge.protocol.schema import decode_request
 from edge.spu.partition import Partition
 from edge.spu.replicas import ReplicaSet
 
+log = logging.getLogger(__name__)
+
 
 class MirrorApi:
-    """The two mirror handlers of the SPU public port."""
+    """The mirror handlers of the SPU public port."""
 
     def __init__(self, replicas: ReplicaSet, stats: dict[str, int]) -> None:
         self.replicas = replicas
         self.stats = stats
         stats.update(mirror_batches=0, mirror_records=0, mirror_refused=0, mirror_corrupt=0,
-                     mirror_wire_bytes=0, mirror_raw_bytes=0)
+                     mirror_wire_bytes=0, mirror_raw_bytes=0, mirror_gaps=0,
+                     mirror_gap_offsets=0)
 
     def handlers(self) -> dict[ApiKey, Any]:
         return {ApiKey.MIRROR_OFFSETS: self.mirror_offsets,
-                ApiKey.MIRROR_APPEND: self.mirror_append}
+                ApiKey.MIRROR_APPEND: self.mirror_append,
+                ApiKey.MIRROR_GAP: self.mirror_gap}
 
-    def _owned(self, req: api.MirrorOffsetsRequest | api.MirrorAppendRequest) -> Partition:
+    def _owned(self, req: api.MirrorOffsetsRequest | api.MirrorAppendRequest
+               | api.MirrorGapRequest) -> Partition:
         """The led mirror partition the request names, if its site may write it."""
         p = self.replicas.leader(req.topic, req.partition)
         if p.mirror is None:
@@ -81,6 +90,25 @@ class MirrorApi:
         self.stats["mirror_records"] += records
         pending = p.ack_future(end, Acks.ALL)
         return _confirm(pending, p, meta["id"])
+
+
+    def mirror_gap(self, conn: Connection, meta: dict[Any, Any], blob: bytes
+                   ) -> Response | Awaitable[Response]:
+        req = decode_request(api.MIRROR_GAP, meta)
+        offsets = req.end - req.start
+        if not 0 < offsets <= batchcodec.MAX_GAP_OFFSETS:
+            raise InvalidRequest(f"a gap covers 1..{batchcodec.MAX_GAP_OFFSETS} offsets, "
+                                 f"not {req.start}..{req.end}", field="end")
+        p = self._owned(req)
+        p.check_min_isr()
+        gap = bytearray(batchcodec.encode_gap(offsets, timestamp=int(time.time() * 1000)))
+        end = p.append_mirrored([gap], [(req.start, req.end)])
+        self.stats["mirror_gaps"] += 1
+        self.stats["mirror_gap_offsets"] += offsets
+        log.warning("mirror %s: site %s lost offsets %d..%d before the cloud had them "
+                    "(its disk budget); gap marked", p.name, req.site, req.start,
+                    req.end - 1)
+        return _confirm(p.ack_future(end, Acks.ALL), p, meta["id"])
 
 
 def _inflated(req: api.MirrorAppendRequest, blob: bytes) -> bytes:

@@ -31,6 +31,7 @@ from typing import Any
 from edge.logstate import StateLog
 from edge.protocol.errors import DiskFull, NotEnoughReplicas, NotLeader, StorageError
 from edge.protocol.messages import Acks
+from edge.storage.budget import TopicBudget
 from edge.storage.epochs import EpochCache
 from edge.storage.log import AppendResult, PartitionLog
 from edge.storage.mirror import MirrorOwner, check_chain
@@ -46,6 +47,10 @@ class FollowerState:
     durable: int = -1
     last_caught_up: float = 0.0
     last_fetch: float = 0.0
+
+
+def _unlimited(_p: Partition, _need: int) -> None:
+    """No disk budget: every write fits."""
 
 
 class Partition:
@@ -80,6 +85,12 @@ class Partition:
         # Edge side: the edge log's identity when the topic is mirrored upstream.
         self.upstream_source: str | None = None
         self.upstream_priority = 0
+        # What the cloud has of this log (its high watermark as the uplink last heard
+        # it; on a follower, as the leader passed it on); None: unknown or not mirrored.
+        self.cloud_acked: int | None = None
+        self.budget = TopicBudget()
+        # The SPU's disk budget: called with the bytes of every append before it.
+        self.make_room: Callable[[Partition, int], None] = _unlimited
         self._ack_guard = ack_guard or (lambda: True)
         self._flush_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._hw_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
@@ -109,6 +120,8 @@ class Partition:
             "leo": self.log.log_end_offset, "start": self.log.log_start_offset,
             "size": self.log.size_bytes, "failed": self.failed is not None,
             "isr": self.isr if self.is_leader else None,
+            "dropped": self.log.dropped.records, "gaps": self.log.gaps.count,
+            "gap_offsets": self.log.gaps.offsets,
             "followers": {str(r): {"leo": f.leo, "lag": max(self.log.log_end_offset - f.leo, 0),
                                    "last_fetch_s": round(now - f.last_fetch, 3)
                                    if f.last_fetch else None}
@@ -171,6 +184,7 @@ class Partition:
         if not self.is_leader:
             raise NotLeader(f"this SPU does not lead {self.name}", topic=self.topic,
                             partition=self.index)
+        self.make_room(self, len(batch))
         try:
             result = self.log.append(batch, leader_epoch=self.leader_epoch)
         except DiskFull as exc:
@@ -314,6 +328,7 @@ class Partition:
     def _append_stored(self, batches: list[bytearray], epoch: int) -> None:
         """Append batches that keep their offsets (a leader's copy, an edge's mirror);
         a full disk refuses them, any other storage error fails the partition."""
+        self.make_room(self, sum(map(len, batches)))
         try:
             for batch in batches:
                 self.log.append(batch, leader_epoch=epoch, replica=True)

@@ -21,7 +21,9 @@ import cbor2
 
 from edge.net.bandwidth import MAX_PRIORITY, MIN_PRIORITY
 from edge.protocol.errors import LeaderNotAvailable, NotLeader, PartitionNotFound
+from edge.spu.budget import NodeBudget
 from edge.spu.partition import Partition
+from edge.storage.budget import TopicBudget
 from edge.storage.config import STORAGE_KEYS, LogConfig, is_topic_name
 from edge.storage.log import PartitionLog
 from edge.storage.mirror import MirrorOwner
@@ -54,12 +56,14 @@ class ReplicaSet:
     """Partitions hosted by this SPU, keyed by (topic, partition)."""
 
     def __init__(self, data_dir: Path, *, spu_id: int, durability: str,
-                 ack_guard: Callable[[], bool] | None = None) -> None:
+                 ack_guard: Callable[[], bool] | None = None,
+                 disk_budget: int | None = None) -> None:
         self.data_dir = data_dir
         self.spu_id = spu_id
         self.durability = durability
         self.ack_guard = ack_guard
         self.partitions: dict[tuple[str, int], Partition] = {}
+        self.budget = NodeBudget(disk_budget, self.partitions)
         # Private (peer) addresses of the SPUs, as the SC last told us.
         self.peers: dict[int, str] = {}
         self.cluster_id: str | None = None
@@ -144,6 +148,12 @@ class ReplicaSet:
         p.upstream_source = source if upstream and isinstance(source, str) else None
         priority = config.get("upstream_priority", MIN_PRIORITY)
         # The SC checked it; an odd value from a hand-edited assignment is the default.
+        try:
+            p.budget = TopicBudget.from_config(config)
+        except ValueError as exc:  # the SC checked it: only a hand-edited assignment
+            log.warning("%s: ignoring the budget settings: %s", p.name, exc)
+            p.budget = TopicBudget()
+        p.make_room = self.budget.make_room
         p.upstream_priority = (priority if isinstance(priority, int) and not isinstance(
             priority, bool) and MIN_PRIORITY <= priority <= MAX_PRIORITY else MIN_PRIORITY)
 

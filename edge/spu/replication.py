@@ -131,6 +131,8 @@ class LeaderSide:
         reply = {"hw": p.high_watermark, "leo": p.log.log_end_offset,
                  "start": p.log.log_start_offset, "epoch": p.leader_epoch,
                  **self._consumers(p, known)}
+        if p.cloud_acked is not None:
+            reply["cloud"] = p.cloud_acked
         if p.log.log_end_offset <= offset or p.closed:
             return messages.ok(cid, **reply), b""
         sl = p.log.read(offset, FETCH_MAX_BYTES)
@@ -228,6 +230,8 @@ class Follower:
                     await asyncio.sleep(5)
                 continue
             answer = decode_response(peer_api.REPLICA_FETCHED, meta)
+            if answer.cloud is not None:
+                p.cloud_acked = answer.cloud
             appended = False
             for header, pos in _validated(blob):
                 if header.base_offset != p.log.log_end_offset:

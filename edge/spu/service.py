@@ -41,7 +41,7 @@ class Spu:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.guard = LeadershipGuard(pause_s=cfg.pause_s)
         self.replicas = ReplicaSet(cfg.data_dir, spu_id=cfg.id, durability=cfg.durability,
-                                   ack_guard=self.guard.ok)
+                                   ack_guard=self.guard.ok, disk_budget=cfg.disk_budget)
         self.leader_side = LeaderSide(
             lambda topic, index: self.replicas.partitions.get((topic, index)), cfg.id)
         self.offsets: ConsumerOffsets | None = None

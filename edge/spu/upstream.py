@@ -88,6 +88,8 @@ class UplinkStatus:
     codec: str = wirezstd.Codec.NONE
     raw_bytes: int = 0
     wire_bytes: int = 0
+    gaps: int = 0  # gap markers this uplink wrote in the cloud
+    gap_offsets: int = 0
 
     def row(self, p: Partition) -> dict[str, Any]:
         edge_end = p.high_watermark
@@ -98,7 +100,9 @@ class UplinkStatus:
                 "cloud_acked": acked, "lag": None if acked is None else max(edge_end - acked, 0),
                 "last_error": self.last_error, "since_s": round(time.time() - self.since, 1),
                 "priority": p.upstream_priority, "codec": self.codec,
-                "raw_bytes": self.raw_bytes, "wire_bytes": self.wire_bytes}
+                "raw_bytes": self.raw_bytes, "wire_bytes": self.wire_bytes,
+                "dropped_records": p.log.dropped.records, "dropped_bytes": p.log.dropped.bytes,
+                "gaps_marked": self.gaps, "gap_offsets": self.gap_offsets}
 
 
 class LinkWatch:
@@ -185,7 +189,7 @@ class PartitionUplink:
         await conn.connect()
         try:
             meta, _ = await conn.request(ApiKey.MIRROR_OFFSETS, **self._fields(cloud_partition))
-            offset = self._resume(self._seen(meta).end)
+            offset = await self._resume(conn, cloud_partition, self._seen(meta).end)
             self._set_state(LinkState.CONNECTED)
             self.shared.watch.up()
             backoff.reset()
@@ -222,11 +226,27 @@ class PartitionUplink:
                         at.incarnation, at.end)
         s.incarnation = at.incarnation
         s.cloud_end, s.cloud_acked = at.end, at.hw
+        self.p.cloud_acked = at.hw
         return at
 
-    def _resume(self, cloud_end: int) -> int:
-        decision = resume_from(cloud_end, self.p.log.log_start_offset,
-                               self.p.log.log_end_offset)
+    async def _resume(self, conn: ClientConnection, cloud_partition: int, cloud_end: int
+                      ) -> int:
+        """Where to send from: the cloud's end, or, when the edge deleted what the
+        cloud lacks (its disk budget, retention), past a gap marked in the cloud."""
+        start = self.p.log.log_start_offset
+        decision = resume_from(cloud_end, start, self.p.log.log_end_offset)
+        if decision.kind == Resume.GAP and int(ApiKey.MIRROR_GAP) in conn.versions:
+            meta, _ = await conn.request(ApiKey.MIRROR_GAP, timeout=APPEND_TIMEOUT_S,
+                                         start=cloud_end, end=start,
+                                         **self._fields(cloud_partition))
+            self.status.gaps += 1
+            self.status.gap_offsets += start - cloud_end
+            dropped = self.p.log.dropped
+            log.warning("upstream %s: offsets %d..%d were deleted before the cloud had them "
+                        "(this partition has dropped %d records, %d bytes, under its disk "
+                        "budget); marked as a gap in the cloud", self.p.name, cloud_end,
+                        start - 1, dropped.records, dropped.bytes)
+            return self._seen(meta).end
         if decision.kind != Resume.SEND:
             raise StalledError(decision.reason)
         return decision.offset
@@ -250,7 +270,8 @@ class PartitionUplink:
             except NotContiguous as exc:
                 # Someone (a former edge leader, an earlier attempt) got there first,
                 # or the cloud lost an unreplicated tail: continue from its end.
-                offset = self._resume(int(exc.data.get("log_end_offset", offset)))
+                offset = await self._resume(conn, cloud_partition,
+                                            int(exc.data.get("log_end_offset", offset)))
                 continue
             offset = self._seen(meta).end
             self.status.raw_bytes += len(blob)

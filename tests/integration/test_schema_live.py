@@ -35,7 +35,7 @@ SPU_PRIVATE = {ApiKey.REPLICA_FETCH, ApiKey.OFFSET_FOR_EPOCH}
 SPU_PUBLIC = {ApiKey.PRODUCE, ApiKey.FETCH, ApiKey.STREAM_FETCH, ApiKey.LIST_OFFSETS,
               ApiKey.OFFSET_COMMIT, ApiKey.OFFSET_FETCH, ApiKey.LIST_CONSUMERS,
               ApiKey.PARTITION_STATUS, ApiKey.UPSTREAM_STATUS, ApiKey.MIRROR_OFFSETS,
-              ApiKey.MIRROR_APPEND}
+              ApiKey.MIRROR_APPEND, ApiKey.MIRROR_GAP}
 WITH_FIELDS = [k for k, api in SCHEMAS.items() if api.request.fields]
 EXAMPLES = settings(max_examples=12, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,

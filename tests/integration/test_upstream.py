@@ -210,6 +210,23 @@ async def test_forged_and_noncontiguous_appends_are_refused(tmp_path: Path) -> N
                 await (await p.send(TOPIC, b"direct", partition=index))
         got = await records_by_partition(cloud.sc_addr, [index])
         assert got[index] == [(0, b"a"), (1, b"b")]
+        # A gap marker obeys the same rules: the owner only, where the log ends.
+        with pytest.raises(AuthenticationFailed):
+            await mirror_request(spu, ApiKey.MIRROR_GAP, start=2, end=5,
+                                 **{**owner, "site": "barn", "token": other})
+        for start in (0, 3):
+            with pytest.raises(NotContiguous):
+                await mirror_request(spu, ApiKey.MIRROR_GAP, start=start, end=start + 3,
+                                     token=token, **owner)
+        with pytest.raises(InvalidRequest, match="gap covers"):
+            await mirror_request(spu, ApiKey.MIRROR_GAP, start=2, end=2, token=token, **owner)
+        gap = await mirror_request(spu, ApiKey.MIRROR_GAP, start=2, end=5, token=token, **owner)
+        assert (gap["end"], gap["hw"]) == (5, 5)
+        ok = await mirror_request(spu, ApiKey.MIRROR_APPEND, one_batch(5, [b"f"]),
+                                  token=token, **owner)
+        assert ok["end"] == 6
+        got = await records_by_partition(cloud.sc_addr, [index])
+        assert got[index] == [(0, b"a"), (1, b"b"), (5, b"f")]  # readers skip the gap
 
 
 async def _answers(spu: str, owner: dict, token: str) -> bool:

@@ -44,6 +44,7 @@ API_KEYS = {
     "HEARTBEAT": 31,
     "UPDATE_ISR": 32,
     "AUTHENTICATE": 33,
+    "MIRROR_GAP": 34,
     "REPLICA_FETCH": 40,
     "OFFSET_FOR_EPOCH": 41,
     "GROUP_JOIN": 50,
