@@ -177,7 +177,7 @@ class SpuConfig:
             try:
                 check_budget("disk_budget", self.disk_budget)
             except ValueError as exc:
-                raise ConfigError(str(exc), key="disk_budget") from None
+                raise ConfigError(str(exc)) from None
 
     @property
     def private_auth(self) -> PrivateAuth:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support import require_root
 
-from edge.client import Admin
+from edge.client import Admin, Consumer, Offset
 from edge.net.connection import ClientConnection
 from edge.protocol.batch import encode_batch
 from edge.protocol.errors import DiskFull
@@ -52,10 +52,13 @@ async def test_disk_full_is_logged_when_it_begins_and_when_it_ends(
         batch = encode_batch([[0, None, b"v" * 16384]] * 4, first_timestamp=1)
         filler = _fill(tiny_disk)
         refused = 0
+        acked: list[int] = []
         async with ClientConnection(c.spu_addr()) as conn:
             for _ in range(200):
                 try:
-                    await conn.request(ApiKey.PRODUCE, batch, topic="t", partition=0, acks=1)
+                    meta, _ = await conn.request(ApiKey.PRODUCE, batch, topic="t", partition=0,
+                                                 acks=1)
+                    acked.append(meta["base"])
                 except DiskFull:
                     refused += 1
             assert refused >= 150  # the rest fitted the pages the segment already had
@@ -73,6 +76,11 @@ async def test_disk_full_is_logged_when_it_begins_and_when_it_ends(
                     assert asyncio.get_running_loop().time() < deadline
                     await asyncio.sleep(0.1)
             assert meta["base"] >= 0
+            acked.append(meta["base"])
+        # Every acknowledged batch is in the log, whole; nothing refused is.
+        async with Consumer(c.sc_addr, "t", offset=Offset.beginning(), stop_at_end=True) as cons:
+            stored = [r.offset async for r in cons]
+        assert stored == [base + i for base in acked for i in range(4)]
         log = (c.data_dir / "spu-1.log").read_text()
     assert log.count("t/0: disk full, appends refused") == 1, log
     assert log.count("t/0: appends succeed again after disk full") == 1, log
