@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from edge.cli.common import fail, print_json, print_table, run, target
+from edge.cli.common import fail, human_bytes, print_json, print_table, run, target
 from edge.client.admin import Admin
 
 site_app = typer.Typer(help="Edge sites that mirror their topics into this (cloud) cluster.",
@@ -143,10 +143,14 @@ def upstream_status(ctx: typer.Context,
                    "--upstream)")
     else:
         print_table([[r["topic"], r["partition"], r["spu"], r["edge_end"], r["cloud_acked"],
-                      r["lag"], r.get("dropped_records", 0), r["state"], r["last_error"]]
-                     for r in rows],
-                    ["TOPIC", "PARTITION", "SPU", "EDGE END", "CLOUD ACKED", "LAG", "DROPPED",
-                     "STATE", "LAST ERROR"])
+                      r["lag"], human_bytes(r.get("lag_bytes")), _age(r.get("lag_s")),
+                      r.get("dropped_records", 0), r["state"], r["last_error"]] for r in rows],
+                    ["TOPIC", "PARTITION", "SPU", "EDGE END", "CLOUD ACKED", "LAG", "LAG BYTES",
+                     "OLDEST UNSENT", "DROPPED", "STATE", "LAST ERROR"])
+
+
+def _age(seconds: float | None) -> str | None:
+    return None if seconds is None else f"{seconds:.0f}s"
 
 
 def _ago(seconds: float | None) -> str:

@@ -94,15 +94,34 @@ class UplinkStatus:
     def row(self, p: Partition) -> dict[str, Any]:
         edge_end = p.high_watermark
         acked = self.cloud_acked
+        lag_bytes, lag_s = _lag(p, acked)
         return {"topic": self.topic, "partition": self.partition, "state": self.state.value,
                 "edge_end": edge_end, "edge_leo": p.log.log_end_offset,
                 "cloud_partition": self.cloud_partition, "cloud_end": self.cloud_end,
                 "cloud_acked": acked, "lag": None if acked is None else max(edge_end - acked, 0),
+                "lag_bytes": lag_bytes, "lag_s": lag_s,
                 "last_error": self.last_error, "since_s": round(time.time() - self.since, 1),
                 "priority": p.upstream_priority, "codec": self.codec,
                 "raw_bytes": self.raw_bytes, "wire_bytes": self.wire_bytes,
                 "dropped_records": p.log.dropped.records, "dropped_bytes": p.log.dropped.bytes,
                 "gaps_marked": self.gaps, "gap_offsets": self.gap_offsets}
+
+
+def _lag(p: Partition, acked: int | None) -> tuple[int | None, float | None]:
+    """What the cloud still lacks of ``p`` below its high watermark: bytes, and the
+    age in seconds of the oldest batch not yet acknowledged (0 when nothing is
+    missing); None when the cloud's position is not known yet."""
+    if acked is None:
+        return None, None
+    if acked >= p.high_watermark:
+        return 0, 0.0
+    try:
+        size = p.log.bytes_from(acked) - p.log.bytes_from(p.high_watermark)
+        first = p.log.timestamp_at(acked)
+    except HeadwaterError:  # a partition failing or closing: the status says so elsewhere
+        return None, None
+    age = None if first is None else max(0.0, round(time.time() - first / 1000, 1))
+    return size, age
 
 
 class LinkWatch:

@@ -30,7 +30,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Final, NamedTuple, NoReturn
 
-from edge.protocol.batch import BatchHeader, decode_header
+from edge.protocol.batch import HEADER_SIZE, BatchHeader, decode_header
 from edge.protocol.errors import CorruptBatch, DiskFull, OffsetOutOfRange, StorageError
 from edge.storage.budget import Candidate
 from edge.storage.checkpoint import CHECKPOINT_NAME, Checkpoint
@@ -362,6 +362,29 @@ class PartitionLog:
         if len(data) != piece.length:
             raise StorageError(f"short read at offset {offset}", offset=offset)
         return data
+
+    def bytes_from(self, offset: int) -> int:
+        """Bytes of the batches from the one holding ``offset`` to the log end (what
+        an uplink at ``offset`` still has to send)."""
+        self._check_open()
+        offset = max(offset, self._log_start)
+        if offset >= self._leo:
+            return 0
+        try:
+            return self._beyond(len(self._segs), offset)[1]
+        except OSError as exc:
+            raise StorageError(f"cannot read {self._dir}: {exc}", errno=exc.errno) from exc
+
+    def timestamp_at(self, offset: int) -> int | None:
+        """The first timestamp of the batch holding ``offset`` (None past the end)."""
+        piece = self.read(max(offset, self._log_start), HEADER_SIZE)
+        if piece is None:
+            return None
+        try:
+            head = os.pread(piece.fd, HEADER_SIZE, piece.position)
+        except OSError as exc:
+            raise StorageError(f"cannot read {self._dir}: {exc}", errno=exc.errno) from exc
+        return decode_header(head).first_timestamp
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
         """Base offset of the first batch whose max_timestamp >= ``timestamp_ms``."""

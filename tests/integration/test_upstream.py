@@ -257,3 +257,28 @@ async def test_a_new_edge_leader_continues_the_uplink(tmp_path: Path) -> None:
             home = (await site_map(cloud, "field"))[0]
             got = (await records_by_partition(cloud.sc_addr, [home]))[home]
             assert got == [(i, b"r%d" % i) for i in range(3000)]
+
+
+async def test_status_shows_the_lag_in_records_bytes_and_age(tmp_path: Path) -> None:
+    async with LocalCluster(tmp_path / "cloud") as cloud:
+        await register(cloud, "shed", tmp_path / "shed.toml")
+        async with LocalCluster(tmp_path / "edge",
+                                extra_spu_args=["--upstream", str(tmp_path / "shed.toml")]
+                                ) as edge:
+            await edge_topic(edge, partitions=1)
+            await produce(edge, 0, 100)
+            await wait_for(lambda: mirrored(cloud, edge, "shed", 1))
+            async with Admin(edge.sc_addr) as admin:
+                (row,) = await admin.upstream_status()
+            assert (row["lag"], row["lag_bytes"], row["lag_s"]) == (0, 0, 0.0)
+            await cloud.kill_spu(1)
+            await produce(edge, 100, 300)
+            await asyncio.sleep(1.5)
+            async with Admin(edge.sc_addr) as admin:
+                (row,) = await admin.upstream_status()
+            assert row["cloud_acked"] == 100
+            assert row["lag"] == 300
+            unsent = [h.size for h, _ in codec.split_batches(await raw_batches(
+                edge.sc_addr, TOPIC, 0)) if h.base_offset >= 100]
+            assert row["lag_bytes"] == sum(unsent)
+            assert 1.0 <= row["lag_s"] < 30
