@@ -245,12 +245,19 @@ def test_a_config_the_daemon_rejects_never_replaces_the_old_one(edge_root: EdgeR
     assert path.read_bytes() == before
 
 
-def test_a_site_name_alone_configures_discovery(edge_root: EdgeRoot) -> None:
+UPLINK = {"sc": "cloud.example:9003", "site": "kitchen", "token": "t" * 43,
+          "max_bytes_per_s": "500KiB"}
+
+
+def test_a_site_name_alone_configures_discovery_and_the_uplink(edge_root: EdgeRoot) -> None:
     """Leave every address out and set only the site: the rendered files name the
-    site and no SC address (found on the LAN), and the daemons accept them."""
+    site and no SC address (found on the LAN), and the daemons accept them (the
+    role checks each file with --check-config before it replaces the old one).
+    The same run gives the SPUs an uplink and a disk budget."""
     site_only = {"headwater_common_site": "kitchen", "headwater_spu_sc": "",
                  "headwater_gateway_sc": "", "headwater_spu_advertise_host": "",
-                 "headwater_common_mdns_interfaces": ["eth0"]}
+                 "headwater_common_mdns_interfaces": ["eth0"],
+                 "headwater_spu_upstream": UPLINK, "headwater_spu_disk_budget": "2GiB"}
     etc = edge_root.root / "etc/headwater"
     try:
         run = run_playbook("edge.yml", edge_root.inventory, tmp=edge_root.work,
@@ -263,8 +270,14 @@ def test_a_site_name_alone_configures_discovery(edge_root: EdgeRoot) -> None:
             if name != "sc.toml":
                 assert "sc" not in config, name
             assert "advertise_public" not in config, name
+            if name.startswith("spu-"):
+                assert config["upstream"] == UPLINK, name
+                assert config["disk_budget"] == "2GiB", name
     finally:
         restored = run_playbook("edge.yml", edge_root.inventory, tmp=edge_root.work,
                                 mount_root=edge_root.root)
         assert restored.returncode == 0, restored.output[-4000:]
     assert "site" not in tomllib.loads((etc / "sc.toml").read_text())
+    spu = tomllib.loads((etc / f"spu-{edge_root.spu_ids[0]}.toml").read_text())
+    assert "upstream" not in spu
+    assert "disk_budget" not in spu
