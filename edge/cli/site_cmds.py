@@ -95,9 +95,13 @@ def site_list(ctx: typer.Context,
     elif not rows:
         typer.echo("no sites (register one with: headwater site register NAME --export FILE)")
     else:
-        print_table([[r["name"], r["mirrors"], _ago(r.get("last_contact_s")),
+        print_table([[r["name"], r["mirrors"], _ago(r.get("last_contact_s")), r.get("lag"),
+                      human_bytes(r.get("lag_bytes")), _age(r.get("oldest_unsent_s")),
+                      r.get("dropped"), r.get("gap_offsets"),
+                      ",".join(map(str, r.get("uplink_spus") or [])) or None,
                       _when(r["created_ms"])] for r in rows],
-                    ["SITE", "MIRRORS", "LAST CONTACT", "REGISTERED"])
+                    ["SITE", "MIRRORS", "LAST CONTACT", "LAG", "LAG BYTES", "OLDEST UNSENT",
+                     "DROPPED", "GAPS", "UPLINK SPUS", "REGISTERED"])
 
 
 @site_app.command("describe")
@@ -119,9 +123,11 @@ def site_describe(ctx: typer.Context, name: str = typer.Argument(..., help="Site
     typer.echo(f"registered    {_when(info['created_ms'])}")
     typer.echo(f"last contact  {_ago(info.get('last_contact_s'))}\n")
     print_table([[m["topic"], m["edge_partition"], m["cloud_partition"], m["leader"],
-                  m["hw"], m["leo"], m.get("gap_offsets")] for m in info["mirrors"]],
-                ["TOPIC", "EDGE PARTITION", "CLOUD PARTITION", "LEADER", "HW", "LEO",
-                 "LOST AT EDGE"])
+                  m["hw"], m.get("edge_end"), m.get("lag"), human_bytes(m.get("lag_bytes")),
+                  _age(m.get("oldest_unsent_s")), m.get("uplink_spu"), m.get("dropped"),
+                  m.get("gap_offsets")] for m in info["mirrors"]],
+                ["TOPIC", "EDGE PARTITION", "CLOUD PARTITION", "LEADER", "HW", "EDGE END",
+                 "LAG", "LAG BYTES", "OLDEST UNSENT", "UPLINK SPU", "DROPPED", "LOST AT EDGE"])
 
 
 @upstream_app.command("status")

@@ -267,6 +267,14 @@ class SiteMirror(NamedTuple):
     # Gap batches in the home partition: what the site deleted before the cloud had it.
     gaps: int | None = None
     gap_offsets: int | None = None
+    # From the site's uplink, as of its last request (None before it reported).
+    uplink_spu: int | None = None
+    edge_end: int | None = None
+    lag: int | None = None
+    lag_bytes: int | None = None
+    oldest_unsent_s: float | None = None
+    dropped: int | None = None
+    reported_s: float | None = None
 
 
 class DescribeSiteResponse(NamedTuple):
@@ -299,7 +307,10 @@ DESCRIBED_SITE: Final = Message(DescribeSiteResponse, (
         f.TOPIC, _renamed(f.PARTITION, "edge_partition"),
         _renamed(f.PARTITION, "cloud_partition"), _LEADER, f.optional(f.HW),
         f.optional(f.LEO), _INCARNATION, _SOURCE, f.optional(_count("gaps")),
-        f.optional(_count("gap_offsets")),
+        f.optional(_count("gap_offsets")), f.optional(_count("uplink_spu")),
+        f.optional(_count("edge_end")), f.optional(_count("lag")),
+        f.optional(_count("lag_bytes")), f.optional(Field("oldest_unsent_s", Kind.FLOAT)),
+        f.optional(_count("dropped")), f.optional(Field("reported_s", Kind.FLOAT)),
     )),
     f.optional(Field("last_contact_s", Kind.FLOAT)),
 ))
@@ -333,6 +344,8 @@ class ReplicaStatus(NamedTuple):
     dropped: int | None = None
     gaps: int | None = None
     gap_offsets: int | None = None
+    # Cloud mirror: the site uplink's last report (EDGE_REPORT_KEYS and age_ms).
+    edge: dict[str, int] | None = None
 
 
 _REPORTED = Field("partitions", Kind.ROWS, required=False, default=(), items=f.MAX_ROWS,
@@ -341,6 +354,8 @@ _REPORTED = Field("partitions", Kind.ROWS, required=False, default=(), items=f.M
     _count("size"), Field("failed", Kind.BOOL), f.optional(_ISR),
     f.optional(Field("followers", Kind.MAP, items=MAX_REPLICATION)),
     f.optional(_count("dropped")), f.optional(_count("gaps")), f.optional(_count("gap_offsets")),
+    Field("edge", Kind.MAP, required=False, items=8,
+          values=Field("value", Kind.INT, low=-1, high=f.I64_MAX)),
 ))
 
 

@@ -191,6 +191,7 @@ class MirrorOffsetsRequest(NamedTuple):
     partition: int
     site: str
     token: str
+    edge: dict[str, int] | None = None
 
 
 class MirrorAppendRequest(NamedTuple):
@@ -200,6 +201,7 @@ class MirrorAppendRequest(NamedTuple):
     token: str
     codec: str
     raw_bytes: int | None
+    edge: dict[str, int] | None = None
 
 
 class MirrorGapRequest(NamedTuple):
@@ -209,6 +211,7 @@ class MirrorGapRequest(NamedTuple):
     token: str
     start: int
     end: int
+    edge: dict[str, int] | None = None
 
 
 class MirrorPosition(NamedTuple):
@@ -219,15 +222,22 @@ class MirrorPosition(NamedTuple):
 
 
 _MIRROR = (f.TOPIC, f.PARTITION, f.name("site"), f.TOKEN)
-MIRROR_OFFSETS: Final = Message(MirrorOffsetsRequest, _MIRROR)
+# What the uplink reports of the edge partition with every mirror request (the
+# cloud shows it in `site list` / `site describe`): EDGE_REPORT_KEYS, each an
+# integer >= 0 (oldest_unsent_ms: -1 when nothing is unsent).
+EDGE_REPORT_KEYS: Final = ("edge_end", "spu", "dropped", "lag_bytes", "oldest_unsent_ms")
+_EDGE = Field("edge", Kind.MAP, required=False, items=len(EDGE_REPORT_KEYS),
+              values=Field("value", Kind.INT, low=-1, high=f.I64_MAX))
+MIRROR_OFFSETS: Final = Message(MirrorOffsetsRequest, (*_MIRROR, _EDGE))
 MIRROR_APPEND: Final = Message(MirrorAppendRequest, (
     *_MIRROR,
     Field("codec", Kind.TEXT, required=False, default="none", choices=("none", "zstd")),
     Field("raw_bytes", Kind.INT, required=False, low=1, high=MAX_FRAME_BYTES),
+    _EDGE,
 ))
 MIRROR_GAP: Final = Message(MirrorGapRequest, (
     *_MIRROR, Field("start", Kind.INT, low=0, high=f.I64_MAX),
-    Field("end", Kind.INT, low=1, high=f.I64_MAX),
+    Field("end", Kind.INT, low=1, high=f.I64_MAX), _EDGE,
 ))
 MIRROR_POSITION: Final = Message(MirrorPosition, (
     Field("end", Kind.INT, low=0, high=f.I64_MAX), f.HW, f.START,

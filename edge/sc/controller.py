@@ -334,7 +334,7 @@ class Controller:
                 if s.topic == p.topic and s.partition == p.idx:
                     row.update(hw=s.hw, leo=s.leo, start=s.start, size=s.size,
                                followers=s.followers or {}, dropped=s.dropped, gaps=s.gaps,
-                               gap_offsets=s.gap_offsets)
+                               gap_offsets=s.gap_offsets, edge=s.edge)
         return row
 
     def peers(self) -> dict[str, str]:

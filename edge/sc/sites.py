@@ -78,7 +78,12 @@ class SiteRegistry:
 
     def describe(self, name: str) -> dict[str, Any]:
         row = self.site(name)
-        parts = {(p.topic, p.idx): p for p in self.store.partitions()}
+        return {**self._summary(row), "mirrors": self._mirrors(name, self._partitions())}
+
+    def _partitions(self) -> dict[tuple[str, int], Any]:
+        return {(p.topic, p.idx): p for p in self.store.partitions()}
+
+    def _mirrors(self, name: str, parts: dict[tuple[str, int], Any]) -> list[dict[str, Any]]:
         mirrors = []
         for m in self.store.mirrors(name):
             p = parts.get((m.topic, m.cloud_partition))
@@ -87,11 +92,27 @@ class SiteRegistry:
                             "cloud_partition": m.cloud_partition, "leader": status.get("leader"),
                             "hw": status.get("hw"), "leo": status.get("leo"),
                             "gaps": status.get("gaps"), "gap_offsets": status.get("gap_offsets"),
+                            **_edge_view(status),
                             "incarnation": m.incarnation, "source": m.source})
-        return {**self._summary(row), "mirrors": mirrors}
+        return mirrors
 
     def list(self) -> list[dict[str, Any]]:
-        return [self._summary(s) for s in self.store.sites()]
+        """Each site with its totals over its mirrors: lag, oldest unsent data, drops."""
+        out = []
+        parts = self._partitions()
+        for s in self.store.sites():
+            mirrors = self._mirrors(s.name, parts)
+            reported = [m for m in mirrors if m.get("reported_s") is not None]
+            ages = [m["oldest_unsent_s"] for m in reported if m["oldest_unsent_s"] is not None]
+            out.append({**self._summary(s),
+                        "lag": sum(m["lag"] or 0 for m in reported) if reported else None,
+                        "lag_bytes": (sum(m["lag_bytes"] or 0 for m in reported)
+                                      if reported else None),
+                        "oldest_unsent_s": max(ages) if ages else None,
+                        "dropped": sum(m["dropped"] or 0 for m in reported) if reported else None,
+                        "gap_offsets": sum(m["gap_offsets"] or 0 for m in mirrors),
+                        "uplink_spus": sorted({m["uplink_spu"] for m in reported})})
+        return out
 
     def _summary(self, row: SiteRow) -> dict[str, Any]:
         seen = self.last_contact.get(row.name)
@@ -158,3 +179,19 @@ class SiteRegistry:
             raise LeaderNotAvailable(f"{topic}/{index} has no live leader", topic=topic,
                                      partition=index)
         return leader.public
+
+
+def _edge_view(status: dict[str, Any]) -> dict[str, Any]:
+    """What the site's uplink last reported of a home partition, as a site row shows
+    it: lag against the cloud's high watermark, ages in seconds."""
+    edge = status.get("edge")
+    if not isinstance(edge, dict) or "edge_end" not in edge:
+        return {}
+    hw = status.get("hw")
+    oldest = edge.get("oldest_unsent_ms", -1)
+    lag = None if hw is None else max(edge["edge_end"] - hw, 0)
+    return {"uplink_spu": edge.get("spu"), "edge_end": edge["edge_end"], "lag": lag,
+            "lag_bytes": 0 if lag == 0 else edge.get("lag_bytes"),
+            "oldest_unsent_s": (0.0 if lag == 0 or oldest < 0 else
+                                round(max(time.time() - oldest / 1000, 0.0), 1)),
+            "dropped": edge.get("dropped"), "reported_s": round(edge.get("age_ms", 0) / 1000, 1)}

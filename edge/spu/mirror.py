@@ -64,6 +64,9 @@ class MirrorApi:
             self.stats["mirror_refused"] += 1
             raise AuthenticationFailed(f"site {req.site!r} may not write {p.name}",
                                        topic=req.topic, partition=req.partition)
+        if req.edge is not None:
+            p.edge_report = ({k: req.edge[k] for k in api.EDGE_REPORT_KEYS if k in req.edge},
+                             time.monotonic())
         return p
 
     def mirror_offsets(self, conn: Connection, meta: dict[Any, Any], blob: bytes

@@ -82,6 +82,8 @@ class Partition:
         self.closed = False
         # Cloud side: the site that alone writes this partition (None: a normal one).
         self.mirror: MirrorOwner | None = None
+        # Cloud side: what the site's uplink last said of its edge partition, and when.
+        self.edge_report: tuple[dict[str, int], float] | None = None
         # Edge side: the edge log's identity when the topic is mirrored upstream.
         self.upstream_source: str | None = None
         self.upstream_priority = 0
@@ -122,11 +124,18 @@ class Partition:
             "isr": self.isr if self.is_leader else None,
             "dropped": self.log.dropped.records, "gaps": self.log.gaps.count,
             "gap_offsets": self.log.gaps.offsets,
+            **self._edge_status(),
             "followers": {str(r): {"leo": f.leo, "lag": max(self.log.log_end_offset - f.leo, 0),
                                    "last_fetch_s": round(now - f.last_fetch, 3)
                                    if f.last_fetch else None}
                           for r, f in self.followers.items()} if self.is_leader else None,
         }
+
+    def _edge_status(self) -> dict[str, Any]:
+        if self.edge_report is None:
+            return {}
+        report, at = self.edge_report
+        return {"edge": {**report, "age_ms": int((time.monotonic() - at) * 1000)}}
 
     # roles ------------------------------------------------------------------
 

@@ -58,6 +58,8 @@ REQUEST_OVERHEAD = 160
 # the link, so a high priority never waits long behind a low one's request.
 REQUEST_SHARE_S = 0.25
 MIN_LIMITED_REQUEST = 16 * 1024
+# How often the edge report sent with mirror requests is worked out afresh.
+REPORT_S = 1.0
 
 
 class LinkState(Enum):
@@ -164,6 +166,8 @@ class PartitionUplink:
         self.cfg = shared.cfg
         self._ssl = shared.ssl
         self.status = UplinkStatus(p.topic, p.index, since=time.time())
+        self._report_cache: dict[str, int] | None = None
+        self._report_at = 0.0
 
     async def run(self) -> None:
         backoff = Backoff(0.2, self.cfg.max_backoff_s)
@@ -232,7 +236,25 @@ class PartitionUplink:
 
     def _fields(self, cloud_partition: int) -> dict[str, Any]:
         return {"topic": self.p.topic, "partition": cloud_partition, "site": self.cfg.site,
-                "token": self.cfg.token}
+                "token": self.cfg.token, "edge": self._report()}
+
+    def _report(self) -> dict[str, int]:
+        """What the cloud shows of this edge partition (site list): its end, who
+        holds the uplink, what it dropped, how far the cloud is behind. Worked out
+        at most once a second: the lag costs a look into the segment files."""
+        now = time.monotonic()
+        if self._report_cache is not None and now - self._report_at < REPORT_S:
+            return {**self._report_cache, "edge_end": self.p.high_watermark}
+        lag_bytes, _ = _lag(self.p, self.status.cloud_acked)
+        acked = self.status.cloud_acked
+        oldest = (self.p.log.timestamp_at(acked) if acked is not None
+                  and acked < self.p.high_watermark else None)
+        self._report_cache = {"edge_end": self.p.high_watermark, "spu": self.p.spu_id,
+                              "dropped": self.p.log.dropped.records,
+                              "lag_bytes": lag_bytes or 0,
+                              "oldest_unsent_ms": -1 if oldest is None else oldest}
+        self._report_at = now
+        return self._report_cache
 
     def _seen(self, meta: dict[Any, Any]) -> spu_api.MirrorPosition:
         """Record the cloud's position; a new incarnation means the cloud partition
@@ -273,8 +295,8 @@ class PartitionUplink:
     async def _pump(self, conn: ClientConnection, cloud_partition: int, offset: int, *,
                     version: int) -> None:
         """Send stored batches from ``offset`` while this SPU leads the partition."""
-        fields = {**self._fields(cloud_partition), "v": version}
         while not self.p.closed:
+            fields = {**self._fields(cloud_partition), "v": version}
             hw = self.p.high_watermark
             if hw <= offset:
                 await self.p.wait_for_data(offset, IDLE_CHECK_S)

@@ -271,6 +271,10 @@ async def test_status_shows_the_lag_in_records_bytes_and_age(tmp_path: Path) -> 
             async with Admin(edge.sc_addr) as admin:
                 (row,) = await admin.upstream_status()
             assert (row["lag"], row["lag_bytes"], row["lag_s"]) == (0, 0, 0.0)
+            # The cloud shows the site from the uplink's reports: who holds it, no lag.
+            async with Admin(cloud.sc_addr) as admin:
+                await wait_for(lambda: _site_row(admin, "shed", lag=0, uplink_spus=[1],
+                                                 dropped=0, oldest_unsent_s=0.0))
             await cloud.kill_spu(1)
             await produce(edge, 100, 300)
             await asyncio.sleep(1.5)
@@ -282,3 +286,8 @@ async def test_status_shows_the_lag_in_records_bytes_and_age(tmp_path: Path) -> 
                 edge.sc_addr, TOPIC, 0)) if h.base_offset >= 100]
             assert row["lag_bytes"] == sum(unsent)
             assert 1.0 <= row["lag_s"] < 30
+
+
+async def _site_row(admin: Admin, site: str, **expected: object) -> bool:
+    (row,) = [r for r in await admin.list_sites() if r["name"] == site]
+    return all(row.get(k) == v for k, v in expected.items())

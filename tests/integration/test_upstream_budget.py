@@ -91,6 +91,8 @@ async def test_drop_oldest_stays_in_budget_counts_the_loss_and_marks_it_upstream
             assert (row["gaps_marked"], row["gap_offsets"]) == (1, start)
             async with Admin(cloud.sc_addr) as admin:
                 await wait_for(lambda: _gap_reported(admin, start))
+                (m,) = (await admin.describe_site("field"))["mirrors"]
+                assert (m["dropped"], m["uplink_spu"], m["lag"]) == (start, 1, 0)
     finally:
         await cloud.stop()
 
