@@ -7,6 +7,14 @@ reserved for network benchmarks) and no default route: nothing can leave the
 lab. Multicast snooping is off on the bridge, as on a plain home switch, so mDNS
 reaches every host. Needs root and iproute2; ``require`` makes a missing
 privilege a failure in CI.
+
+Several LANs are joined by a router (``Lab.router``): a namespace with a leg on
+each bridge and IP forwarding on; hosts reach another LAN only through a route
+added with ``Host.route``, still never a default route. Each leg is a veth pair
+whose ends (``Router.legs``) can be slowed down one direction each
+(``Lab.limit_rate``: ``tc tbf``, a qdisc every kernel has, unlike netem) or
+unplugged (``Lab.set_link``); ``Router.blackhole`` cuts the router off without
+a sound (packets vanish, nothing answers).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from support import require, require_root
 
@@ -27,6 +35,11 @@ from support import require, require_root
 def _ip(*args: str) -> str:
     out = subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
     return out.stdout
+
+
+def tc(end: End, *args: str, check: bool = True) -> None:
+    subprocess.run(["ip", "netns", "exec", end.ns, "tc", *args], check=check,
+                   capture_output=True)
 
 
 class Host:
@@ -48,6 +61,10 @@ class Host:
         self.ip("addr", "add", f"{address}/{prefix}", "dev", "eth0")
         self.addresses = [address]
 
+    def route(self, subnet: str, via: str) -> None:
+        """Reach another LAN of the lab (``198.18.2.0/24``) through a router."""
+        self.ip("route", "replace", subnet, "via", via)
+
     def argv(self, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.ns, *argv]
 
@@ -65,6 +82,38 @@ class Host:
             ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.argv(argv), capture_output=True, text=True,
                               timeout=timeout, check=check)
+
+
+# Ahead of the main routing table (32766).
+BLACKHOLE_PRIORITY = 100
+
+
+class End(NamedTuple):
+    """One end of a veth pair: the namespace and the device. Traffic shaped at an
+    end is what leaves through it."""
+
+    ns: str
+    dev: str
+
+
+class Router(Host):
+    """A host with a leg on several bridges that forwards between them."""
+
+    def __init__(self, lab: Lab, name: str, ns: str) -> None:
+        super().__init__(lab, name, ns)
+        # switch -> (the router's end, the switch's end) of the leg's veth pair
+        self.legs: dict[str, tuple[End, End]] = {}
+
+    def blackhole(self, *, on: bool = True) -> None:
+        """Silently drop every packet that arrives on any leg (a cut where nothing
+        answers, not even with ICMP: connections hang until their own timeouts),
+        or forward again with ``on=False``."""
+        rules = self.ip("rule", "show", "priority", str(BLACKHOLE_PRIORITY))
+        for end, _ in self.legs.values():
+            present = f"iif {end.dev} blackhole" in rules
+            if on != present:
+                self.ip("rule", "add" if on else "del", "iif", end.dev, "priority",
+                        str(BLACKHOLE_PRIORITY), "blackhole")
 
 
 class Lab:
@@ -96,8 +145,7 @@ class Lab:
 
     def host(self, name: str, switch: str, address: str) -> Host:
         ns = self._netns(name)
-        self._ports += 1
-        port = f"p{self._ports}"
+        port = self._port()
         _ip("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", port,
             "netns", switch)
         _ip("-n", switch, "link", "set", port, "master", "br0", "up")
@@ -106,6 +154,44 @@ class Lab:
         h.ip("link", "set", "eth0", "up")
         self.hosts[name] = h
         return h
+
+    def _port(self) -> str:
+        self._ports += 1
+        return f"p{self._ports}"
+
+    def router(self, name: str, legs: dict[str, str], *, prefix: int = 24) -> Router:
+        """A namespace with one leg (``eth0``, ``eth1``, ...) on each switch of
+        ``legs`` (switch -> the router's address there), forwarding between them."""
+        require(shutil.which("tc") is not None, "iproute2 (tc) is not installed")
+        ns = self._netns(name)
+        r = Router(self, name, ns)
+        for i, (switch, address) in enumerate(legs.items()):
+            dev, port = f"eth{i}", self._port()
+            _ip("-n", ns, "link", "add", dev, "type", "veth", "peer", "name", port,
+                "netns", switch)
+            _ip("-n", switch, "link", "set", port, "master", "br0", "up")
+            r.ip("addr", "add", f"{address}/{prefix}", "dev", dev)
+            r.ip("link", "set", dev, "up")
+            r.addresses.append(address)
+            r.legs[switch] = (End(ns, dev), End(switch, port))
+        r.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        self.hosts[name] = r
+        return r
+
+    def limit_rate(self, end: End, rate: str, *, burst: str = "16kb",
+                   latency: str = "400ms") -> None:
+        """A slow link: what leaves through ``end`` goes at most at ``rate`` (``tc tbf``;
+        ``"1mbit"``), queued up to ``latency``, dropped beyond it."""
+        tc(end, "qdisc", "replace", "dev", end.dev, "root", "tbf", "rate", rate, "burst",
+           burst, "latency", latency)
+
+    def clear(self, end: End) -> None:
+        """Remove the shaping of ``end`` (nothing to remove is fine)."""
+        tc(end, "qdisc", "del", "dev", end.dev, "root", check=False)
+
+    def set_link(self, end: End, *, up: bool) -> None:
+        """Unplug (or plug back) one end of a veth pair: the other loses its carrier."""
+        _ip("-n", end.ns, "link", "set", end.dev, "up" if up else "down")
 
     def close(self) -> None:
         for proc in self.processes:
