@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/upstream.py [--quick] [--backlog 1GiB] [--limit 8MiB]
                                        [--sites 1000] [--runs 3]
+    .venv/bin/python bench/upstream.py --compare-in-flight 1,3 [--backlog 256MiB]
 
 A real cloud (SC + SPU) and a real edge site (SC + SPU) as separate processes on
 127.0.0.1, sharing this machine's cores (on a real site they would not).
@@ -231,8 +232,47 @@ async def restart_edge_spu(edge: LocalCluster, upstream: Path) -> None:
     await edge.start_spu(1)
 
 
+async def compare_in_flight(depths: list[int], backlog: int, runs: int) -> None:
+    """Catch-up of the same backlog with each ``max_in_flight``, interleaved
+    (A B A B ...) in one run, medians: what pipelining MIRROR_APPEND buys."""
+    rates: dict[int, list[float]] = {d: [] for d in depths}
+    with tempfile.TemporaryDirectory(prefix="hw-upstream-") as d:
+        tmp = Path(d)
+        cloud = LocalCluster(tmp / "cloud")
+        await cloud.start()
+        async with Admin(cloud.sc_addr) as admin:
+            token = str((await admin.register_site("bench"))["token"])
+        configs = {}
+        for depth in depths:
+            configs[depth] = tmp / f"in-flight-{depth}.toml"
+            configs[depth].write_text(upstream_toml(cloud.sc_addr, "bench", token)
+                                      + f"probe_interval_s = 0.5\nmax_in_flight = {depth}\n")
+        edge = LocalCluster(tmp / "edge", extra_spu_args=["--upstream", str(configs[depths[0]])])
+        await edge.start()
+        try:
+            for run in range(runs):
+                for depth in depths:
+                    await restart_edge_spu(edge, configs[depth])
+                    c = await catch_up(cloud, edge, f"backlog-{run}-{depth}", backlog)
+                    rates[depth].append(c["mib_s"])
+                    print(f"run {run + 1}, max_in_flight {depth}: {c['raw'] / MIB:,.0f} MiB in "
+                          f"{c['seconds']:.1f} s, {c['mib_s']:.1f} MiB/s", flush=True)
+        finally:
+            await edge.stop()
+            await cloud.stop()
+    base = statistics.median(rates[depths[0]])
+    for depth in depths:
+        m = statistics.median(rates[depth])
+        print(f"max_in_flight {depth}: median {m:.1f} MiB/s "
+              f"[{min(rates[depth]):.1f}-{max(rates[depth]):.1f}], x{m / base:.2f}")
+
+
 async def main(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
+    if args.compare_in_flight:
+        depths = [int(x) for x in args.compare_in_flight.split(",")]
+        await compare_in_flight(depths, parse_size(args.backlog), args.runs)
+        return
     if args.only_sites:
         with tempfile.TemporaryDirectory(prefix="hw-upstream-") as d:
             await report_sites(Path(d), args.sites)
@@ -295,6 +335,8 @@ if __name__ == "__main__":
     ap.add_argument("--limit", default="8MiB", help="bandwidth limit for the limited catch-up")
     ap.add_argument("--sites", type=int, default=1000)
     ap.add_argument("--only-sites", action="store_true", help="only the many-sites part")
+    ap.add_argument("--compare-in-flight", default="",
+                    help="only catch-up, once per max_in_flight in this list (e.g. 1,3)")
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--latency-s", type=float, default=20.0)

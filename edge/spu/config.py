@@ -31,6 +31,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # inside a frame, big enough that a backlog moves at link speed.
 UPLINK_BATCH_BYTES = 1024 * 1024
 MAX_UPLINK_BATCH_BYTES = 4 * 1024 * 1024
+UPLINK_IN_FLIGHT = 3
+MAX_UPLINK_IN_FLIGHT = 16
 # A metered link below 1 kB/s cannot carry one request a minute; above 10 GB/s a
 # limit is a typo (a bucket of 2.5 GB).
 MIN_UPLINK_RATE = 1000
@@ -47,6 +49,9 @@ class UpstreamConfig:
     site: str
     token: str
     max_request_bytes: int = UPLINK_BATCH_BYTES
+    # MIRROR_APPENDs in flight per partition: a long or busy link moves several
+    # requests' worth per round trip.
+    max_in_flight: int = UPLINK_IN_FLIGHT
     # Reconnect attempts back off up to this; a link never gives up.
     max_backoff_s: float = 60.0
     probe_interval_s: float = PROBE_INTERVAL_S
@@ -67,6 +72,8 @@ class UpstreamConfig:
                               "(from `headwater site register NAME --export FILE`)")
         if not 0 < self.max_request_bytes <= MAX_UPLINK_BATCH_BYTES:
             raise ConfigError(f"upstream.max_request_bytes must be 1..{MAX_UPLINK_BATCH_BYTES}")
+        if not 1 <= self.max_in_flight <= MAX_UPLINK_IN_FLIGHT:
+            raise ConfigError(f"upstream.max_in_flight must be 1..{MAX_UPLINK_IN_FLIGHT}")
         if self.max_backoff_s <= 0:
             raise ConfigError("upstream.max_backoff_s must be > 0")
         if not 0 < self.probe_interval_s <= self.max_backoff_s:
@@ -95,6 +102,7 @@ class UpstreamConfig:
         cfg = cls(sc=take(raw, "sc", str, ""), site=take(raw, "site", str, ""),
                   token=take(raw, "token", str, ""),
                   max_request_bytes=take(raw, "max_request_bytes", int, UPLINK_BATCH_BYTES),
+                  max_in_flight=take(raw, "max_in_flight", int, UPLINK_IN_FLIGHT),
                   max_backoff_s=take(raw, "max_backoff_s", float, 60.0),
                   probe_interval_s=take(raw, "probe_interval_s", float, PROBE_INTERVAL_S),
                   compression=Codec(codec),

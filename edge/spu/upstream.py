@@ -24,15 +24,17 @@ import contextlib
 import logging
 import ssl
 import time
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge.net.backoff import Backoff
 from edge.net.bandwidth import SharedLink
 from edge.net.connection import ClientConnection, split_addr
 from edge.protocol import messages, sc_api, spu_api, wirezstd
-from edge.protocol.errors import ConnectionLost, HeadwaterError, NotContiguous
+from edge.protocol.batch import batch_prefix, decode_header
+from edge.protocol.errors import ConnectionLost, HeadwaterError, NotContiguous, RequestTimeout
 from edge.protocol.messages import ApiKey
 from edge.protocol.schema import decode_response
 from edge.spu.config import UpstreamConfig
@@ -294,29 +296,55 @@ class PartitionUplink:
 
     async def _pump(self, conn: ClientConnection, cloud_partition: int, offset: int, *,
                     version: int) -> None:
-        """Send stored batches from ``offset`` while this SPU leads the partition."""
+        """Send stored batches from ``offset`` while this SPU leads the partition.
+
+        Up to ``max_in_flight`` MIRROR_APPENDs are in flight, each continuing the one
+        before, so reading and compressing here, validating there and the cloud's
+        group commit overlap. The cloud appends a request only where it continues
+        its log: when one is refused, the ones behind it are refused too (they do
+        not continue it either), and the uplink resumes from the cloud's end.
+        """
+        pending: deque[_Sent] = deque()
+        send_at = offset
         while not self.p.closed:
-            fields = {**self._fields(cloud_partition), "v": version}
             hw = self.p.high_watermark
-            if hw <= offset:
-                await self.p.wait_for_data(offset, IDLE_CHECK_S)
+            if len(pending) < self.cfg.max_in_flight and send_at < hw:
+                pending.append(await self._send(conn, cloud_partition, send_at, hw,
+                                                version=version))
+                send_at = pending[-1].next_offset
                 continue
-            blob = self.p.log.read_bytes(offset, self.shared.request_bytes(), max_offset=hw)
-            wire, extra = await self._encoded(blob)
-            await self.shared.link.acquire(len(wire) + REQUEST_OVERHEAD,
-                                           self.p.upstream_priority)
+            if not pending:
+                await self.p.wait_for_data(send_at, IDLE_CHECK_S)
+                continue
+            head = pending.popleft()
             try:
-                meta, _ = await conn.request(ApiKey.MIRROR_APPEND, wire,
-                                             timeout=APPEND_TIMEOUT_S, **fields, **extra)
+                async with asyncio.timeout(APPEND_TIMEOUT_S):
+                    meta, _ = await asyncio.shield(head.answer)
+                messages.check_response(meta)
+            except TimeoutError:
+                raise RequestTimeout(f"MIRROR_APPEND to {conn.addr} timed out after "
+                                     f"{APPEND_TIMEOUT_S}s", addr=conn.addr) from None
             except NotContiguous as exc:
                 # Someone (a former edge leader, an earlier attempt) got there first,
                 # or the cloud lost an unreplicated tail: continue from its end.
-                offset = await self._resume(conn, cloud_partition,
-                                            int(exc.data.get("log_end_offset", offset)))
+                pending.clear()
+                send_at = await self._resume(conn, cloud_partition,
+                                             int(exc.data.get("log_end_offset", head.offset)))
                 continue
-            offset = self._seen(meta).end
-            self.status.raw_bytes += len(blob)
-            self.status.wire_bytes += len(wire)
+            self._seen(meta)
+            self.status.raw_bytes += head.raw_bytes
+            self.status.wire_bytes += head.wire_bytes
+
+    async def _send(self, conn: ClientConnection, cloud_partition: int, offset: int, hw: int,
+                    *, version: int) -> _Sent:
+        """Write one MIRROR_APPEND of the stored batches from ``offset`` (below ``hw``)."""
+        blob = self.p.log.read_bytes(offset, self.shared.request_bytes(), max_offset=hw)
+        wire, extra = await self._encoded(blob)
+        await self.shared.link.acquire(len(wire) + REQUEST_OVERHEAD, self.p.upstream_priority)
+        answer = conn.send_request(ApiKey.MIRROR_APPEND, wire, v=version,
+                                   **self._fields(cloud_partition), **extra)
+        await conn.drain()
+        return _Sent(answer, offset, _next_offset(blob), len(blob), len(wire))
 
     async def _encoded(self, blob: bytes) -> tuple[bytes, dict[str, Any]]:
         """The blob as it goes on the wire and the fields that say how; compressed
@@ -327,6 +355,26 @@ class PartitionUplink:
         if len(packed) >= len(blob):
             return blob, {}
         return packed, {"codec": str(wirezstd.Codec.ZSTD), "raw_bytes": len(blob)}
+
+
+class _Sent(NamedTuple):
+    """A MIRROR_APPEND in flight."""
+
+    answer: asyncio.Future[tuple[dict[Any, Any], bytes]]
+    offset: int
+    next_offset: int
+    raw_bytes: int
+    wire_bytes: int
+
+
+def _next_offset(blob: bytes) -> int:
+    """The offset after the last of the whole stored batches in ``blob``."""
+    pos = 0
+    while True:
+        _, size = batch_prefix(blob, pos)
+        if pos + size >= len(blob):
+            return decode_header(blob, pos).next_offset
+        pos += size
 
 
 class Woke(Enum):
