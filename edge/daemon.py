@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -23,11 +24,27 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
+def raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one: an SPU keeps two or three
+    descriptors open per hosted partition, and the usual soft limit of 1,024 is
+    reached near 400 partitions (a cloud SPU holding many sites' mirrors).
+    systemd units set LimitNOFILE, which sets both."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, target,
+                        exc)
+
+
 async def serve(services: Sequence[Service], *, ready_text: Callable[[], str],
                 on_ready: Callable[[], None] | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Start ``services`` in order, report ready, wait for a signal, stop in reverse."""
     stop = stop or asyncio.Event()
+    raise_open_files_limit()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

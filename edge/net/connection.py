@@ -20,7 +20,7 @@ from typing import Any
 
 from edge.protocol import messages
 from edge.protocol.errors import ConnectionLost, HeadwaterError, ProtocolError, RequestTimeout
-from edge.protocol.framing import FrameDecoder, encode_frame
+from edge.protocol.framing import MAX_RESPONSE_META_BYTES, FrameDecoder, encode_frame
 from edge.protocol.messages import ApiKey
 
 log = logging.getLogger(__name__)
@@ -235,17 +235,18 @@ class ClientConnection:
         messages.check_response(meta)
         return meta, data
 
-    def open_stream(self, api: ApiKey, /, *, maxsize: int = 8, **fields: Any) -> Stream:
+    def open_stream(self, api: ApiKey, blob: bytes = b"", /, *, maxsize: int = 8,
+                    **fields: Any) -> Stream:
         if self.closed or self._writer is None:
             raise ConnectionLost(f"connection to {self.addr} is closed", addr=self.addr)
         cid = next(self._ids)
         stream = Stream(self, cid, maxsize)
         self._streams[cid] = stream
-        self._writer.write(encode_frame(messages.request(api, cid, **fields)))
+        self._writer.write(encode_frame(messages.request(api, cid, **fields), blob))
         return stream
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        decoder = FrameDecoder()
+        decoder = FrameDecoder(max_meta_bytes=MAX_RESPONSE_META_BYTES)
         try:
             while True:
                 data = await reader.read(READ_CHUNK)

@@ -26,6 +26,10 @@ PREFIX_SIZE: Final = PREFIX.size
 MAX_FRAME_BYTES: Final = 8 * 1024 * 1024
 # Metadata is small (names, numbers); a large one is a bug or an attack.
 MAX_META_BYTES: Final = 256 * 1024
+# What a client accepts in an answer's metadata: a server may list many rows (a
+# cloud topic with a partition per site, thousands of them), bounded by the frame.
+# The smaller limit above guards servers against what clients send.
+MAX_RESPONSE_META_BYTES: Final = MAX_FRAME_BYTES
 
 
 class Frame(NamedTuple):

@@ -14,8 +14,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
+import cbor2
+
+from edge.protocol.cbor import loads_exact
 from edge.protocol.errors import HeadwaterError, InvalidRequest, ProtocolError
 
 T = TypeVar("T")
@@ -252,3 +255,35 @@ class Api:
     request: Message[Any]
     response: Message[Any]
     stream: bool = False
+
+
+# A row list larger than this travels in the frame's blob (one CBOR array) rather
+# than in its metadata, which is bounded by framing.MAX_META_BYTES: an SPU's
+# assignment and status grow with the partitions it hosts (a cloud SPU holding
+# thousands of sites' mirrors).
+ROWS_IN_META_BYTES: Final = 64 * 1024
+
+
+def rows_out(field: str, rows: list[Any]) -> tuple[dict[str, Any], bytes]:
+    """``({field: rows}, b"")`` when small, else ``({}, rows as one CBOR array)``:
+    what a sender puts in the metadata and the blob."""
+    blob = cbor2.dumps(rows)
+    if len(blob) <= ROWS_IN_META_BYTES:
+        return {field: rows}, b""
+    return {}, blob
+
+
+def rows_in(meta: Mapping[Any, Any], blob: bytes, field: str,
+            error: type[HeadwaterError]) -> Mapping[Any, Any]:
+    """``meta`` with ``field`` read from ``blob`` when the sender put it there
+    (``rows_out``); the schema then checks it like any field."""
+    if not blob:
+        return meta
+    if field in meta:
+        raise error(f"field {field!r} is both in the metadata and in the blob", field=field)
+    try:
+        rows = loads_exact(blob)
+    except Exception as exc:  # cbor2 raises several types for bad input
+        raise error(f"field {field!r}: the blob is not one CBOR item: {exc}",
+                    field=field) from None
+    return {**meta, field: rows}

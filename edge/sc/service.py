@@ -15,7 +15,7 @@ from edge.net.server import Connection, FrameServer, Response
 from edge.protocol import messages, sc_api
 from edge.protocol.errors import InvalidConfig, InvalidRequest
 from edge.protocol.messages import ApiKey
-from edge.protocol.schema import Message, decode_request
+from edge.protocol.schema import Message, decode_request, rows_in, rows_out
 from edge.sc.config import ScConfig
 from edge.sc.controller import Controller
 from edge.sc.group_handlers import GroupHandlers
@@ -238,7 +238,8 @@ class Sc:
 
     def register_spu(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                      ) -> Awaitable[Response]:
-        req = decode_request(sc_api.REGISTER_SPU, meta)
+        req = decode_request(sc_api.REGISTER_SPU, rows_in(meta, blob, "partitions",
+                                                          InvalidRequest))
         spu_id = req.spu
         require_spu(conn, spu_id, "spu")
         check_address("public", req.public)
@@ -248,8 +249,9 @@ class Sc:
         cluster = self.controller.cluster_id
 
         def push(replicas: list[dict[str, Any]], version: int) -> None:
-            conn.send_soon(messages.ok(cid, replicas=replicas, version=version,
-                                       cluster=cluster, peers=self.controller.peers()))
+            rows, blob = rows_out("replicas", replicas)
+            conn.send_soon(messages.ok(cid, **rows, version=version, cluster=cluster,
+                                       peers=self.controller.peers()), blob)
 
         state = self.controller.register_spu(spu_id, req.public, req.private, req.rack, push)
         state.partitions = req.partitions
@@ -257,7 +259,8 @@ class Sc:
         return _hold_open(conn)
 
     def heartbeat(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
-        req = decode_request(sc_api.HEARTBEAT, meta)
+        req = decode_request(sc_api.HEARTBEAT, rows_in(meta, blob, "partitions",
+                                                       InvalidRequest))
         require_spu(conn, req.spu, "spu")
         self.controller.heartbeat(req.spu, req.health, req.partitions, req.stats)
         return messages.ok(meta["id"], version=self.controller.version), b""

@@ -122,14 +122,19 @@ class Partition:
             "leo": self.log.log_end_offset, "start": self.log.log_start_offset,
             "size": self.log.size_bytes, "failed": self.failed is not None,
             "isr": self.isr if self.is_leader else None,
-            "dropped": self.log.dropped.records, "gaps": self.log.gaps.count,
-            "gap_offsets": self.log.gaps.offsets,
-            **self._edge_status(),
+            **self._loss_status(), **self._edge_status(),
             "followers": {str(r): {"leo": f.leo, "lag": max(self.log.log_end_offset - f.leo, 0),
                                    "last_fetch_s": round(now - f.last_fetch, 3)
                                    if f.last_fetch else None}
                           for r, f in self.followers.items()} if self.is_leader else None,
         }
+
+    def _loss_status(self) -> dict[str, Any]:
+        """The budget's drops (edge) and the gap markers (cloud), when there are any:
+        a heartbeat carries every partition's status, so zeros are left out."""
+        out = {"dropped": self.log.dropped.records, "gaps": self.log.gaps.count,
+               "gap_offsets": self.log.gaps.offsets}
+        return {k: v for k, v in out.items() if v}
 
     def _edge_status(self) -> dict[str, Any]:
         if self.edge_report is None:

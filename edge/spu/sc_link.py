@@ -26,7 +26,7 @@ from edge.protocol.errors import (
     StaleEpoch,
 )
 from edge.protocol.messages import ApiKey
-from edge.protocol.schema import decode_response, to_wire
+from edge.protocol.schema import decode_response, rows_in, rows_out, to_wire
 from edge.spu.config import SpuConfig
 from edge.spu.guard import LeadershipGuard
 from edge.spu.partition import Partition
@@ -97,9 +97,10 @@ class ScLink:
         conn = await self._dial()
         try:
             public, private = self._advertised(conn)
+            rows, blob = rows_out("partitions", self._status())
             stream = conn.open_stream(
-                ApiKey.REGISTER_SPU, spu=self.cfg.id, public=public, private=private,
-                rack=self.cfg.rack, partitions=self._status(),
+                ApiKey.REGISTER_SPU, blob, spu=self.cfg.id, public=public, private=private,
+                rack=self.cfg.rack, **rows,
             )
             first = await stream.next()
             if first is None:
@@ -109,7 +110,7 @@ class ScLink:
             self.connected.set()
             log.info("registered with SC %s as SPU %d (advertising %s, %s)", conn.addr,
                      self.cfg.id, public, private)
-            await self._apply(first[0])
+            await self._apply(*first)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._heartbeats(conn), name="heartbeat")
                 tg.create_task(self._follow(stream), name="assignments")
@@ -167,12 +168,13 @@ class ScLink:
 
     async def _follow(self, stream: Any) -> None:
         while (item := await stream.next()) is not None:
-            await self._apply(item[0])
+            await self._apply(*item)
         raise ConnectionError("SC ended the assignment stream")
 
-    async def _apply(self, meta: dict[Any, Any]) -> None:
+    async def _apply(self, meta: dict[Any, Any], blob: bytes) -> None:
         """One REGISTER_SPU push; a malformed one is a ProtocolError that ends the session."""
-        push = decode_response(sc_api.ASSIGNMENT, meta)
+        push = decode_response(sc_api.ASSIGNMENT, rows_in(meta, blob, "replicas",
+                                                          ProtocolError))
         if not all(k.isascii() and k.isdigit() for k in push.peers):
             raise ProtocolError("field 'peers': keys must be SPU ids", field="peers")
         peers = {int(k): v for k, v in push.peers.items()}
@@ -200,9 +202,11 @@ class ScLink:
     async def _heartbeats(self, conn: ClientConnection) -> None:
         while True:
             sent_at = self.guard.token()
+            rows, blob = rows_out("partitions", self._status())
             meta, _ = await conn.request(
-                ApiKey.HEARTBEAT, spu=self.cfg.id, health=health.snapshot(self.cfg.data_dir),
-                partitions=self._status(), stats=self._stats(), timeout=10.0,
+                ApiKey.HEARTBEAT, blob, spu=self.cfg.id,
+                health=health.snapshot(self.cfg.data_dir), stats=self._stats(), timeout=10.0,
+                **rows,
             )
             # Confirmed only once the assignment the SC had when it answered is applied.
             if self.replicas.version >= decode_response(sc_api.HEARTBEAT_ANSWER, meta).version:

@@ -75,6 +75,7 @@ def test_limits_table(doc: str) -> None:
     values = {
         "MAX_FRAME_BYTES": framing.MAX_FRAME_BYTES,
         "MAX_META_BYTES": framing.MAX_META_BYTES,
+        "MAX_RESPONSE_META_BYTES": framing.MAX_RESPONSE_META_BYTES,
         "MAX_BATCH_BYTES": batch.MAX_BATCH_BYTES,
         "MAX_RECORDS_BYTES": batch.MAX_RECORDS_BYTES,
     }
