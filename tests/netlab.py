@@ -12,7 +12,8 @@ Several LANs are joined by a router (``Lab.router``): a namespace with a leg on
 each bridge and IP forwarding on; hosts reach another LAN only through a route
 added with ``Host.route``, still never a default route. Each leg is a veth pair
 whose ends (``Router.legs``) can be slowed down one direction each
-(``Lab.limit_rate``: ``tc tbf``, a qdisc every kernel has, unlike netem) or
+(``Lab.limit_rate``: ``tc tbf``, a qdisc every kernel has, and ``tc netem`` delay
+under it where the kernel has netem) or
 unplugged (``Lab.set_link``); ``Router.blackhole`` cuts the router off without
 a sound (packets vanish, nothing answers).
 """
@@ -174,16 +175,25 @@ class Lab:
             r.ip("link", "set", dev, "up")
             r.addresses.append(address)
             r.legs[switch] = (End(ns, dev), End(switch, port))
-        r.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        # /proc/sys/net belongs to the namespace of whoever opens it.
+        r.run(["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
         self.hosts[name] = r
         return r
 
     def limit_rate(self, end: End, rate: str, *, burst: str = "16kb",
-                   latency: str = "400ms") -> None:
+                   latency: str = "400ms", delay: str | None = None) -> bool:
         """A slow link: what leaves through ``end`` goes at most at ``rate`` (``tc tbf``;
-        ``"1mbit"``), queued up to ``latency``, dropped beyond it."""
-        tc(end, "qdisc", "replace", "dev", end.dev, "root", "tbf", "rate", rate, "burst",
-           burst, "latency", latency)
+        ``"1mbit"``), queued up to ``latency``, dropped beyond it; with ``delay``
+        (``"20ms"``) also that much later, by ``tc netem`` under the tbf. Returns
+        whether the delay is on: kernels built without netem have only the rate."""
+        tc(end, "qdisc", "replace", "dev", end.dev, "root", "handle", "1:", "tbf", "rate",
+           rate, "burst", burst, "latency", latency)
+        if delay is None:
+            return False
+        done = subprocess.run(["ip", "netns", "exec", end.ns, "tc", "qdisc", "add", "dev",
+                               end.dev, "parent", "1:1", "handle", "10:", "netem", "delay",
+                               delay], check=False, capture_output=True)
+        return done.returncode == 0
 
     def clear(self, end: End) -> None:
         """Remove the shaping of ``end`` (nothing to remove is fine)."""

@@ -128,7 +128,7 @@ class ClientConnection:
                     server_hostname=(self._server_hostname or host) if self._ssl else None,
                 )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise ConnectionLost(f"cannot connect to {self.addr}: {exc or 'timed out'}",
+            raise ConnectionLost(f"cannot connect to {self.addr}: {str(exc) or 'timed out'}",
                                  addr=self.addr) from None
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
