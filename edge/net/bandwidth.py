@@ -51,6 +51,28 @@ class SharedLink:
         self._timer: asyncio.TimerHandle | None = None
         self.granted: dict[int, int] = {}
 
+    def set_rate(self, rate: float | None) -> None:
+        """Change the rate from now on (the SC gave this SPU another share of the
+        site's limit); what the bucket holds is kept, up to the new burst."""
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be > 0 bytes/s (None: unlimited)")
+        if rate == self.rate:
+            return
+        if self.rate is not None:
+            self._refill(self.rate)
+        self.rate = rate
+        self.burst = rate * BURST_S if rate is not None else 0.0
+        self._tokens = min(self._tokens, self.burst)
+        self._stamp = self._clock()
+        if rate is None:  # unlimited: everyone waiting may go
+            for queue in self._waiting.values():
+                for _, fut in queue:
+                    if not fut.done():
+                        fut.set_result(None)
+            self._waiting.clear()
+            self._owed.clear()
+        self._grant()
+
     async def acquire(self, nbytes: int, priority: int) -> None:
         """Wait until ``nbytes`` may be sent at ``priority``."""
         if not MIN_PRIORITY <= priority <= MAX_PRIORITY:

@@ -382,11 +382,17 @@ class AssignedReplica(NamedTuple):
     source: str
 
 
+# One whole, in the millionths uplink shares are counted in.
+SHARE_PPM: Final = 1_000_000
+
 class Assignment(NamedTuple):
     replicas: tuple[AssignedReplica, ...]
     version: int
     cluster: str
     peers: dict[str, str]
+    # This SPU's part of its site's uplink bandwidth limit, in millionths (its
+    # share of the site's led upstream partitions); None: all of it.
+    uplink_share_ppm: int | None = None
 
 
 class HeartbeatRequest(NamedTuple):
@@ -423,6 +429,7 @@ ASSIGNMENT: Final = Message(Assignment, (
     f.VERSION,
     Field("cluster", Kind.TEXT, high=f.NAME_CHARS),
     Field("peers", Kind.MAP, items=f.MAX_ROWS, values=_renamed(_ADDRESS, "peers")),
+    Field("uplink_share_ppm", Kind.INT, required=False, low=0, high=SHARE_PPM),
 ))
 HEARTBEAT: Final = Message(HeartbeatRequest, (
     f.SPU,

@@ -20,7 +20,7 @@ from edge.protocol.errors import (
     TopicExists,
     TopicNotFound,
 )
-from edge.protocol.sc_api import ReplicaStatus, TopicStatus
+from edge.protocol.sc_api import SHARE_PPM, ReplicaStatus, TopicStatus
 from edge.sc.assignment import SpuSlot, assign, led_by
 from edge.sc.store import MetadataStore, PartitionRow, TopicRow
 from edge.sc.topic_settings import altered_config, check_topic_settings
@@ -336,6 +336,18 @@ class Controller:
                                followers=s.followers or {}, dropped=s.dropped, gaps=s.gaps,
                                gap_offsets=s.gap_offsets, edge=s.edge)
         return row
+
+    def uplink_share_ppm(self, spu_id: int) -> int | None:
+        """The part of its site's uplink bandwidth limit an SPU may use, in millionths:
+        its share of the led partitions of upstream topics (each SPU applies the
+        site's ``max_bytes_per_s`` times this, so together they never pass it).
+        None when the site mirrors nothing."""
+        upstream = {t.name for t in self.store.topics() if t.config.get("upstream") is True}
+        leaders = [p.leader for p in self.store.partitions()
+                   if p.topic in upstream and p.leader is not None]
+        if not leaders:
+            return None
+        return leaders.count(spu_id) * SHARE_PPM // len(leaders)
 
     def peers(self) -> dict[str, str]:
         return {str(s.id): s.private for s in self.spus.values()}

@@ -250,8 +250,10 @@ class Sc:
 
         def push(replicas: list[dict[str, Any]], version: int) -> None:
             rows, blob = rows_out("replicas", replicas)
+            share = self.controller.uplink_share_ppm(spu_id)
+            extra = {} if share is None else {"uplink_share_ppm": share}
             conn.send_soon(messages.ok(cid, **rows, version=version, cluster=cluster,
-                                       peers=self.controller.peers()), blob)
+                                       peers=self.controller.peers(), **extra), blob)
 
         state = self.controller.register_spu(spu_id, req.public, req.private, req.rack, push)
         state.partitions = req.partitions

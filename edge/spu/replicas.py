@@ -64,6 +64,8 @@ class ReplicaSet:
         self.ack_guard = ack_guard
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.budget = NodeBudget(disk_budget, self.partitions)
+        # This SPU's part of the site's uplink limit, as the SC last said (millionths).
+        self.uplink_share_ppm: int | None = None
         # Private (peer) addresses of the SPUs, as the SC last told us.
         self.peers: dict[int, str] = {}
         self.cluster_id: str | None = None

@@ -178,6 +178,7 @@ class ScLink:
         if not all(k.isascii() and k.isdigit() for k in push.peers):
             raise ProtocolError("field 'peers': keys must be SPU ids", field="peers")
         peers = {int(k): v for k, v in push.peers.items()}
+        self.replicas.uplink_share_ppm = push.uplink_share_ppm
         await self.replicas.apply(to_wire(push.replicas), cluster_id=push.cluster,
                                   version=push.version, peers=peers)
         await self._on_assignment()

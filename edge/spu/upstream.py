@@ -36,6 +36,7 @@ from edge.protocol import messages, sc_api, spu_api, wirezstd
 from edge.protocol.batch import batch_prefix, decode_header
 from edge.protocol.errors import ConnectionLost, HeadwaterError, NotContiguous, RequestTimeout
 from edge.protocol.messages import ApiKey
+from edge.protocol.sc_api import SHARE_PPM
 from edge.protocol.schema import decode_response
 from edge.spu.config import UpstreamConfig
 from edge.spu.partition import Partition
@@ -60,6 +61,9 @@ REQUEST_OVERHEAD = 160
 # the link, so a high priority never waits long behind a low one's request.
 REQUEST_SHARE_S = 0.25
 MIN_LIMITED_REQUEST = 16 * 1024
+# The least bytes/s an SPU's part of a site's limit is: a partition it just began
+# to lead is not stuck until the SC's next share arrives.
+MIN_SHARE_RATE = 1000.0
 # How often the edge report sent with mirror requests is worked out afresh.
 REPORT_S = 1.0
 
@@ -441,6 +445,7 @@ class Upstream:
         """Start an uplink for each newly led upstream partition, stop the others."""
         if self.shared is None:
             return
+        self._apply_share()
         wanted = self._wanted()
         for key in [k for k, (link, _) in self._links.items()
                     if k not in wanted or wanted[k] is not link.p]:
@@ -450,6 +455,18 @@ class Upstream:
                 link = PartitionUplink(p, self.shared)
                 task = asyncio.create_task(link.run(), name=f"uplink-{p.name}")
                 self._links[key] = (link, task)
+
+    def _apply_share(self) -> None:
+        """This SPU's part of the site's bandwidth limit: the SC splits it among the
+        SPUs by the upstream partitions each leads (no part: the whole limit; a part
+        of 0 leads nothing, and keeps a trickle so a new leader is not stuck)."""
+        assert self.shared is not None
+        rate = self.cfg.max_bytes_per_s if self.cfg is not None else None
+        share = self.replicas.uplink_share_ppm
+        if rate is None or share is None:
+            self.shared.link.set_rate(rate)
+            return
+        self.shared.link.set_rate(max(rate * share / SHARE_PPM, MIN_SHARE_RATE))
 
     def rows(self) -> list[dict[str, Any]]:
         """Status of every upstream partition this SPU leads."""

@@ -180,6 +180,37 @@ async def test_the_bandwidth_limit_holds_within_5_percent(tmp_path: Path) -> Non
         await proxy.close()
 
 
+async def test_the_limit_is_the_sites_whatever_its_spus(tmp_path: Path) -> None:
+    """Two edge SPUs, each leading one upstream partition: the SC gives each half of
+    the site's limit, so together they still send at the limit, not twice it."""
+    rate = 300_000
+    cloud, proxy = await cloud_behind_proxy(tmp_path)
+    try:
+        token = await register(cloud, "barn", tmp_path / "b.toml")
+        path = uplink_file(tmp_path / "b.toml", cloud.sc_addr, "barn", token,
+                           max_bytes_per_s=rate)
+        async with LocalCluster(tmp_path / "edge", spus=2,
+                                extra_spu_args=["--upstream", str(path)]) as edge:
+            async with Admin(edge.sc_addr) as admin:
+                await admin.create_topic(TOPIC, partitions=2, config={"upstream": True})
+                await admin.wait_ready(TOPIC)
+                leaders = {r["leader"] for r in await admin.list_partitions(TOPIC)}
+            assert leaders == {1, 2}
+            async with Producer(edge.sc_addr, acks=Acks.ALL, linger_ms=5) as p:
+                for i in range(5000):
+                    await p.send(TOPIC, os.urandom(1000), partition=i % 2)
+                await p.flush()
+            await wait_for(lambda: _flowing(proxy), timeout=20)
+            await asyncio.sleep(1.0)  # past the first bursts
+            start, sent = time.monotonic(), proxy.forwarded
+            await asyncio.sleep(8.0)
+            measured = (proxy.forwarded - sent) / (time.monotonic() - start)
+            assert abs(measured - rate) / rate < 0.08, measured
+    finally:
+        await cloud.stop()
+        await proxy.close()
+
+
 async def _flowing(proxy: TcpProxy) -> bool:
     return proxy.forwarded > 200_000
 

@@ -80,3 +80,22 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert not link._waiting
+
+
+async def test_a_new_rate_applies_at_once_and_unlimited_releases_the_waiting() -> None:
+    link = SharedLink(100_000)
+    await link.acquire(int(link.burst), 0)  # the bucket is empty now
+    await link.acquire(50_000, 0)  # granted on credit: the bucket owes half a second
+    waiting = asyncio.create_task(link.acquire(1000, 0))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    link.set_rate(1_000_000)  # ten times the rate: the debt is paid in 0.05 s, not 0.5 s
+    await asyncio.wait_for(waiting, 0.3)
+    await link.acquire(10_000_000, 0)  # on credit again: ten seconds at this rate
+    blocked = asyncio.create_task(link.acquire(1000, 0))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()
+    link.set_rate(None)
+    await asyncio.wait_for(blocked, 0.1)
+    with pytest.raises(ValueError, match="rate"):
+        link.set_rate(0)
