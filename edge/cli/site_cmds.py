@@ -30,13 +30,17 @@ def _check_output(output: str) -> None:
         fail(f"--output must be table or json, not {output!r}")
 
 
-def upstream_toml(cloud_sc: str, site: str, token: str) -> str:
+def upstream_toml(cloud_sc: str, site: str, token: str, *, tls_ca: str | None = None) -> str:
     """The ``[upstream]`` table an edge SPU (or ``headwater local``) reads."""
-    return ("# Edge site credentials for the cloud cluster; keep this file private.\n"
+    text = ("# Edge site credentials for the cloud cluster; keep this file private.\n"
             "[upstream]\n"
             f"sc = {json.dumps(cloud_sc)}\n"
             f"site = {json.dumps(site)}\n"
             f"token = {json.dumps(token)}\n")
+    if tls_ca is not None:
+        text += ("# The cloud's CA, as a path on the edge: every uplink connection is TLS.\n"
+                 f"tls_ca = {json.dumps(tls_ca)}\n")
+    return text
 
 
 @site_app.command("register")
@@ -47,6 +51,11 @@ def site_register(
                                        "config (cloud address, site, token) to this file."),
     cloud_addr: str | None = typer.Option(None, help="Cloud SC address the edge should dial "
                                           "(default the --sc address used here)."),
+    edge_tls_ca: str | None = typer.Option(
+        None, "--edge-tls-ca", help="Path of the cloud's CA file on the edge, written as "
+        "tls_ca (the uplink then uses TLS); default: the --tls-ca this command uses, if any."),
+    no_tls: bool = typer.Option(False, "--no-tls", help="Write no tls_ca even though this "
+                                "command uses TLS (a cloud reached through a TLS proxy)."),
 ) -> None:
     """Register an edge site and print (or export) what it needs to connect."""
 
@@ -55,7 +64,10 @@ def site_register(
             return await admin.register_site(name)
 
     info = run(main, what=f"register site {name}", target_=target(ctx))
-    text = upstream_toml(cloud_addr or target(ctx).sc, name, info["token"])
+    tls = target(ctx).tls
+    ca = edge_tls_ca or (str(tls.ca) if tls is not None and tls.ca is not None else None)
+    text = upstream_toml(cloud_addr or target(ctx).sc, name, info["token"],
+                         tls_ca=None if no_tls else ca)
     if export is None:
         typer.echo(f"site {name} registered; its token is shown only now:\n")
         typer.echo(text, nl=False)

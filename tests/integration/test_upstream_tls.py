@@ -4,6 +4,7 @@ never travels in clear, and an uplink that does not trust the cloud delivers not
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 from support import make_pki
@@ -105,6 +106,52 @@ async def test_uplink_over_tls_keeps_the_token_off_the_wire(tmp_path: Path) -> N
         for edge_sc, edge_spu in edges:
             await edge_spu.stop()
             await edge_sc.stop()
+        await spu.stop()
+        await sc.stop()
+        for proxy in (sc_proxy, spu_proxy):
+            await proxy.close()
+
+
+async def test_the_exported_file_carries_the_clouds_ca_and_the_uplink_uses_it(
+        tmp_path: Path) -> None:
+    """`site register --export` through TLS writes tls_ca (the --tls-ca it used, or
+    --edge-tls-ca): the file alone makes the uplink trust the cloud."""
+    pki = make_pki(tmp_path / "pki")
+    ca = Path(pki["ca"][0])
+    tls = TlsConfig(cert=Path(pki["server"][0]), key=Path(pki["server"][1]), ca=ca)
+    sc, spu, sc_proxy, spu_proxy = await start_cloud(tmp_path, tls)
+    edge: tuple[Sc, Spu] | None = None
+    try:
+        exported = tmp_path / "kitchen.toml"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge.cli.main", "--sc", sc_proxy.addr, "--tls-ca", str(ca),
+            "--tls-server-name", "localhost", "site", "register", "kitchen",
+            "--export", str(exported), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out.decode()
+        cfg = UpstreamConfig.from_toml(exported)
+        assert cfg.tls is not None
+        assert cfg.tls.ca == ca
+        edge = await start_edge(tmp_path, "edge", cfg)
+        async with asyncio.timeout(40):
+            while [(r["state"], r["cloud_acked"]) for r in await rows(edge[0])] != [
+                    ("connected", 300)]:
+                await asyncio.sleep(0.1)
+
+        other = tmp_path / "barn.toml"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge.cli.main", "--sc", sc_proxy.addr, "--tls-ca", str(ca),
+            "--tls-server-name", "localhost", "site", "register", "barn", "--export",
+            str(other), "--edge-tls-ca", "/etc/headwater/cloud-ca.crt",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out.decode()
+        assert 'tls_ca = "/etc/headwater/cloud-ca.crt"' in other.read_text()
+    finally:
+        if edge is not None:
+            await edge[1].stop()
+            await edge[0].stop()
         await spu.stop()
         await sc.stop()
         for proxy in (sc_proxy, spu_proxy):
