@@ -52,7 +52,8 @@ class LocalCluster:
 
     ``spu_settings`` go into a TOML config file given to every SPU (any
     ``SpuConfig`` key, e.g. ``replica_lag_s``); command-line flags win over it.
-    ``limits`` become the ``[limits]`` table of the SC and of every SPU.
+    ``limits`` become the ``[limits]`` table of the SC and of every SPU;
+    ``sc_settings`` go into the SC's config file (``metrics_addr``, ...).
     """
 
     def __init__(self, data_dir: Path, *, spus: int = 1, durability: str = "group",
@@ -60,7 +61,8 @@ class LocalCluster:
                  env: dict[str, str] | None = None,
                  spu_settings: dict[str, str | int | float | bool] | None = None,
                  private_proxy: bool = False,
-                 limits: dict[str, int | float] | None = None) -> None:
+                 limits: dict[str, int | float] | None = None,
+                 sc_settings: dict[str, str | int | float | bool] | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.host = "127.0.0.1"
         self.sc_port = free_port()
@@ -77,6 +79,7 @@ class LocalCluster:
         self.spu_procs: dict[int, subprocess.Popen[bytes]] = {}
         self.spu_settings = dict(spu_settings or {})
         self.limits = dict(limits or {})
+        self.sc_settings = dict(sc_settings or {})
         self.secret_path = self.data_dir / GENERATED_NAME
         self.proxies: dict[int, TcpProxy] = (
             {i: TcpProxy(f"{self.host}:{self.spu_ports[i][1]}", origin=self._spu_of_port)
@@ -150,11 +153,11 @@ class LocalCluster:
         return ["--config", str(path)]
 
     def _sc_config_args(self) -> list[str]:
-        if not self.limits:
+        if not self.limits and not self.sc_settings:
             return []
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.data_dir / "sc.toml"
-        path.write_text(_toml_text({}, self.limits))
+        path.write_text(_toml_text(self.sc_settings, self.limits))
         return ["--config", str(path)]
 
     def signal_spu(self, spu_id: int, sig: int) -> None:

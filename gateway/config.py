@@ -45,6 +45,7 @@ from typing import Any, Final, TypeVar
 from edge.config import ConfigError, check_file
 from edge.discovery.config import DiscoveryConfig
 from edge.discovery.spec import parse_sc
+from edge.metrics import check_metrics_addr
 from edge.tls import TlsConfig
 from gateway.mqtt.topics import TopicFilterError, filter_levels, filters_overlap
 
@@ -292,8 +293,11 @@ class GatewayConfig:
     producer: ProducerConfig = field(default_factory=ProducerConfig)
     serial: tuple[SerialConfig, ...] = ()
     mqtt: MqttConfig | None = None
+    # HOST:PORT of the Prometheus endpoint (GET /metrics); None: no metrics.
+    metrics_addr: str | None = None
 
     def __post_init__(self) -> None:
+        check_metrics_addr(self.metrics_addr)
         discovery = DiscoveryConfig(site=self.site, interfaces=self.interfaces, ipv6=self.ipv6)
         if not self.sc and discovery.site:
             object.__setattr__(self, "sc", f"mdns:{discovery.site}")
@@ -466,6 +470,7 @@ def parse_config(data: Mapping[str, Any]) -> GatewayConfig:
         ) if producer else None,
         serial=tuple(_serial(port) for port in top.tables("serial")),
         mqtt=_mqtt(top.table("mqtt")),
+        metrics_addr=top.get("metrics_addr", str),
     )
 
 

@@ -18,9 +18,9 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from edge import sdnotify
 from edge.client import Admin, Producer
@@ -31,6 +31,11 @@ from gateway.config import GatewayConfig
 from gateway.discovery import GatewayDiscovery
 from gateway.mqtt.bridge import MqttBridge
 from gateway.status import STATUS_VERSION, StatusServer
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from edge.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +154,33 @@ class Gateway:
 
     async def _serve(self) -> None:
         await self.discovery.start()
+        metrics = await self._start_metrics()
         try:
             await self._serve_bridges()
         finally:
+            if metrics is not None:
+                await metrics.close()
             await self.discovery.stop()
+
+    async def _start_metrics(self) -> Metrics | None:
+        """Prometheus metrics of the bridges (serial NAKs, MQTT dead letters, ...)."""
+        if self.config.metrics_addr is None:
+            return None
+        from edge.metrics import Metrics, counter
+
+        def collect() -> Iterator[Metric]:
+            rows = [([name, b["kind"], event], value)
+                    for name, b in self.snapshot()["bridges"].items()
+                    for event, value in sorted(b["counters"].items())
+                    if isinstance(value, int | float) and not isinstance(value, bool)]
+            yield counter("headwater_gateway_events", "What each bridge counts: readings "
+                          "produced, duplicates, NAKs, bad frames, dead letters.",
+                          ["bridge", "kind", "event"], rows)
+
+        metrics = Metrics("gateway", self.config.site or self.config.sc)
+        metrics.add_source(collect)
+        await metrics.start(self.config.metrics_addr)
+        return metrics
 
     async def _serve_bridges(self) -> None:
         async with StatusServer(self.config.status, self.snapshot) as status, \

@@ -43,6 +43,14 @@ BUDGET_HELP = ("Bytes of record data the SPU may hold (e.g. 2GiB); when full, ea
                "(data the cloud has goes first).")
 
 
+METRICS_HELP = ("HOST:PORT for Prometheus to scrape (GET /metrics); off unless set. Keep it "
+                "off public interfaces: 127.0.0.1 or a management network.")
+
+
+def _metrics_at(port: int | None, offset: int) -> str | None:
+    return None if port is None else f"127.0.0.1:{port + offset}"
+
+
 def _budget(text: str | None) -> int | None:
     from edge.config import parse_size
 
@@ -84,6 +92,7 @@ def run_sc(
         None, help="Seconds of SPU silence before it counts as offline (default 2)."),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
     site: str | None = typer.Option(None, "--site", help=SITE_HELP),
+    metrics_addr: str | None = typer.Option(None, "--metrics-addr", help=METRICS_HELP),
     log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP),
     cluster_secret: Path | None = typer.Option(None, "--cluster-secret", help=CLUSTER_KEY_HELP),
     insecure_private: bool = typer.Option(False, "--insecure-private", help=INSECURE_HELP),
@@ -94,7 +103,8 @@ def run_sc(
 
     overrides: dict[str, Any] = {"data_dir": data_dir, "public_addr": public_addr,
                                  "private_addr": private_addr, "log_level": log_level,
-                                 "heartbeat_timeout_s": heartbeat_timeout_s, "site": site}
+                                 "heartbeat_timeout_s": heartbeat_timeout_s, "site": site,
+                                 "metrics_addr": metrics_addr}
     try:
         overrides.update(_auth_overrides(cluster_secret, insecure_private))
         cfg = (ScConfig.from_toml(config, **overrides) if config
@@ -131,6 +141,7 @@ def run_spu(
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
     upstream: Path | None = typer.Option(None, "--upstream", help=UPSTREAM_HELP),
     disk_budget: str | None = typer.Option(None, "--disk-budget", help=BUDGET_HELP),
+    metrics_addr: str | None = typer.Option(None, "--metrics-addr", help=METRICS_HELP),
     site: str | None = typer.Option(None, "--site", help=SITE_HELP),
     log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP),
     cluster_secret: Path | None = typer.Option(None, "--cluster-secret", help=CLUSTER_KEY_HELP),
@@ -142,7 +153,8 @@ def run_spu(
 
     overrides: dict[str, Any] = {"id": spu_id, "data_dir": data_dir, "public_addr": public_addr,
                                  "private_addr": private_addr, "sc": sc, "durability": durability,
-                                 "rack": rack, "log_level": log_level, "site": site}
+                                 "rack": rack, "log_level": log_level, "site": site,
+                                 "metrics_addr": metrics_addr}
     try:
         overrides["disk_budget"] = _budget(disk_budget)
         overrides["upstream"] = _upstream(upstream)
@@ -192,6 +204,9 @@ def local(
     upstream: Path | None = typer.Option(None, "--upstream", help=UPSTREAM_HELP),
     disk_budget: str | None = typer.Option(None, "--disk-budget", help=BUDGET_HELP +
                                            " (for each SPU)"),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", min=1, max=65535 - 17,
+        help="Prometheus metrics on 127.0.0.1: the SC at this port, SPU n at this port + n."),
     site: str | None = typer.Option(None, "--site", help=SITE_HELP + " The SC and every "
                                     "SPU announce themselves (listen with --host 0.0.0.0 "
                                     "to be reachable from other machines)."),
@@ -213,7 +228,8 @@ def local(
         secret = local_secret(data_dir)
         sc_cfg = ScConfig(data_dir=data_dir / "sc", public_addr=f"{host}:{sc_port}",
                           private_addr=f"{host}:{sc_port + 1}", log_level=log_level,
-                          discovery=discovery, cluster_secret=secret)
+                          discovery=discovery, cluster_secret=secret,
+                          metrics_addr=_metrics_at(metrics_port, 0))
         # The SPUs of one process know where their SC is; only announcing needs the site.
         local_sc = f"{'127.0.0.1' if host in WILDCARD_HOSTS else host}:{sc_port + 1}"
         advertise = _lan_address() if host in WILDCARD_HOSTS and site else None
@@ -226,7 +242,8 @@ def local(
                               advertise_private=advertise and
                               f"{advertise}:{spu_port + 2 * (i - 1) + 1}",
                               log_level=log_level, upstream=uplink, discovery=discovery,
-                              cluster_secret=secret, disk_budget=_budget(disk_budget))
+                              cluster_secret=secret, disk_budget=_budget(disk_budget),
+                              metrics_addr=_metrics_at(metrics_port, i))
                     for i in range(1, spus + 1)]
     except ConfigError as exc:
         fail(str(exc), 2)
@@ -249,6 +266,9 @@ def local(
             if uplink is not None:
                 typer.echo(f"  upstream to {uplink.sc} as site {uplink.site}; mirror a topic "
                            f"with: headwater --sc {sc.public_addr} topic create NAME --upstream")
+            if metrics_port is not None:
+                typer.echo(f"  metrics  http://127.0.0.1:{metrics_port}/metrics (SC), "
+                           f"port {metrics_port} + n for SPU n")
             if site is not None:
                 typer.echo(f"  announced on the LAN as site {site}: headwater --sc mdns:{site} "
                            "...  and  headwater discover")

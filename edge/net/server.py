@@ -40,6 +40,7 @@ from edge.net.connection import CONNECTION_ERROR_ID
 from edge.net.limits import FREE_SHARE_BYTES, BufferPool, ServerLimits, charge_of
 from edge.protocol import messages
 from edge.protocol.errors import (
+    ErrorCode,
     HeadwaterError,
     InsufficientResources,
     InvalidRequest,
@@ -91,6 +92,9 @@ class ServerStats:
     long_polls_refused: int = 0
     # Exceptions no handler expected (answered UNKNOWN).
     unexpected_errors: int = 0
+    # Bytes read from and written to this listener's connections (frames, TLS payload).
+    bytes_in: int = 0
+    bytes_out: int = 0
     _peers: LogOnce = field(default_factory=lambda: LogOnce(log, max_keys=MAX_LOGGED_PEERS),
                             repr=False, compare=False)
     _kinds: LogOnce = field(default_factory=lambda: LogOnce(log, max_keys=MAX_ERROR_KINDS),
@@ -171,7 +175,9 @@ class Connection:
             if self.writer.transport.is_closing():  # went while waiting for the writer
                 self.closed = True
                 return
-            self.writer.write(encode_frame(meta, blob))
+            frame = encode_frame(meta, blob)
+            self.server.stats.bytes_out += len(frame)
+            self.writer.write(frame)
             await self.writer.drain()
 
     def send_soon(self, meta: dict[str, Any], blob: bytes = b"") -> None:
@@ -181,7 +187,9 @@ class Connection:
         if self._write_lock.locked():
             self.spawn(self.send(meta, blob), "reply")
         else:
-            self.writer.write(encode_frame(meta, blob))
+            frame = encode_frame(meta, blob)
+            self.server.stats.bytes_out += len(frame)
+            self.writer.write(frame)
 
     async def send_file(self, meta: dict[str, Any], fd: int, position: int, length: int) -> None:
         """Write a frame whose blob is ``length`` bytes of file ``fd`` from ``position``.
@@ -270,6 +278,8 @@ class FrameServer:
         self._connections: set[Connection] = set()
         self._refusing = StateLog(log)
         self.stats = ServerStats()
+        # Told of every answered request: (listener, API name, seconds, error code or 0).
+        self.observe: Callable[[str, str, float, int], None] | None = None
 
     @property
     def open_connections(self) -> int:
@@ -285,7 +295,9 @@ class FrameServer:
                 "frame_timeouts": st.frame_timeouts, "write_timeouts": st.write_timeouts,
                 "long_polls_refused": st.long_polls_refused,
                 "protocol_errors": st.protocol_errors,
-                "unexpected_errors": st.unexpected_errors}
+                "unexpected_errors": st.unexpected_errors,
+                "request_errors": st.request_errors, "requests": st.requests,
+                "bytes_in": st.bytes_in, "bytes_out": st.bytes_out}
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; return the bound (host, port) — port 0 picks a free one."""
@@ -380,6 +392,7 @@ class FrameServer:
                 partial_s += time.monotonic() - started
             if not data:
                 return
+            self.stats.bytes_in += len(data)
             decoder.feed(data)
             charged.set(charge_of(decoder.buffered))
 
@@ -443,6 +456,7 @@ class FrameServer:
             conn.abort()
 
     def _serve(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> None:
+        started = time.perf_counter()
         raw_id = meta.get("id")
         cid = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else -1
         api = meta.get("api")
@@ -459,28 +473,39 @@ class FrameServer:
         except HeadwaterError as exc:
             self._count_error(conn, exc)
             conn.send_soon(messages.error_response(cid, exc))
+            self._observed(api, started, int(exc.code))
             return
         except Exception as exc:
             self.stats.unexpected(self.name, _api_name(api), exc)
             conn.send_soon(messages.error_response(cid, exc))
+            self._observed(api, started, int(ErrorCode.UNKNOWN))
             return
         if result is None:
             return
         if isinstance(result, tuple):
             conn.send_soon(*result)
+            self._observed(api, started, 0)
             return
         if long_poll:
             conn.long_polls += 1
-        conn.spawn(self._finish_later(conn, cid, _api_name(api), result, long_poll),
+        conn.spawn(self._finish_later(conn, cid, api, result, long_poll=long_poll,
+                                      started=started),
                    f"{self.name}-pending")
 
-    async def _finish_later(self, conn: Connection, cid: int, where: str,
-                            pending: Awaitable[Response], long_poll: bool) -> None:
+    def _observed(self, api: object, started: float, code: int) -> None:
+        if self.observe is not None:
+            self.observe(self.name, _api_name(api), time.perf_counter() - started, code)
+
+    async def _finish_later(self, conn: Connection, cid: int, api: object,
+                            pending: Awaitable[Response], *, long_poll: bool,
+                            started: float) -> None:
+        where = _api_name(api)
         try:
             result = await pending
         except HeadwaterError as exc:
             self._count_error(conn, exc)
             await conn.send(messages.error_response(cid, exc))
+            self._observed(api, started, int(exc.code))
             return
         except asyncio.CancelledError:
             raise
@@ -490,12 +515,14 @@ class FrameServer:
                 return
             self.stats.unexpected(self.name, where, exc)
             await conn.send(messages.error_response(cid, exc))
+            self._observed(api, started, int(ErrorCode.UNKNOWN))
             return
         finally:
             if long_poll:
                 conn.long_polls -= 1
         if result is not None:
             await conn.send(*result)
+        self._observed(api, started, 0)
 
     def _count_error(self, conn: Connection, exc: HeadwaterError) -> None:
         self.stats.request_errors += 1

@@ -15,6 +15,7 @@ from edge.config import (
     take,
 )
 from edge.discovery.config import DiscoveryConfig
+from edge.metrics import check_metrics_addr
 from edge.net.connection import split_addr
 from edge.net.limits import ServerLimits, limits_from
 from edge.secret import ClusterSecret, PrivateAuth
@@ -42,6 +43,8 @@ class ScConfig:
     # insecure_private turns that off, for development only.
     cluster_secret: ClusterSecret | None = None
     insecure_private: bool = False
+    # HOST:PORT of the Prometheus endpoint (GET /metrics); None: no metrics.
+    metrics_addr: str | None = None
 
     def __post_init__(self) -> None:
         for key in ("public_addr", "private_addr"):
@@ -54,6 +57,7 @@ class ScConfig:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         private_auth(self.cluster_secret, insecure=self.insecure_private, tls=self.tls)
+        check_metrics_addr(self.metrics_addr)
 
     @property
     def private_auth(self) -> PrivateAuth:
@@ -79,6 +83,7 @@ class ScConfig:
             "limits": limits_from(raw),
             "cluster_secret": secret_from(raw),
             "insecure_private": take(raw, "insecure_private", bool, False),
+            "metrics_addr": take(raw, "metrics_addr", str, None),
         }
         discovery = DiscoveryConfig.take_from(raw, site=overrides.pop("site", None))
         reject_unknown(raw, "sc config")

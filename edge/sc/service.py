@@ -28,6 +28,7 @@ from edge.tls import server_context
 
 if TYPE_CHECKING:
     from edge.discovery.announcer import Announcer
+    from edge.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Sc:
         self.store = MetadataStore(cfg.data_dir / "metadata.sqlite")
         self.controller = Controller(self.store, heartbeat_timeout_s=cfg.heartbeat_timeout_s)
         self.sites = SiteRegistry(self.controller)
+        self.metrics: Metrics | None = None
         self.group_store = GroupStore(cfg.data_dir / "metadata.sqlite")
         self.groups = GroupHandlers(self.controller, self.group_store)
         ctx = server_context(cfg.tls) if cfg.tls and cfg.tls.cert else None
@@ -96,6 +98,16 @@ class Sc:
         self.public_addr = f"{_host(pub[0])}:{pub[1]}"
         self.private_addr = f"{_host(priv[0])}:{priv[1]}"
         self._tasks.append(asyncio.create_task(self._liveness(), name="liveness"))
+        if self.cfg.metrics_addr is not None:
+            from edge.metrics import start_metrics
+            from edge.sc.metrics import sc_source
+
+            servers = {s.name: s for s in (self.public, self.private)}
+            self.metrics = await start_metrics(
+                "sc", self.controller.cluster_id, self.cfg.metrics_addr,
+                data_dir=self.cfg.data_dir, listeners=servers.values(),
+                source=sc_source(self.controller, self.sites,
+                                 lambda: {k: v.status() for k, v in servers.items()}))
         self._announce(pub, priv)
         if self.cfg.insecure_private:
             log.warning("SC private port %s accepts any caller (insecure_private): for "
@@ -125,6 +137,8 @@ class Sc:
             await self.announcer.stop()
         for task in self._tasks:
             await cancel(task)
+        if self.metrics is not None:
+            await self.metrics.close()
         await self.public.close()
         await self.private.close()
         self.group_store.close()

@@ -16,6 +16,7 @@ from edge.config import (
     take,
 )
 from edge.discovery.config import DiscoveryConfig, check_sc_address
+from edge.metrics import check_metrics_addr
 from edge.net.connection import split_addr
 from edge.net.limits import ServerLimits, limits_from
 from edge.protocol.wirezstd import Codec
@@ -160,6 +161,8 @@ class SpuConfig:
     # Bytes of record data this SPU may hold over all its partitions (None: the
     # disk's size); topics choose what happens when it is full (budget_policy).
     disk_budget: int | None = None
+    # HOST:PORT of the Prometheus endpoint (GET /metrics); None: no metrics.
+    metrics_addr: str | None = None
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     def __post_init__(self) -> None:
@@ -181,6 +184,7 @@ class SpuConfig:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be > 0")
         private_auth(self.cluster_secret, insecure=self.insecure_private, tls=self.tls)
+        check_metrics_addr(self.metrics_addr)
         if self.disk_budget is not None:
             try:
                 check_budget("disk_budget", self.disk_budget)
@@ -228,6 +232,7 @@ class SpuConfig:
             "upstream": (UpstreamConfig.from_table(raw.pop("upstream"))
                          if "upstream" in raw else None),
             "disk_budget": _size_or_none(raw, "disk_budget"),
+            "metrics_addr": take(raw, "metrics_addr", str, None),
         }
         discovery = DiscoveryConfig.take_from(raw, site=overrides.pop("site", None))
         reject_unknown(raw, "spu config")

@@ -93,6 +93,7 @@ class Partition:
         self.budget = TopicBudget()
         # The SPU's disk budget: called with the bytes of every append before it.
         self.make_room: Callable[[Partition, int], None] = _unlimited
+        self.fsync_observer: Callable[[float], None] | None = None
         self._ack_guard = ack_guard or (lambda: True)
         self._flush_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._hw_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
@@ -427,7 +428,10 @@ class Partition:
                 if ticket is None:
                     break
                 try:
+                    started = time.perf_counter()
                     await asyncio.to_thread(ticket.run)
+                    if self.fsync_observer is not None:
+                        self.fsync_observer(time.perf_counter() - started)
                     flushed = self.log.complete_flush(ticket)
                 except (OSError, StorageError) as exc:
                     self._fail(exc)

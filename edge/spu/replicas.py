@@ -64,6 +64,8 @@ class ReplicaSet:
         self.ack_guard = ack_guard
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.budget = NodeBudget(disk_budget, self.partitions)
+        # Told the seconds of every group commit (metrics), when set.
+        self.fsync_observer: Callable[[float], None] | None = None
         # This SPU's part of the site's uplink limit, as the SC last said (millionths).
         self.uplink_share_ppm: int | None = None
         # Private (peer) addresses of the SPUs, as the SC last told us.
@@ -156,6 +158,7 @@ class ReplicaSet:
             log.warning("%s: ignoring the budget settings: %s", p.name, exc)
             p.budget = TopicBudget()
         p.make_room = self.budget.make_room
+        p.fsync_observer = self.fsync_observer
         p.upstream_priority = (priority if isinstance(priority, int) and not isinstance(
             priority, bool) and MIN_PRIORITY <= priority <= MAX_PRIORITY else MIN_PRIORITY)
 

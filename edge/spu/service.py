@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.logstate import StateLog
 from edge.net.auth import PrivateGate, dialer
@@ -27,6 +27,9 @@ from edge.spu.upstream import Upstream
 from edge.storage.offsets import ConsumerOffsets
 from edge.tasks import cancel
 from edge.tls import client_context, server_context
+
+if TYPE_CHECKING:
+    from edge.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,7 @@ class Spu:
         # The uplink's TLS is its own ([upstream] tls_ca): the cloud's CA is not the site's.
         self.upstream = Upstream(cfg.upstream, self.replicas)
         self.discovery = SpuDiscovery(cfg, self.replicas)
+        self.metrics: Metrics | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
@@ -96,6 +100,8 @@ class Spu:
         private = await self.private.start(*split_addr(self.cfg.private_addr))
         self.public_addr = advertised(public, self.cfg.advertise_public)
         self.private_addr = advertised(private, self.cfg.advertise_private)
+        if self.cfg.metrics_addr is not None:
+            await self._start_metrics(self.cfg.metrics_addr)
         self.discovery.start_announcing(public, private)
         self.link.public, self.link.private = self.public_addr, self.private_addr
         self._tasks = [
@@ -112,9 +118,26 @@ class Spu:
             log.warning("SPU %d private port %s accepts any caller (insecure_private): for "
                         "development only", self.cfg.id, self.private_addr)
 
+    async def _start_metrics(self, addr: str) -> None:
+        from edge.metrics import start_metrics
+        from edge.spu.metrics import spu_source
+
+        servers = {s.name: s for s in (self.public, self.private)}
+        self.metrics = await start_metrics(
+            "spu", str(self.cfg.id), addr, data_dir=self.cfg.data_dir,
+            listeners=servers.values(),
+            source=spu_source(self.replicas, lambda: {k: v.status() for k, v in servers.items()},
+                              lambda: dict(self.api.stats) if self.api else {},
+                              self.upstream.rows))
+        self.replicas.fsync_observer = self.metrics.fsync.observe
+        for p in self.replicas.partitions.values():
+            p.fsync_observer = self.metrics.fsync.observe
+
     async def stop(self) -> None:
         """Stop listening, flush and close every partition (SIGTERM path)."""
         await self.discovery.stop()
+        if self.metrics is not None:
+            await self.metrics.close()
         for task in self._tasks:
             await cancel(task)
         await self.upstream.close()
