@@ -130,6 +130,9 @@ class Partition:
                           for r, f in self.followers.items()} if self.is_leader else None,
         }
 
+    def _room(self, size: int) -> None:
+        self.make_room(self, size)
+
     def _loss_status(self) -> dict[str, Any]:
         """The budget's drops (edge) and the gap markers (cloud), when there are any:
         a heartbeat carries every partition's status, so zeros are left out."""
@@ -199,9 +202,11 @@ class Partition:
         if not self.is_leader:
             raise NotLeader(f"this SPU does not lead {self.name}", topic=self.topic,
                             partition=self.index)
-        self.make_room(self, len(batch))
         try:
-            result = self.log.append(batch, leader_epoch=self.leader_epoch)
+            # The budget is asked only for a batch that is written: a producer's retry
+            # of a stored batch is answered with its offsets even when the budget is full.
+            result = self.log.append(batch, leader_epoch=self.leader_epoch,
+                                     before_write=self._room)
         except DiskFull as exc:
             self._refused(exc)
             raise

@@ -26,6 +26,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Final, NamedTuple, NoReturn
@@ -200,7 +201,7 @@ class PartitionLog:
 
     def append(
         self, batch: Buffer, *, leader_epoch: int, now_ms: int | None = None,
-        replica: bool = False,
+        replica: bool = False, before_write: Callable[[int], None] | None = None,
     ) -> AppendResult:
         """Append one CRC-verified batch (to the page cache: durable after a flush).
 
@@ -208,7 +209,9 @@ class PartitionLog:
         A retried batch of an idempotent producer is answered with its original
         offsets and ``duplicate=True``, and nothing is written. A follower copying
         its leader's log passes ``replica=True``: the leader already judged the
-        sequence, so the batch is written as is and only recorded.
+        sequence, so the batch is written as is and only recorded. ``before_write``
+        is told the batch's size once it is known to be written (not a retry): the
+        disk budget makes room there, or refuses by raising.
         """
         self._check_writable()
         self._check_space()
@@ -221,6 +224,8 @@ class PartitionLog:
             )
             if dup is not None:
                 return AppendResult(dup.base_offset, dup.last_offset, True, h.max_timestamp)
+        if before_write is not None:
+            before_write(h.size)
         now = wall_clock_ms() if now_ms is None else now_ms
         base, last = self._leo, self._leo + h.last_offset_delta
         seg = self._segs.active

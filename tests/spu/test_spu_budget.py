@@ -106,3 +106,30 @@ def test_a_topic_budget_counts_only_its_topic(node: Node) -> None:
     node.budget.make_room(capped, BATCH)
     assert capped.log.log_start_offset > 0
     assert big.log.log_start_offset == 0
+
+
+async def test_a_producers_retry_of_a_stored_batch_is_answered_even_when_full(
+        tmp_path: Path) -> None:
+    """The budget is asked only for batches that are written: a retried batch the log
+    already has gets its offsets, not BUDGET_EXCEEDED (the producer would report a
+    stored record as failed)."""
+    plog = PartitionLog.open(tmp_path / "t-0", LogConfig(durability="never",
+                                                        segment_bytes=SEGMENT))
+    p = Partition("t", 0, plog, spu_id=1, durability="never", leader_epoch=0, leader_id=1,
+                  replicas=[1], isr=[1])
+    budget = NodeBudget(None, {("t", 0): p})
+    p.make_room = budget.make_room
+    try:
+        sent = bytearray(encode_batch([[0, None, b"v" * 900]], first_timestamp=1_000,
+                                      producer_id=7, producer_epoch=0, base_sequence=0))
+        first = p.append(bytearray(sent))
+        budget.limit = p.log.size_bytes  # full now, and nothing the cloud has
+        with pytest.raises(BudgetExceeded):
+            p.append(bytearray(encode_batch([[0, None, b"w" * 900]], first_timestamp=1_000,
+                                            producer_id=7, producer_epoch=0,
+                                            base_sequence=1)))
+        retry = p.append(bytearray(sent))
+        assert retry.duplicate
+        assert (retry.base_offset, retry.last_offset) == (first.base_offset, first.last_offset)
+    finally:
+        await p.close()
