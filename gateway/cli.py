@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from edge.cli.common import fail, print_json, print_table, setup_logging
+from edge.cli.common import LOG_LEVELS, fail, print_json, print_table, setup_logging
 from edge.config import ConfigError
 from gateway.config import GatewayConfig, StatusConfig, load_config
 from gateway.status import read_status, table_rows
@@ -59,7 +59,8 @@ def run(
     check_config: Annotated[bool, typer.Option(
         "--check-config", help="Validate the config, print a summary and exit.",
     )] = False,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.",
+                                            autocompletion=LOG_LEVELS)] = "info",
 ) -> None:
     """Run every configured bridge until SIGTERM or SIGINT."""
     cfg = _load(config)

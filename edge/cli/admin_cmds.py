@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from edge.cli import topic_options as opts
-from edge.cli.common import fail, human_bytes, print_json, print_table, run, target
+from edge.cli.common import OUTPUT_CHOICES, fail, human_bytes, print_json, print_table, run, target
 from edge.client.admin import Admin
 from edge.config import ConfigError
 from edge.protocol.errors import TopicExists
@@ -95,7 +95,8 @@ def topic_create(
 
 @topic_app.command("list")
 def topic_list(ctx: typer.Context,
-               output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)) -> None:
+               output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP,
+                                          autocompletion=OUTPUT_CHOICES)) -> None:
     """List topics."""
     _check_output(output)
 
@@ -125,7 +126,8 @@ def _retention(config: dict[str, Any]) -> str:
 
 @topic_app.command("describe")
 def topic_describe(ctx: typer.Context, name: str = typer.Argument(..., help="Topic name."),
-                   output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)
+                   output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP,
+                                              autocompletion=OUTPUT_CHOICES)
                    ) -> None:
     """Show a topic's settings and the state of each partition."""
     _check_output(output)
@@ -230,7 +232,8 @@ def topic_delete(ctx: typer.Context, name: str = typer.Argument(..., help="Topic
 @partition_app.command("list")
 def partition_list(ctx: typer.Context,
                    topic: str | None = typer.Option(None, "--topic", "-t", help="Only this topic."),
-                   output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)
+                   output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP,
+                                              autocompletion=OUTPUT_CHOICES)
                    ) -> None:
     """Partitions with leader, high watermark (HW), log end (LEO) and size."""
     _check_output(output)
@@ -266,7 +269,8 @@ def partition_rebalance(ctx: typer.Context,
 
 @spu_app.command("list")
 def spu_list(ctx: typer.Context,
-             output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)) -> None:
+             output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP,
+                                        autocompletion=OUTPUT_CHOICES)) -> None:
     """SPUs with address, status and health."""
     _check_output(output)
 
@@ -296,7 +300,8 @@ def _spu_row(s: dict[str, Any]) -> list[Any]:
 
 @cluster_app.command("status")
 def cluster_status(ctx: typer.Context,
-                   output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)
+                   output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP,
+                                              autocompletion=OUTPUT_CHOICES)
                    ) -> None:
     """The SC, its SPUs and partition health. Exits 1 if a partition has no live leader."""
     _check_output(output)

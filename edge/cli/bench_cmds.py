@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from edge import bench
-from edge.cli.common import fail, run, target
+from edge.cli.common import complete_from, fail, run, target
 from edge.protocol.messages import Acks
 
 bench_app = typer.Typer(help="Measure throughput and latency against a running cluster.",
@@ -39,7 +39,8 @@ def produce(ctx: typer.Context,
             topic: str = typer.Option("bench", help="Topic (created if missing)."),
             records: int = typer.Option(1_000_000, "--records", "-n", help="Records to send."),
             size: int = typer.Option(100, help="Bytes per record."),
-            acks: str = typer.Option("leader", help="none, leader or all."),
+            acks: str = typer.Option("leader", help="none, leader or all.",
+                                     autocompletion=complete_from("none", "leader", "all")),
             batch_bytes: int = typer.Option(64 * 1024, help="Producer batch size."),
             linger_ms: float = typer.Option(5.0, help="Producer linger.")) -> None:
     """Records/s, MB/s and send-to-ack latency of one producer."""

@@ -237,3 +237,18 @@ def setup_logging(level: str, *, daemon: bool = False, log_format: str = "text")
     configure(level, log_format=log_format)
     if not daemon:
         logging.getLogger("asyncio").setLevel(logging.ERROR)
+
+
+def complete_from(*values: str) -> Callable[[str], list[str]]:
+    """Shell completion for an option with fixed values (``--output table|json``)."""
+
+    def complete(incomplete: str) -> list[str]:
+        return [v for v in values if v.startswith(incomplete)]
+
+    return complete
+
+
+OUTPUT_CHOICES = complete_from("table", "json")
+LOG_LEVELS = complete_from("debug", "info", "warning", "error")
+LOG_FORMATS = complete_from("text", "json")
+DURABILITIES = complete_from("group", "always", "never")

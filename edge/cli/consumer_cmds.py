@@ -8,7 +8,15 @@ from typing import Any
 import typer
 
 from edge.cli.admin_cmds import OUTPUT_HELP, _admin, _check_output
-from edge.cli.common import fail, parse_time_ms, print_json, print_table, run, target
+from edge.cli.common import (
+    OUTPUT_CHOICES,
+    fail,
+    parse_time_ms,
+    print_json,
+    print_table,
+    run,
+    target,
+)
 from edge.client import Offset
 from edge.protocol.groups import GroupRow
 from edge.protocol.schema import to_wire
@@ -19,7 +27,8 @@ consumer_app = typer.Typer(help="Consumer positions and consumer groups.",
 
 @consumer_app.command("list")
 def consumer_list(ctx: typer.Context,
-                  output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)
+                  output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP,
+                                             autocompletion=OUTPUT_CHOICES)
                   ) -> None:
     """Named consumers' positions and consumer groups (members, partitions, positions),
     with their lag behind the high watermark."""

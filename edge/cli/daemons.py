@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from edge.cli.common import fail, run, setup_logging, target
+from edge.cli.common import DURABILITIES, LOG_FORMATS, LOG_LEVELS, fail, run, setup_logging, target
 from edge.config import ConfigError, load_secret
 
 if TYPE_CHECKING:
@@ -90,10 +90,12 @@ def run_sc(
     private_addr: str | None = typer.Option(None, help="SPU listener (default 0.0.0.0:9004)."),
     heartbeat_timeout_s: float | None = typer.Option(
         None, help="Seconds of SPU silence before it counts as offline (default 2)."),
-    log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
+    log_level: str | None = typer.Option(None, help="debug, info, warning or error.",
+                                         autocompletion=LOG_LEVELS),
     site: str | None = typer.Option(None, "--site", help=SITE_HELP),
     metrics_addr: str | None = typer.Option(None, "--metrics-addr", help=METRICS_HELP),
-    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP),
+    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP,
+                                   autocompletion=LOG_FORMATS),
     cluster_secret: Path | None = typer.Option(None, "--cluster-secret", help=CLUSTER_KEY_HELP),
     insecure_private: bool = typer.Option(False, "--insecure-private", help=INSECURE_HELP),
     check_config: bool = typer.Option(False, "--check-config", help=CHECK_HELP),
@@ -136,14 +138,17 @@ def run_spu(
     sc: str | None = typer.Option(None, "--sc", help="SC private address HOST:PORT, or "
                                   "mdns:SITE to find it on the LAN (default 127.0.0.1:9004, "
                                   "or the SC of --site)."),
-    durability: str | None = typer.Option(None, help="group, always or never (default group)."),
+    durability: str | None = typer.Option(None, help="group, always or never (default group).",
+                                          autocompletion=DURABILITIES),
     rack: str | None = typer.Option(None, help="Rack or site label used for placement."),
-    log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
+    log_level: str | None = typer.Option(None, help="debug, info, warning or error.",
+                                         autocompletion=LOG_LEVELS),
     upstream: Path | None = typer.Option(None, "--upstream", help=UPSTREAM_HELP),
     disk_budget: str | None = typer.Option(None, "--disk-budget", help=BUDGET_HELP),
     metrics_addr: str | None = typer.Option(None, "--metrics-addr", help=METRICS_HELP),
     site: str | None = typer.Option(None, "--site", help=SITE_HELP),
-    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP),
+    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP,
+                                   autocompletion=LOG_FORMATS),
     cluster_secret: Path | None = typer.Option(None, "--cluster-secret", help=CLUSTER_KEY_HELP),
     insecure_private: bool = typer.Option(False, "--insecure-private", help=INSECURE_HELP),
     check_config: bool = typer.Option(False, "--check-config", help=CHECK_HELP),
@@ -199,8 +204,10 @@ def local(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     spus: int = typer.Option(1, "--spus", help="SPUs to run, each on its own pair of ports "
                              "from --spu-port up (several SPUs allow replication -r > 1)."),
-    durability: str = typer.Option("group", help="group, always or never."),
-    log_level: str = typer.Option("warning", help="debug, info, warning or error."),
+    durability: str = typer.Option("group", help="group, always or never.",
+                                   autocompletion=DURABILITIES),
+    log_level: str = typer.Option("warning", help="debug, info, warning or error.",
+                                  autocompletion=LOG_LEVELS),
     upstream: Path | None = typer.Option(None, "--upstream", help=UPSTREAM_HELP),
     disk_budget: str | None = typer.Option(None, "--disk-budget", help=BUDGET_HELP +
                                            " (for each SPU)"),

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from edge.cli.common import fail, print_json, print_table
+from edge.cli.common import OUTPUT_CHOICES, fail, print_json, print_table
 
 
 def discover(
@@ -17,7 +17,8 @@ def discover(
                                   help="Seconds to listen (announcements arrive within 1-2 s)."),
     interface: list[str] = typer.Option([], "--interface", "-i",
                                         help="Listen only on this interface (repeatable)."),
-    output: str = typer.Option("table", "--output", "-O", help="table or json."),
+    output: str = typer.Option("table", "--output", "-O", help="table or json.",
+                               autocompletion=OUTPUT_CHOICES),
 ) -> None:
     """List the Headwater SCs, SPUs and gateways announced on the LAN (mDNS)."""
     from edge.discovery.txt import check_site

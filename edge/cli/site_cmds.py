@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from edge.cli.common import fail, human_bytes, print_json, print_table, run, target
+from edge.cli.common import OUTPUT_CHOICES, fail, human_bytes, print_json, print_table, run, target
 from edge.client.admin import Admin
 
 site_app = typer.Typer(help="Edge sites that mirror their topics into this (cloud) cluster.",
@@ -93,7 +93,8 @@ def site_unregister(ctx: typer.Context, name: str = typer.Argument(..., help="Si
 
 @site_app.command("list")
 def site_list(ctx: typer.Context,
-              output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)) -> None:
+              output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP,
+                                         autocompletion=OUTPUT_CHOICES)) -> None:
     """Registered sites, their mirrored partitions and last contact."""
     _check_output(output)
 
@@ -118,7 +119,8 @@ def site_list(ctx: typer.Context,
 
 @site_app.command("describe")
 def site_describe(ctx: typer.Context, name: str = typer.Argument(..., help="Site name."),
-                  output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)
+                  output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP,
+                                             autocompletion=OUTPUT_CHOICES)
                   ) -> None:
     """A site's mirrored partitions: edge partition → cloud partition, leader, HW."""
     _check_output(output)
@@ -144,7 +146,8 @@ def site_describe(ctx: typer.Context, name: str = typer.Argument(..., help="Site
 
 @upstream_app.command("status")
 def upstream_status(ctx: typer.Context,
-                    output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP)
+                    output: str = typer.Option("table", "--output", "-O", help=OUTPUT_HELP,
+                                               autocompletion=OUTPUT_CHOICES)
                     ) -> None:
     """Per upstream partition: edge end, what the cloud acknowledged, lag, link state."""
     _check_output(output)

@@ -17,7 +17,7 @@ from typing import IO, Any, NamedTuple
 
 import typer
 
-from edge.cli.common import Target, fail, parse_time_ms, run, target
+from edge.cli.common import Target, complete_from, fail, parse_time_ms, run, target
 from edge.client import Acks, Admin, Consumer, Offset, Producer, SkippedBatch
 from edge.client.group import check_session_timeout
 from edge.config import ConfigError, parse_duration_ms
@@ -40,7 +40,8 @@ def produce(
                                              "into key and value."),
     partition: int | None = typer.Option(None, "--partition", "-p", help="Write to this "
                                          "partition (default by key, else spread)."),
-    acks: str = typer.Option("leader", help="none, leader or all."),
+    acks: str = typer.Option("leader", help="none, leader or all.",
+                             autocompletion=complete_from("none", "leader", "all")),
     linger_ms: float = typer.Option(5.0, help="Wait up to this long to fill a batch."),
     batch_bytes: int = typer.Option(64 * 1024, help="Send a batch at this size."),
     compression: str | None = typer.Option(None, help="none or zlib (default the topic's)."),
@@ -162,7 +163,8 @@ def consume(
     show_keys: bool = typer.Option(False, "--key-value", "-k", help="Print keys too."),
     fmt: str | None = typer.Option(None, "--format", help="Template with {offset} {partition} "
                                    "{key} {value} {timestamp} {time}."),
-    output: str = typer.Option("text", "--output", "-O", help="text or json (one object a line)."),
+    output: str = typer.Option("text", "--output", "-O", help="text or json (one object a line).",
+                               autocompletion=complete_from("text", "json")),
     consumer_name: str | None = typer.Option(None, "--consumer", help="Resume from the position "
                                              "stored under NAME and store it as you go."),
     site: str | None = typer.Option(None, "--site", help="On a cloud cluster: only the "

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Final
 
 import typer
 
-from edge.cli.common import human_bytes
+from edge.cli.common import complete_from, human_bytes
 from edge.config import ConfigError, parse_duration_ms, parse_size
 from edge.storage.budget import MIN_BUDGET_BYTES, Policy
 
@@ -26,7 +26,8 @@ SegmentBytes = Annotated[str | None, typer.Option(
 SegmentTime = Annotated[str | None, typer.Option(
     "--segment-time", help="Roll segments after this long (default 7d).")]
 Compression = Annotated[str | None, typer.Option(
-    "--compression", help="none or zlib (applied by producers).")]
+    "--compression", help="none or zlib (applied by producers).",
+    autocompletion=complete_from("none", "zlib"))]
 MinIsr = Annotated[int | None, typer.Option(
     "--min-insync-replicas", "--min-isr", help="In-sync replicas acks=all needs (default 1).")]
 UncleanElection = Annotated[bool | None, typer.Option(
@@ -41,7 +42,8 @@ Budget = Annotated[str | None, typer.Option(
 BudgetPolicy = Annotated[str | None, typer.Option(
     "--budget-policy", help="When the disk budget is full: reject-new (writers get a "
     "retriable BUDGET_EXCEEDED) or drop-oldest (the oldest data the cloud lacks goes, "
-    "counted and marked upstream); default reject-new.")]
+    "counted and marked upstream); default reject-new.",
+    autocompletion=complete_from(*(p.value for p in Policy)))]
 
 # Option names (without "--") of the settings, for ``topic alter --reset``.
 SETTING_OF_FLAG: Final = {
