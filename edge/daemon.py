@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from edge import sdnotify
+from edge import sdnotify, tls
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,17 @@ def raise_open_files_limit() -> None:
 async def serve(services: Sequence[Service], *, ready_text: Callable[[], str],
                 on_ready: Callable[[], None] | None = None,
                 stop: asyncio.Event | None = None) -> None:
-    """Start ``services`` in order, report ready, wait for a signal, stop in reverse."""
+    """Start ``services`` in order, report ready, wait for a signal, stop in reverse.
+
+    SIGHUP (``systemctl reload``) loads the TLS certificates again, as does a
+    change of their files; nothing restarts."""
     stop = stop or asyncio.Event()
     raise_open_files_limit()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, tls.reload_certificates)
+    certificates = asyncio.create_task(tls.watch(), name="tls-watch")
     started: list[Service] = []
     try:
         for service in services:
@@ -66,9 +71,10 @@ async def serve(services: Sequence[Service], *, ready_text: Callable[[], str],
         sdnotify.stopping("stopping: flushing partitions")
         log.info("stopping")
     finally:
+        certificates.cancel()
         for service in reversed(started):
             await service.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 

@@ -5,17 +5,35 @@ builds them from file paths (``TlsConfig``, the one TLS configuration of daemons
 gateway and CLI). Mutual TLS (client certificates) is switched on with
 ``verify_client``; the certificate's subject names the principal. On the private
 ports that principal is an SPU id (:func:`spu_ids_named`).
+
+Certificates rotate without a restart: every context built here is remembered
+(weakly), and :func:`reload_certificates` (SIGHUP, or :func:`watch` seeing a file
+change) loads the files again into each. New connections use the new
+certificate; open ones keep theirs until they reconnect. A new file that does
+not load (a key that does not match, a half-copied file) is refused with one log
+line and the old certificate stays in use.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import logging
+import os
 import re
 import ssl
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from edge.config import ConfigError, check_file, reject_unknown, take
+
+log = logging.getLogger(__name__)
+
+# Certificates closer than this to their end are warned about (start, reload, daily).
+EXPIRY_WARNING_DAYS: Final = 30
+WATCH_INTERVAL_S: Final = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +98,7 @@ def server_context(cfg: TlsConfig) -> ssl.SSLContext:
     if cfg.ca is not None:
         ctx.load_verify_locations(str(cfg.ca))
     ctx.verify_mode = ssl.CERT_REQUIRED if cfg.verify_client else ssl.CERT_NONE
+    _remember(ctx, cfg)
     return ctx
 
 
@@ -92,7 +111,97 @@ def client_context(cfg: TlsConfig, *, check_hostname: bool = True) -> ssl.SSLCon
     if cfg.cert is not None and cfg.key is not None:
         ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
     ctx.check_hostname = check_hostname
+    _remember(ctx, cfg)
     return ctx
+
+
+_LIVE: weakref.WeakKeyDictionary[ssl.SSLContext, TlsConfig] = weakref.WeakKeyDictionary()
+_WARNED: dict[Path, datetime.date] = {}
+
+
+def _remember(ctx: ssl.SSLContext, cfg: TlsConfig) -> None:
+    _LIVE[ctx] = cfg
+    if cfg.cert is not None:
+        warn_if_expiring(cfg.cert)
+
+
+def reload_certificates() -> int:
+    """Load every live context's files again; returns how many took new files."""
+    done = 0
+    for ctx, cfg in list(_LIVE.items()):
+        try:
+            if cfg.cert is not None and cfg.key is not None:
+                # Tried on a scratch context first: a failed load can leave a live
+                # context with a certificate and no matching key.
+                ssl.create_default_context().load_cert_chain(str(cfg.cert), str(cfg.key))
+                ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
+            if cfg.ca is not None:
+                ctx.load_verify_locations(str(cfg.ca))
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("TLS files of %s not reloaded, the old ones stay in use: %s",
+                        cfg.cert or cfg.ca, exc)
+            continue
+        done += 1
+        if cfg.cert is not None:
+            warn_if_expiring(cfg.cert, again=True)
+    if done:
+        log.info("TLS certificates reloaded (%d context(s))", done)
+    return done
+
+
+def _stamps() -> dict[Path, float]:
+    out = {}
+    for cfg in list(_LIVE.values()):
+        for path in (cfg.cert, cfg.key, cfg.ca):
+            if path is not None:
+                try:
+                    out[path] = os.stat(path).st_mtime
+                except OSError:
+                    out[path] = -1.0
+    return out
+
+
+async def watch(interval: float = WATCH_INTERVAL_S) -> None:
+    """Reload when a certificate, key or CA file changes (a copied-in renewal);
+    warn daily about certificates near their end."""
+    seen = _stamps()
+    while True:
+        await asyncio.sleep(interval)
+        now = _stamps()
+        if now != seen and all(v >= 0 for v in now.values()):
+            reload_certificates()
+        seen = now
+        for cfg in list(_LIVE.values()):
+            if cfg.cert is not None:
+                warn_if_expiring(cfg.cert)
+
+
+def days_left(cert: Path) -> float | None:
+    """Days until ``cert`` (PEM) expires; None if it cannot be read."""
+    try:
+        decoded = ssl._ssl._test_decode_cert(str(cert))  # type: ignore[attr-defined]
+        end = ssl.cert_time_to_seconds(decoded["notAfter"])
+    except (OSError, ssl.SSLError, KeyError, ValueError):
+        return None
+    return (end - datetime.datetime.now(datetime.UTC).timestamp()) / 86400
+
+
+def warn_if_expiring(cert: Path, *, again: bool = False) -> None:
+    """One warning a day while ``cert`` is within EXPIRY_WARNING_DAYS of its end."""
+    left = days_left(cert)
+    if left is None or left > EXPIRY_WARNING_DAYS:
+        return
+    today = datetime.date.today()
+    if not again and _WARNED.get(cert) == today:
+        return
+    _WARNED[cert] = today
+    if left <= 0:
+        log.error("TLS certificate %s has expired: peers refuse it. Issue a new one "
+                  "(headwater tls issue) and send SIGHUP", cert)
+    else:
+        log.warning("TLS certificate %s expires in %.0f day(s): issue a new one "
+                    "(headwater tls issue), copy it in place; it is reloaded without a "
+                    "restart", cert, left)
 
 
 _SPU_NAME = re.compile(r"spu-(0|[1-9][0-9]{0,9})")

@@ -64,10 +64,11 @@ app.command("consume")(stream_cmds.consume)
 
 
 def _mount_optional() -> None:
-    from edge.cli import bench_cmds, demo, profile
+    from edge.cli import bench_cmds, demo, profile, tls_cmds
 
     app.add_typer(bench_cmds.bench_app, name="bench")
     app.add_typer(profile.profile_app, name="profile")
+    app.add_typer(tls_cmds.tls_app, name="tls")
     app.command("demo")(demo.demo)
     import importlib.util
 
