@@ -10,7 +10,6 @@ loop stops reading the socket, so TCP carries the back-pressure to the server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import socket
@@ -22,6 +21,7 @@ from edge.protocol import messages
 from edge.protocol.errors import ConnectionLost, HeadwaterError, ProtocolError, RequestTimeout
 from edge.protocol.framing import MAX_RESPONSE_META_BYTES, FrameDecoder, encode_frame
 from edge.protocol.messages import ApiKey
+from edge.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +184,8 @@ class ClientConnection:
     async def close(self) -> None:
         self._fail(ConnectionLost(f"connection to {self.addr} closed", addr=self.addr))
         if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader_task
+            # edge.tasks.cancel: a cancellation of the closing task itself propagates.
+            await cancel(self._reader_task)
 
     async def __aenter__(self) -> ClientConnection:
         return await self.connect()
