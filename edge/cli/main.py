@@ -64,11 +64,12 @@ app.command("consume")(stream_cmds.consume)
 
 
 def _mount_optional() -> None:
-    from edge.cli import bench_cmds, demo, profile, tls_cmds
+    from edge.cli import acl_cmds, bench_cmds, demo, profile, tls_cmds
 
     app.add_typer(bench_cmds.bench_app, name="bench")
     app.add_typer(profile.profile_app, name="profile")
     app.add_typer(tls_cmds.tls_app, name="tls")
+    app.add_typer(acl_cmds.acl_app, name="acl")
     app.command("demo")(demo.demo)
     import importlib.util
 

@@ -139,6 +139,23 @@ class Admin:
         meta = await self.cluster.sc_request(ApiKey.GROUP_DELETE, group=group)
         return decode_response(msg.DELETED, meta).positions
 
+    # access control ------------------------------------------------------------
+
+    async def add_acl(self, principal: str, operation: str, resource: str) -> None:
+        """Allow ``principal`` ``operation`` on ``resource`` (edge.acl)."""
+        await self.cluster.sc_request(ApiKey.ACL_ADD, principal=principal,
+                                      operation=operation, resource=resource)
+
+    async def remove_acl(self, principal: str, operation: str, resource: str) -> None:
+        await self.cluster.sc_request(ApiKey.ACL_REMOVE, principal=principal,
+                                      operation=operation, resource=resource)
+
+    async def list_acls(self) -> tuple[bool, list[dict[str, str]]]:
+        """Whether authorization is on, and the rules."""
+        meta = await self.cluster.sc_request(ApiKey.ACL_LIST)
+        answer = decode_response(sc_api.ACL_RULES, meta)
+        return answer.authorization, [r._asdict() for r in answer.acls]
+
     # edge sites (on a cloud SC) and the uplink (on an edge cluster) --------------
 
     async def register_site(self, name: str) -> dict[str, Any]:

@@ -51,6 +51,7 @@ class ErrorCode(IntEnum):
     SITE_NOT_FOUND = 51
     SITE_EXISTS = 52
     AUTHENTICATION_FAILED = 60
+    AUTHORIZATION_FAILED = 61
     UNKNOWN_MEMBER = 70
     STALE_GENERATION = 71
     GROUP_NOT_EMPTY = 72
@@ -238,6 +239,13 @@ class AuthenticationFailed(RemoteError):
     code = ErrorCode.AUTHENTICATION_FAILED
 
 
+class AuthorizationFailed(RemoteError):
+    """The caller is known but no ACL allows it this operation on this resource
+    (``data``: principal, operation, resource)."""
+
+    code = ErrorCode.AUTHORIZATION_FAILED
+
+
 class UnknownMember(RemoteError):
     """The consumer-group member is not (any longer) in its group: its session
     expired or it left. It joins again as a new member."""
@@ -282,7 +290,8 @@ _BY_CODE: dict[int, type[RemoteError]] = {
         RequestTimeout,
         ShuttingDown, NotController, SpuNotFound, NotEnoughReplicas, StaleEpoch,
         NotContiguous, MirrorSourceMismatch, ConsumerNotFound, SiteNotFound, SiteExists,
-        AuthenticationFailed, UnknownMember, StaleGeneration, GroupNotEmpty,
+        AuthenticationFailed, AuthorizationFailed, UnknownMember, StaleGeneration,
+        GroupNotEmpty,
     )
 }
 

@@ -62,6 +62,10 @@ class ApiKey(IntEnum):
     AUTHENTICATE = 33
     # SPU public (cloud): what an edge deleted before the cloud had it, marked
     MIRROR_GAP = 34
+    # SC public: access control lists
+    ACL_ADD = 35
+    ACL_LIST = 36
+    ACL_REMOVE = 37
     # SPU private (follower -> leader)
     REPLICA_FETCH = 40
     OFFSET_FOR_EPOCH = 41

@@ -382,6 +382,27 @@ class AssignedReplica(NamedTuple):
     source: str
 
 
+class AclRule(NamedTuple):
+    principal: str
+    operation: str
+    resource: str
+
+
+class AclRules(NamedTuple):
+    acls: tuple[AclRule, ...]
+    authorization: bool
+
+
+# The three parts of a rule (edge.acl checks their syntax where it matters).
+_ACL_FIELDS = (Field("principal", Kind.TEXT, high=200),
+               Field("operation", Kind.TEXT,
+                     choices=("produce", "consume", "describe", "create", "delete",
+                              "alter", "admin")),
+               Field("resource", Kind.TEXT, high=f.NAME_CHARS + 8))
+ACL_RULE: Final = Message(AclRule, _ACL_FIELDS)
+_ACL_ROWS = Field("acls", Kind.ROWS, items=f.MAX_ROWS, row=AclRule, row_fields=_ACL_FIELDS)
+ACL_RULES: Final = Message(AclRules, (_ACL_ROWS, Field("authorization", Kind.BOOL)))
+
 # One whole, in the millionths uplink shares are counted in.
 SHARE_PPM: Final = 1_000_000
 
@@ -393,6 +414,11 @@ class Assignment(NamedTuple):
     # This SPU's part of its site's uplink bandwidth limit, in millionths (its
     # share of the site's led upstream partitions); None: all of it.
     uplink_share_ppm: int | None = None
+    # Access control: whether it is on, and the rules (edge.acl); None from an SC
+    # that does not send them (authorization off).
+    authorization: bool | None = None
+    acls: tuple[AclRule, ...] | None = None
+    superusers: tuple[str, ...] | None = None
 
 
 class HeartbeatRequest(NamedTuple):
@@ -430,6 +456,10 @@ ASSIGNMENT: Final = Message(Assignment, (
     Field("cluster", Kind.TEXT, high=f.NAME_CHARS),
     Field("peers", Kind.MAP, items=f.MAX_ROWS, values=_renamed(_ADDRESS, "peers")),
     Field("uplink_share_ppm", Kind.INT, required=False, low=0, high=SHARE_PPM),
+    Field("authorization", Kind.BOOL, required=False),
+    Field("acls", Kind.ROWS, required=False, items=f.MAX_ROWS, row=AclRule,
+          row_fields=_ACL_FIELDS),
+    Field("superusers", Kind.TEXTS, required=False, items=256, high=200),
 ))
 HEARTBEAT: Final = Message(HeartbeatRequest, (
     f.SPU,
@@ -458,6 +488,9 @@ APIS: Final[dict[ApiKey, Api]] = {
     ApiKey.LIST_SITES: Api(EMPTY, SITES),
     ApiKey.DESCRIBE_SITE: Api(NAMED, DESCRIBED_SITE),
     ApiKey.MIRROR_RESOLVE: Api(MIRROR_RESOLVE, MIRROR_RESOLVED),
+    ApiKey.ACL_ADD: Api(ACL_RULE, EMPTY),
+    ApiKey.ACL_REMOVE: Api(ACL_RULE, EMPTY),
+    ApiKey.ACL_LIST: Api(EMPTY, ACL_RULES),
     ApiKey.ALTER_TOPIC: Api(ALTER_TOPIC, ALTERED),
     ApiKey.REGISTER_SPU: Api(REGISTER_SPU, ASSIGNMENT, stream=True),
     ApiKey.HEARTBEAT: Api(HEARTBEAT, HEARTBEAT_ANSWER),

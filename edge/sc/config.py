@@ -45,6 +45,10 @@ class ScConfig:
     insecure_private: bool = False
     # HOST:PORT of the Prometheus endpoint (GET /metrics); None: no metrics.
     metrics_addr: str | None = None
+    # Access control (edge.acl): off by default; on, everything no ACL allows is
+    # denied, except to the superusers (client certificate common names).
+    authorization: bool = False
+    superusers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for key in ("public_addr", "private_addr"):
@@ -84,8 +88,18 @@ class ScConfig:
             "cluster_secret": secret_from(raw),
             "insecure_private": take(raw, "insecure_private", bool, False),
             "metrics_addr": take(raw, "metrics_addr", str, None),
+            "authorization": take(raw, "authorization", bool, False),
+            "superusers": _names(raw, "superusers"),
         }
         discovery = DiscoveryConfig.take_from(raw, site=overrides.pop("site", None))
         reject_unknown(raw, "sc config")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values, discovery=discovery)
+
+
+def _names(raw: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = raw.pop(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError("must be a list of principal names (certificate common names)",
+                          key=key)
+    return tuple(value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from edge.metrics import gauge, listener_families
+from edge.metrics import counter, gauge, listener_families
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 
 def sc_source(controller: Controller, sites: SiteRegistry,
-              listeners: Callable[[], dict[str, dict[str, int]]]
-              ) -> Callable[[], Iterator[Metric]]:
+              listeners: Callable[[], dict[str, dict[str, int]]],
+              denied: Callable[[], int] = lambda: 0) -> Callable[[], Iterator[Metric]]:
     def collect() -> Iterator[Metric]:
         spus = list(controller.spus.values())
         yield gauge("headwater_spus", "Registered SPUs by state.", ["state"],
@@ -39,6 +39,8 @@ def sc_source(controller: Controller, sites: SiteRegistry,
                     "than min_insync_replicas: acks=all writes are refused.", [],
                     [([], len(below))])
         yield from listener_families(listeners())
+        yield counter("headwater_authorization_denied", "Requests refused with "
+                      "AUTHORIZATION_FAILED (no ACL allowed them).", [], [([], denied())])
         yield from _sites(sites.list())
     return collect
 

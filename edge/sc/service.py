@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from edge.acl import Authorizer, Operation, Rule, check_rule
 from edge.net.auth import PrivateGate, require_spu
 from edge.net.connection import split_addr
 from edge.net.limits import BufferPool
@@ -47,6 +48,8 @@ class Sc:
         self.controller = Controller(self.store, heartbeat_timeout_s=cfg.heartbeat_timeout_s)
         self.sites = SiteRegistry(self.controller)
         self.metrics: Metrics | None = None
+        self.authorizer = Authorizer(enabled=cfg.authorization, superusers=cfg.superusers,
+                                     rules=self._rules())
         self.group_store = GroupStore(cfg.data_dir / "metadata.sqlite")
         self.groups = GroupHandlers(self.controller, self.group_store)
         ctx = server_context(cfg.tls) if cfg.tls and cfg.tls.cert else None
@@ -83,6 +86,9 @@ class Sc:
             ApiKey.DESCRIBE_SITE: self.describe_site,
             ApiKey.MIRROR_RESOLVE: self.mirror_resolve,
             ApiKey.ALTER_TOPIC: self.alter_topic,
+            ApiKey.ACL_ADD: self.acl_add,
+            ApiKey.ACL_REMOVE: self.acl_remove,
+            ApiKey.ACL_LIST: self.acl_list,
             **self.groups.table(),
         }
         self._private: dict[ApiKey, Handler] = {
@@ -107,11 +113,16 @@ class Sc:
                 "sc", self.controller.cluster_id, self.cfg.metrics_addr,
                 data_dir=self.cfg.data_dir, listeners=servers.values(),
                 source=sc_source(self.controller, self.sites,
-                                 lambda: {k: v.status() for k, v in servers.items()}))
+                                 lambda: {k: v.status() for k, v in servers.items()},
+                                 lambda: self.authorizer.denied))
         self._announce(pub, priv)
         if self.cfg.insecure_private:
             log.warning("SC private port %s accepts any caller (insecure_private): for "
                         "development only", self.private_addr)
+        if self.cfg.authorization and not (self.cfg.tls and self.cfg.tls.verify_client):
+            log.warning("authorization is on but the public port does not ask for client "
+                        "certificates ([tls] verify_client = true): every client is "
+                        "'anonymous' and may do only what ACLs grant 'anonymous' or '*'")
         log.info("SC serving clients on %s, SPUs on %s (cluster %s)", self.public_addr,
                  self.private_addr, self.controller.cluster_id)
 
@@ -152,6 +163,8 @@ class Sc:
             self.groups.expire()
 
     def _dispatch_public(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Any:
+        if self.authorizer.enabled:
+            self.authorizer.check(conn.principal, messages.api_of(meta), meta)
         return _route(self._public, "SC public", conn, meta, blob)
 
     def _dispatch_private(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Any:
@@ -265,7 +278,10 @@ class Sc:
         def push(replicas: list[dict[str, Any]], version: int) -> None:
             rows, blob = rows_out("replicas", replicas)
             share = self.controller.uplink_share_ppm(spu_id)
-            extra = {} if share is None else {"uplink_share_ppm": share}
+            extra: dict[str, Any] = {} if share is None else {"uplink_share_ppm": share}
+            if self.cfg.authorization:
+                extra.update(authorization=True, acls=[r._asdict() for r in self._rules()],
+                             superusers=list(self.cfg.superusers))
             conn.send_soon(messages.ok(cid, **rows, version=version, cluster=cluster,
                                        peers=self.controller.peers(), **extra), blob)
 
@@ -303,6 +319,46 @@ class Sc:
                         ) -> Response:
         self.sites.unregister(decode_request(sc_api.NAMED, meta).name)
         return messages.ok(meta["id"]), b""
+
+    # access control ----------------------------------------------------------
+
+    def _rules(self) -> list[Rule]:
+        return [Rule(p, Operation(o), r) for p, o, r in self.store.acls()]
+
+    def _acl(self, meta: dict[Any, Any]) -> Rule:
+        req = decode_request(sc_api.ACL_RULE, meta)
+        try:
+            return check_rule(req.principal, req.operation, req.resource)
+        except ValueError as exc:
+            field = next((f for f in ("principal", "operation", "resource") if f in str(exc)),
+                         "resource")
+            raise InvalidRequest(str(exc), field=field) from None
+
+    def _acls_changed(self) -> None:
+        self.authorizer.update(enabled=self.cfg.authorization, rules=self._rules())
+        self.controller.changed()  # pushed to every SPU with its assignment
+
+    def acl_add(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        rule = self._acl(meta)
+        if self.store.add_acl(rule.principal, rule.operation.value, rule.resource):
+            log.info("ACL added: %s may %s %s", rule.principal, rule.operation.value,
+                     rule.resource)
+            self._acls_changed()
+        return messages.ok(meta["id"]), b""
+
+    def acl_remove(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        rule = self._acl(meta)
+        if not self.store.remove_acl(rule.principal, rule.operation.value, rule.resource):
+            raise InvalidRequest(f"no ACL lets {rule.principal} {rule.operation.value} "
+                                 f"{rule.resource} (see headwater acl list)", field="resource")
+        log.info("ACL removed: %s may no longer %s %s", rule.principal, rule.operation.value,
+                 rule.resource)
+        self._acls_changed()
+        return messages.ok(meta["id"]), b""
+
+    def acl_list(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        rows = [{"principal": p, "operation": o, "resource": r} for p, o, r in self.store.acls()]
+        return messages.ok(meta["id"], acls=rows, authorization=self.cfg.authorization), b""
 
     def list_sites(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
         return messages.ok(meta["id"], sites=self.sites.list()), b""

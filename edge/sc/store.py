@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS mirrors (
     PRIMARY KEY (site, topic, edge_partition),
     UNIQUE (topic, cloud_partition)
 );
+CREATE TABLE IF NOT EXISTS acls (
+    principal TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    PRIMARY KEY (principal, operation, resource)
+);
 """
 
 
@@ -222,6 +228,25 @@ class MetadataStore:
         with self._tx():
             cur = self._db.execute("DELETE FROM sites WHERE name=?", (name,))
         return cur.rowcount > 0
+
+    def add_acl(self, principal: str, operation: str, resource: str) -> bool:
+        """False if the rule exists already."""
+        with self._tx():
+            cur = self._db.execute("INSERT OR IGNORE INTO acls VALUES (?, ?, ?)",
+                                   (principal, operation, resource))
+        return cur.rowcount > 0
+
+    def remove_acl(self, principal: str, operation: str, resource: str) -> bool:
+        with self._tx():
+            cur = self._db.execute(
+                "DELETE FROM acls WHERE principal=? AND operation=? AND resource=?",
+                (principal, operation, resource))
+        return cur.rowcount > 0
+
+    def acls(self) -> list[tuple[str, str, str]]:
+        return [(r[0], r[1], r[2]) for r in self._db.execute(
+            "SELECT principal, operation, resource FROM acls "
+            "ORDER BY principal, resource, operation").fetchall()]
 
     def sites(self) -> list[SiteRow]:
         return [SiteRow(*r) for r in

@@ -27,6 +27,9 @@ def spu_source(replicas: ReplicaSet, listeners: Callable[[], dict[str, dict[str,
                       "produced, refused, corrupt, mirrored (PARTITION_STATUS stats).",
                       ["event"], (([k], v) for k, v in sorted(stats().items())
                                   if isinstance(v, int) and not isinstance(v, bool)))
+        yield counter("headwater_authorization_denied", "Requests refused with "
+                      "AUTHORIZATION_FAILED (no ACL allowed them).", [],
+                      [([], replicas.authorizer.denied)])
         yield from _budget(replicas)
         yield from _uplinks(uplinks())
     return collect

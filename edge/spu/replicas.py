@@ -19,18 +19,21 @@ from typing import Any
 
 import cbor2
 
+from edge.acl import Authorizer, Rule, check_rule
 from edge.net.bandwidth import MAX_PRIORITY, MIN_PRIORITY
 from edge.protocol.errors import LeaderNotAvailable, NotLeader, PartitionNotFound
 from edge.spu.budget import NodeBudget
 from edge.spu.partition import Partition
 from edge.storage.budget import TopicBudget
 from edge.storage.config import STORAGE_KEYS, LogConfig, is_topic_name
+from edge.storage.fileio import write_atomic
 from edge.storage.log import PartitionLog
 from edge.storage.mirror import MirrorOwner
 
 log = logging.getLogger(__name__)
 
 ASSIGNMENT_FILE = "assignment.cbor"
+ACCESS_FILE = "access.cbor"
 
 
 def _role(r: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +71,10 @@ class ReplicaSet:
         self.fsync_observer: Callable[[float], None] | None = None
         # This SPU's part of the site's uplink limit, as the SC last said (millionths).
         self.uplink_share_ppm: int | None = None
+        # The SC's access rules, kept on disk so that a restart while the SC is away
+        # does not open what the SC closed.
+        self.authorizer = Authorizer()
+        self._load_access()
         # Private (peer) addresses of the SPUs, as the SC last told us.
         self.peers: dict[int, str] = {}
         self.cluster_id: str | None = None
@@ -168,6 +175,35 @@ class ReplicaSet:
         if delete:
             shutil.rmtree(self.partition_dir(*key), ignore_errors=True)
             log.info("deleted replica %s", p.name)
+
+    def set_access(self, *, enabled: bool, rules: list[Rule], superusers: list[str]) -> None:
+        """The SC's authorization state (with each assignment push); saved if changed."""
+        a = self.authorizer
+        if (enabled, rules, frozenset(superusers)) == (a.enabled, a.rules, a.superusers):
+            return
+        self.authorizer.update(enabled=enabled, rules=rules, superusers=superusers)
+        data = cbor2.dumps({"authorization": enabled, "superusers": superusers, "acls": [
+            [r.principal, r.operation.value, r.resource] for r in rules]})
+        dfd = os.open(self.data_dir, os.O_RDONLY)
+        try:
+            write_atomic(self.data_dir, dfd, ACCESS_FILE, data, mode=0o600)
+        finally:
+            os.close(dfd)
+        log.info("authorization %s, %d ACL(s)", "on" if enabled else "off", len(rules))
+
+    def _load_access(self) -> None:
+        path = self.data_dir / ACCESS_FILE
+        try:
+            saved = cbor2.loads(path.read_bytes())
+            rules = [check_rule(*row) for row in saved["acls"]]
+            self.authorizer.update(enabled=saved["authorization"] is True, rules=rules,
+                                   superusers=[str(u) for u in saved["superusers"]])
+        except FileNotFoundError:
+            return
+        except Exception as exc:  # damaged: deny everything until the SC says otherwise
+            log.warning("unreadable %s (%s): denying every request until the SC sends its "
+                        "rules", path, exc)
+            self.authorizer.update(enabled=True, rules=[])
 
     def partition_dir(self, topic: str, index: int) -> Path:
         return self.data_dir / "partitions" / f"{topic}-{index}"

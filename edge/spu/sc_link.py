@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from edge import health
+from edge.acl import rules_from_wire
 from edge.net.backoff import Backoff
 from edge.net.connection import Authenticator, ClientConnection
 from edge.protocol import sc_api
@@ -31,6 +32,7 @@ from edge.spu.config import SpuConfig
 from edge.spu.guard import LeadershipGuard
 from edge.spu.partition import Partition
 from edge.spu.replicas import ReplicaSet
+from edge.tasks import raise_if_cancelled
 
 if TYPE_CHECKING:
     from edge.discovery.finder import ScFinder
@@ -91,6 +93,7 @@ class ScLink:
             else:
                 warned = False
             self.connected.clear()
+            raise_if_cancelled()
             await backoff.sleep()
 
     async def _session(self) -> None:
@@ -179,6 +182,9 @@ class ScLink:
             raise ProtocolError("field 'peers': keys must be SPU ids", field="peers")
         peers = {int(k): v for k, v in push.peers.items()}
         self.replicas.uplink_share_ppm = push.uplink_share_ppm
+        self.replicas.set_access(enabled=push.authorization is True,
+                                 rules=rules_from_wire(to_wire(push.acls or ())),
+                                 superusers=list(push.superusers or ()))
         await self.replicas.apply(to_wire(push.replicas), cluster_id=push.cluster,
                                   version=push.version, peers=peers)
         await self._on_assignment()

@@ -160,6 +160,8 @@ class Spu:
                          ) -> Any:
         if self.api is None:
             raise InvalidRequest("SPU is starting")
+        if self.replicas.authorizer.enabled:
+            self.replicas.authorizer.check(conn.principal, messages.api_of(meta), meta)
         return self.api.dispatch(conn, meta, blob)
 
     def _dispatch_private(self, conn: Connection, meta: dict[Any, Any], blob: bytes

@@ -45,6 +45,7 @@ TABLE: dict[ErrorCode, tuple[type[RemoteError], bool]] = {
     ErrorCode.SITE_NOT_FOUND: (errors.SiteNotFound, False),
     ErrorCode.SITE_EXISTS: (errors.SiteExists, False),
     ErrorCode.AUTHENTICATION_FAILED: (errors.AuthenticationFailed, False),
+    ErrorCode.AUTHORIZATION_FAILED: (errors.AuthorizationFailed, False),
     ErrorCode.UNKNOWN_MEMBER: (errors.UnknownMember, False),
     ErrorCode.STALE_GENERATION: (errors.StaleGeneration, False),
     ErrorCode.GROUP_NOT_EMPTY: (errors.GroupNotEmpty, False),

@@ -1,0 +1,189 @@
+"""Who may do what: principals, ACL rules and the check every request passes.
+
+A *principal* is who a connection proved to be: the common name of its verified
+client certificate (mutual TLS on the public port), else ``anonymous``. Once
+``authorization`` is on (``sc.toml``), everything is denied that no rule allows,
+except to the SC's ``superusers``. A rule allows one principal (or ``*``, any)
+one operation on one resource:
+
+* operations: ``produce``, ``consume``, ``describe``, ``create``, ``delete``,
+  ``alter``, ``admin``;
+* resources: ``topic:NAME``, ``topic:PREFIX*``, ``group:NAME``, ``group:PREFIX*``,
+  ``cluster``; ``*`` alone matches any resource.
+
+``produce`` and ``consume`` on a topic imply ``describe`` of it (a client must
+find its leaders). The SC stores the rules and pushes them to every SPU with its
+assignment; each side checks the requests it serves. A denial is answered with
+``AUTHORIZATION_FAILED``, counted, and logged once per principal and resource.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import Any, Final, NamedTuple
+
+from edge.logstate import LogOnce
+from edge.protocol.errors import AuthorizationFailed
+from edge.protocol.messages import ApiKey
+from edge.storage.config import TOPIC_NAME
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS: Final = "anonymous"
+ANY: Final = "*"
+MAX_PRINCIPAL_CHARS: Final = 200
+# Denials logged, each (principal, resource) once: a client hammering what it may
+# not touch is counted, not written to the SD card every time.
+MAX_LOGGED_DENIALS: Final = 256
+
+
+class Operation(StrEnum):
+    PRODUCE = "produce"
+    CONSUME = "consume"
+    DESCRIBE = "describe"
+    CREATE = "create"
+    DELETE = "delete"
+    ALTER = "alter"
+    ADMIN = "admin"
+
+
+class Rule(NamedTuple):
+    principal: str
+    operation: Operation
+    resource: str
+
+    def covers(self, principal: str, operation: Operation, resource: str) -> bool:
+        if self.principal not in (ANY, principal):
+            return False
+        implied = operation is Operation.DESCRIBE and self.operation in (
+            Operation.PRODUCE, Operation.CONSUME)
+        if self.operation is not operation and not implied:
+            return False
+        return resource_matches(self.resource, resource)
+
+
+def resource_matches(pattern: str, resource: str) -> bool:
+    if pattern == ANY:
+        return True
+    if pattern.endswith("*"):
+        return resource.startswith(pattern[:-1])
+    return pattern == resource
+
+
+def check_rule(principal: str, operation: str, resource: str) -> Rule:
+    """A rule from its three parts, or ValueError naming the bad one."""
+    if not principal or len(principal) > MAX_PRINCIPAL_CHARS or not principal.isprintable():
+        raise ValueError(f"principal must be 1..{MAX_PRINCIPAL_CHARS} printable characters")
+    try:
+        op = Operation(operation)
+    except ValueError:
+        raise ValueError(f"operation must be one of {', '.join(Operation)}, "
+                         f"not {operation!r}") from None
+    if resource not in (ANY, "cluster"):
+        kind, _, name = resource.partition(":")
+        base = name[:-1] if name.endswith("*") else name
+        if kind not in ("topic", "group") or not (
+                (not base and name == "*") or TOPIC_NAME.fullmatch(base)):
+            raise ValueError(f"resource must be topic:NAME, topic:PREFIX*, group:NAME, "
+                             f"group:PREFIX*, cluster or *, not {resource!r}")
+    return Rule(principal, op, resource)
+
+
+def required(api: ApiKey, meta: Mapping[Any, Any]) -> list[tuple[Operation, str]]:
+    """What a request needs: (operation, resource) pairs, all of them. Empty: anyone
+    (API_VERSIONS; the uplink's mirror requests, which sites prove with their token)."""
+    topic = meta.get("topic")
+    t = f"topic:{topic}" if isinstance(topic, str) else "cluster"
+    group = meta.get("group")
+    g = f"group:{group}" if isinstance(group, str) else "cluster"
+    table: dict[ApiKey, list[tuple[Operation, str]]] = {
+        ApiKey.PRODUCE: [(Operation.PRODUCE, t)],
+        ApiKey.FETCH: [(Operation.CONSUME, t)],
+        ApiKey.STREAM_FETCH: [(Operation.CONSUME, t)],
+        ApiKey.LIST_OFFSETS: [(Operation.DESCRIBE, t)],
+        ApiKey.OFFSET_COMMIT: [(Operation.CONSUME, t)],
+        ApiKey.OFFSET_FETCH: [(Operation.CONSUME, t)],
+        ApiKey.CREATE_TOPIC: [(Operation.CREATE, _named_topic(meta))],
+        ApiKey.DELETE_TOPIC: [(Operation.DELETE, _named_topic(meta))],
+        ApiKey.ALTER_TOPIC: [(Operation.ALTER, _named_topic(meta))],
+        ApiKey.DESCRIBE_TOPIC: [(Operation.DESCRIBE, _named_topic(meta))],
+        ApiKey.GROUP_JOIN: [(Operation.CONSUME, g)],
+        ApiKey.GROUP_HEARTBEAT: [(Operation.CONSUME, g)],
+        ApiKey.GROUP_LEAVE: [(Operation.CONSUME, g)],
+        ApiKey.GROUP_COMMIT: [(Operation.CONSUME, g)],
+        ApiKey.GROUP_RESET: [(Operation.ALTER, g)],
+        ApiKey.GROUP_DELETE: [(Operation.DELETE, g)],
+        ApiKey.SITE_REGISTER: [(Operation.ADMIN, "cluster")],
+        ApiKey.SITE_UNREGISTER: [(Operation.ADMIN, "cluster")],
+        ApiKey.PARTITION_REBALANCE: [(Operation.ADMIN, "cluster")],
+        ApiKey.ACL_ADD: [(Operation.ADMIN, "cluster")],
+        ApiKey.ACL_REMOVE: [(Operation.ADMIN, "cluster")],
+        ApiKey.ACL_LIST: [(Operation.ADMIN, "cluster")],
+    }
+    free = {ApiKey.API_VERSIONS, ApiKey.MIRROR_OFFSETS, ApiKey.MIRROR_APPEND,
+            ApiKey.MIRROR_GAP, ApiKey.MIRROR_RESOLVE,
+            # What a producer or consumer needs to find its leaders and ids; the
+            # requests it then sends are checked on their topic.
+            ApiKey.METADATA, ApiKey.WATCH_METADATA, ApiKey.INIT_PRODUCER_ID}
+    if api in free:
+        return []
+    return table.get(api, [(Operation.DESCRIBE, "cluster")])
+
+
+def _named_topic(meta: Mapping[Any, Any]) -> str:
+    name = meta.get("name", meta.get("topic"))
+    return f"topic:{name}" if isinstance(name, str) else "cluster"
+
+
+class Authorizer:
+    """The rules in force on one server, and the check of each request."""
+
+    def __init__(self, *, enabled: bool = False, rules: Iterable[Rule] = (),
+                 superusers: Iterable[str] = ()) -> None:
+        self.enabled = enabled
+        self.rules = list(rules)
+        self.superusers = frozenset(superusers)
+        self.denied = 0
+        self._log = LogOnce(log, max_keys=MAX_LOGGED_DENIALS)
+
+    def update(self, *, enabled: bool, rules: Iterable[Rule],
+               superusers: Iterable[str] | None = None) -> None:
+        self.enabled = enabled
+        self.rules = list(rules)
+        if superusers is not None:
+            self.superusers = frozenset(superusers)
+
+    def allows(self, principal: str, operation: Operation, resource: str) -> bool:
+        if not self.enabled or principal in self.superusers:
+            return True
+        return any(r.covers(principal, operation, resource) for r in self.rules)
+
+    def check(self, principal: str | None, api: ApiKey, meta: Mapping[Any, Any]) -> None:
+        """Raise AuthorizationFailed unless ``principal`` may send this request."""
+        if not self.enabled:
+            return
+        who = principal or ANONYMOUS
+        for operation, resource in required(api, meta):
+            if not self.allows(who, operation, resource):
+                self.denied += 1
+                self._log.warning((who, resource), "denied %s: %s on %s (%s); further "
+                                  "denials of this principal and resource are counted, "
+                                  "not logged", who, operation.value, resource, api.name)
+                raise AuthorizationFailed(
+                    f"{who} may not {operation.value} {resource} (no ACL allows it; "
+                    f"headwater acl add --principal {who} --operation {operation.value} "
+                    f"--resource {resource})", principal=who, operation=operation.value,
+                    resource=resource)
+
+
+def rules_from_wire(rows: Iterable[Any]) -> list[Rule]:
+    """Rules as the SC pushes them (checked by the schema); a bad one is skipped."""
+    out = []
+    for row in rows:
+        try:
+            out.append(check_rule(row["principal"], row["operation"], row["resource"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring an ACL the SC sent: %s", exc)
+    return out
