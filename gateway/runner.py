@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from edge import sdnotify
+from edge import tls as edge_tls
 from edge.client import Admin, Producer
 from edge.client.cluster import Backoff
 from edge.protocol.errors import HeadwaterError, TopicExists
@@ -109,6 +110,9 @@ class Gateway:
         signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self.stop)
+        if handle_signals:  # SIGHUP: load the TLS certificates again (edge.tls)
+            loop.add_signal_handler(signal.SIGHUP, edge_tls.reload_certificates)
+        watcher = asyncio.create_task(edge_tls.watch(), name="tls-watch")
         tls = self.config.tls
         # Not entered with ``async with``: that connects to the SC at once, and the
         # gateway must start (and keep its data at the source) while the SC is away.
@@ -121,10 +125,11 @@ class Gateway:
             self._bridges = self._build(producer)
             await self._serve()
         finally:
+            watcher.cancel()
             with contextlib.suppress(HeadwaterError, TimeoutError):
                 async with asyncio.timeout(self._grace):
                     await producer.close()
-            for sig in signals:
+            for sig in (*signals, *((signal.SIGHUP,) if handle_signals else ())):
                 loop.remove_signal_handler(sig)
             log.info("gateway stopped")
 
