@@ -232,21 +232,26 @@ async def restart_edge_spu(edge: LocalCluster, upstream: Path) -> None:
     await edge.start_spu(1)
 
 
+async def cloud_and_site(tmp: Path) -> tuple[LocalCluster, str]:
+    """A running cloud with the site ``bench`` registered, and the site's [upstream]."""
+    cloud = LocalCluster(tmp / "cloud")
+    await cloud.start()
+    async with Admin(cloud.sc_addr) as admin:
+        token = str((await admin.register_site("bench"))["token"])
+    return cloud, upstream_toml(cloud.sc_addr, "bench", token) + "probe_interval_s = 0.5\n"
+
+
 async def compare_in_flight(depths: list[int], backlog: int, runs: int) -> None:
     """Catch-up of the same backlog with each ``max_in_flight``, interleaved
     (A B A B ...) in one run, medians: what pipelining MIRROR_APPEND buys."""
     rates: dict[int, list[float]] = {d: [] for d in depths}
     with tempfile.TemporaryDirectory(prefix="hw-upstream-") as d:
         tmp = Path(d)
-        cloud = LocalCluster(tmp / "cloud")
-        await cloud.start()
-        async with Admin(cloud.sc_addr) as admin:
-            token = str((await admin.register_site("bench"))["token"])
+        cloud, base = await cloud_and_site(tmp)
         configs = {}
         for depth in depths:
             configs[depth] = tmp / f"in-flight-{depth}.toml"
-            configs[depth].write_text(upstream_toml(cloud.sc_addr, "bench", token)
-                                      + f"probe_interval_s = 0.5\nmax_in_flight = {depth}\n")
+            configs[depth].write_text(base + f"max_in_flight = {depth}\n")
         edge = LocalCluster(tmp / "edge", extra_spu_args=["--upstream", str(configs[depths[0]])])
         await edge.start()
         try:
@@ -281,13 +286,9 @@ async def main(args: argparse.Namespace) -> None:
     limit = parse_size(args.limit)
     with tempfile.TemporaryDirectory(prefix="hw-upstream-") as d:
         tmp = Path(d)
-        cloud = LocalCluster(tmp / "cloud")
-        await cloud.start()
-        async with Admin(cloud.sc_addr) as admin:
-            token = str((await admin.register_site("bench"))["token"])
+        cloud, base = await cloud_and_site(tmp)
         unlimited = tmp / "bench.toml"
-        unlimited.write_text(upstream_toml(cloud.sc_addr, "bench", token)
-                             + "probe_interval_s = 0.5\n")
+        unlimited.write_text(base)
         limited = tmp / "limited.toml"
         limited.write_text(unlimited.read_text() + f"max_bytes_per_s = {limit}\n")
         edge = LocalCluster(tmp / "edge", extra_spu_args=["--upstream", str(unlimited)])

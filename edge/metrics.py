@@ -206,24 +206,28 @@ def listener_families(listeners: dict[str, dict[str, int]]) -> Iterator[Metric]:
     yield from families.values()
 
 
-def gauge(name: str, text: str, labels: list[str],
-          rows: Iterable[tuple[list[str], float]]) -> Metric:
+Rows = Iterable[tuple[list[str], float]]
+
+
+def gauge(name: str, text: str, labels: list[str], rows: Rows) -> Metric:
+    """A gauge family with one sample per row (label values, value)."""
     from prometheus_client.core import GaugeMetricFamily
 
-    family = GaugeMetricFamily(name, text, labels=labels)
-    for values, value in rows:
-        family.add_metric(values, value)
-    return family
+    return _filled(GaugeMetricFamily(name, text, labels=labels), rows)
 
 
-def counter(name: str, text: str, labels: list[str],
-            rows: Iterable[tuple[list[str], float]]) -> Metric:
+def counter(name: str, text: str, labels: list[str], rows: Rows) -> Metric:
+    """A counter family (``name`` gets ``_total``) with one sample per row."""
     from prometheus_client.core import CounterMetricFamily
 
-    family = CounterMetricFamily(name, text, labels=labels)
+    return _filled(CounterMetricFamily(name, text, labels=labels), rows)
+
+
+def _filled(family: Any, rows: Rows) -> Metric:
     for values, value in rows:
         family.add_metric(values, value)
-    return family
+    result: Metric = family
+    return result
 
 
 def check_metrics_addr(addr: str | None) -> None:
