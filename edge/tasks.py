@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+# How long a cancelled task may take to end before it is cancelled again.
+RECANCEL_S = 1.0
+
 
 async def cancel(*tasks: asyncio.Task[Any] | None) -> None:
     """Cancel every task given (None is skipped), then wait for each to end.
@@ -18,24 +21,15 @@ async def cancel(*tasks: asyncio.Task[Any] | None) -> None:
     stopped stops (awaiting a cancelled task inside ``suppress(CancelledError)``
     would swallow it and leave the caller running on)."""
     running = [task for task in tasks if task is not None]
-    for task in running:
-        task.cancel()
-    if running:
-        await asyncio.wait(running)
+    pending = set(running)
+    while pending:
+        # Cancelled again while still running: Python 3.11's TaskGroup can swallow a
+        # cancellation that arrives while one of its children fails (CPython
+        # gh-116720), and the task would carry on as if it had never been asked.
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
     for task in running:
         if not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" warning
 
-
-def raise_if_cancelled() -> None:
-    """Raise CancelledError if the current task has a cancellation pending.
-
-    Python 3.11's TaskGroup can swallow a cancellation that arrives while one of
-    its children fails: the request stays counted (``Task.cancelling()``) but
-    nothing is raised (CPython gh-116720, fixed in 3.12). A loop that retries
-    after a TaskGroup failed calls this before it waits, so a task being stopped
-    stops instead of retrying for ever.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

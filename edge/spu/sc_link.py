@@ -32,7 +32,6 @@ from edge.spu.config import SpuConfig
 from edge.spu.guard import LeadershipGuard
 from edge.spu.partition import Partition
 from edge.spu.replicas import ReplicaSet
-from edge.tasks import raise_if_cancelled
 
 if TYPE_CHECKING:
     from edge.discovery.finder import ScFinder
@@ -93,7 +92,6 @@ class ScLink:
             else:
                 warned = False
             self.connected.clear()
-            raise_if_cancelled()
             await backoff.sleep()
 
     async def _session(self) -> None:

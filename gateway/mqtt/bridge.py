@@ -37,7 +37,6 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.client.cluster import Backoff
 from edge.logstate import LogOnce
-from edge.tasks import raise_if_cancelled
 from gateway.config import MqttConfig, MqttProtocol
 from gateway.mqtt.client import AckingClient, Incoming
 from gateway.mqtt.decode import Decoder, Rejected
@@ -116,7 +115,6 @@ class MqttBridge:
             if self._stopping.is_set():
                 return
             self._counters["reconnects"] += 1
-            raise_if_cancelled()
             await self._sleep(backoff)
 
     def _client(self) -> AckingClient:

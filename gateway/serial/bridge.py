@@ -31,7 +31,6 @@ import serial
 from edge.logstate import LogOnce
 from edge.net.backoff import Backoff
 from edge.protocol.errors import HeadwaterError
-from edge.tasks import raise_if_cancelled
 from gateway.serial.codec import FrameDecoder, FrameReceived
 from gateway.serial.frames import Frame, wire
 from gateway.serial.session import DeviceSession, LinkTiming, ProduceJob
@@ -175,7 +174,6 @@ class _Port:
                 self._logs.warning("gone", "serial %s: port went away: %s", self.cfg.path, exc)
             finally:
                 self._close(ser)
-            raise_if_cancelled()
 
     def _open_port(self) -> serial.Serial:
         ser = serial.Serial(

@@ -46,7 +46,7 @@ REQUIRED_PRESENT = ("StateDirectory", "RestrictAddressFamilies", "MemoryMax", "L
                     "SystemCallFilter", "CapabilityBoundingSet")
 # systemd-analyze security rates exposure from 0 (locked down) to 10 (wide
 # open); "OK" is below 4. The threshold is in tenths. Measured: SC and SPU 1.6,
-# the gateway 1.8 (it needs tty devices, so no PrivateDevices), mosquitto 2.6 with
+# the gateway 1.8 (it needs tty devices, so no PrivateDevices), mosquitto 2.7 with
 # the role's drop-in (7.9 as Debian ships it: it starts as root and drops to its
 # user itself, so it keeps CAP_CHOWN, CAP_SETUID, CAP_SETGID, CAP_DAC_OVERRIDE).
 EXPOSURE_THRESHOLD = {"headwater-sc.service": 20, "headwater-spu@7.service": 20,
