@@ -29,8 +29,13 @@ def _imported_modules() -> set[str]:
 
 
 def _declared() -> set[str]:
+    """The dependencies, and the extras a user installs for a feature (``[tls]``);
+    not the test extra: the product's code must not need it."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    names = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0] for d in project["dependencies"]}
+    extras = project.get("optional-dependencies", {})
+    wanted = [*project["dependencies"],
+              *(d for name, deps in extras.items() if name != "test" for d in deps)]
+    names = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0] for d in wanted}
     return {n.lower().replace("_", "-") for n in names}
 
 
