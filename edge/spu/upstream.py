@@ -310,9 +310,12 @@ class PartitionUplink:
         """
         pending: deque[_Sent] = deque()
         send_at = offset
+        # Under a bandwidth limit the limit is the bottleneck, and requests queued
+        # for it would hold grants the lower priorities are owed: one at a time.
+        depth = self.cfg.max_in_flight if self.cfg.max_bytes_per_s is None else 1
         while not self.p.closed:
             hw = self.p.high_watermark
-            if len(pending) < self.cfg.max_in_flight and send_at < hw:
+            if len(pending) < depth and send_at < hw:
                 pending.append(await self._send(conn, cloud_partition, send_at, hw,
                                                 version=version))
                 send_at = pending[-1].next_offset
