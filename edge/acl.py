@@ -27,13 +27,13 @@ from typing import Any, Final, NamedTuple
 from edge.logstate import LogOnce
 from edge.protocol.errors import AuthorizationFailed
 from edge.protocol.messages import ApiKey
+from edge.protocol.sc_api import MAX_PRINCIPAL_CHARS
 from edge.storage.config import TOPIC_NAME
 
 log = logging.getLogger(__name__)
 
 ANONYMOUS: Final = "anonymous"
 ANY: Final = "*"
-MAX_PRINCIPAL_CHARS: Final = 200
 # Denials logged, each (principal, resource) once: a client hammering what it may
 # not touch is counted, not written to the SD card every time.
 MAX_LOGGED_DENIALS: Final = 256

@@ -382,6 +382,11 @@ class AssignedReplica(NamedTuple):
     source: str
 
 
+# A principal is a certificate common name; the SC's superusers travel to every SPU.
+MAX_PRINCIPAL_CHARS: Final = 200
+MAX_SUPERUSERS: Final = 256
+
+
 class AclRule(NamedTuple):
     principal: str
     operation: str
@@ -394,7 +399,7 @@ class AclRules(NamedTuple):
 
 
 # The three parts of a rule (edge.acl checks their syntax where it matters).
-_ACL_FIELDS = (Field("principal", Kind.TEXT, high=200),
+_ACL_FIELDS = (Field("principal", Kind.TEXT, high=MAX_PRINCIPAL_CHARS),
                Field("operation", Kind.TEXT,
                      choices=("produce", "consume", "describe", "create", "delete",
                               "alter", "admin")),
@@ -459,7 +464,8 @@ ASSIGNMENT: Final = Message(Assignment, (
     Field("authorization", Kind.BOOL, required=False),
     Field("acls", Kind.ROWS, required=False, items=f.MAX_ROWS, row=AclRule,
           row_fields=_ACL_FIELDS),
-    Field("superusers", Kind.TEXTS, required=False, items=256, high=200),
+    Field("superusers", Kind.TEXTS, required=False, items=MAX_SUPERUSERS,
+          high=MAX_PRINCIPAL_CHARS),
 ))
 HEARTBEAT: Final = Message(HeartbeatRequest, (
     f.SPU,

@@ -18,6 +18,7 @@ from edge.discovery.config import DiscoveryConfig
 from edge.metrics import check_metrics_addr
 from edge.net.connection import split_addr
 from edge.net.limits import ServerLimits, limits_from
+from edge.protocol.sc_api import MAX_PRINCIPAL_CHARS, MAX_SUPERUSERS
 from edge.secret import ClusterSecret, PrivateAuth
 from edge.tls import TlsConfig, tls_from
 
@@ -99,7 +100,11 @@ class ScConfig:
 
 def _names(raw: dict[str, Any], key: str) -> tuple[str, ...]:
     value = raw.pop(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError("must be a list of principal names (certificate common names)",
-                          key=key)
+    # The bounds of the assignment push that carries them to the SPUs (sc_api).
+    if (not isinstance(value, list) or len(value) > MAX_SUPERUSERS
+            or not all(isinstance(v, str) and 0 < len(v) <= MAX_PRINCIPAL_CHARS
+                       and v.isprintable() for v in value)):
+        raise ConfigError(f"must be a list of at most {MAX_SUPERUSERS} principal names "
+                          f"(certificate common names, 1..{MAX_PRINCIPAL_CHARS} printable "
+                          "characters)", key=key)
     return tuple(value)

@@ -265,3 +265,15 @@ def _produce_t() -> tuple[Any, str]:
     from edge.acl import Operation
 
     return Operation.PRODUCE, "topic:t"
+
+
+@pytest.mark.parametrize("superusers", [["x" * 201], [""], ["a"] * 257, "admin", [3]])
+def test_superusers_beyond_what_an_spu_takes_are_refused_at_the_config(
+        tmp_path: Path, superusers: object) -> None:
+    """The push carrying them to the SPUs has these bounds; a config past them would
+    leave every SPU refusing its assignment."""
+    from edge.config import ConfigError
+
+    with pytest.raises(ConfigError, match="superusers"):
+        ScConfig.from_dict({"data_dir": str(tmp_path), "insecure_private": True,
+                            "superusers": superusers})
