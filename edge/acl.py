@@ -1,7 +1,10 @@
 """Who may do what: principals, ACL rules and the check every request passes.
 
 A *principal* is who a connection proved to be: the common name of its verified
-client certificate (mutual TLS on the public port), else ``anonymous``. Once
+client certificate (mutual TLS on the public port), or the name its token stands
+for (``LOGIN``, edge/tokens.py), else ``anonymous``. Principals come in kinds that
+cannot pass for one another: ``spu-N``, ``sc``, ``site-NAME``, ``gateway-NAME``, and
+users, whose names may not begin with another kind's prefix (:func:`principal_name`). Once
 ``authorization`` is on (``sc.toml``), everything is denied that no rule allows,
 except to the SC's ``superusers``. A rule allows one principal (or ``*``, any)
 one operation on one resource:
@@ -37,6 +40,29 @@ ANY: Final = "*"
 # Denials logged, each (principal, resource) once: a client hammering what it may
 # not touch is counted, not written to the SD card every time.
 MAX_LOGGED_DENIALS: Final = 256
+
+
+# The kinds of principal and the names they carry (users: the bare name).
+PRINCIPAL_KINDS: Final = ("sc", "spu", "gateway", "site", "user")
+_RESERVED: Final = ("sc", "spu-", "gateway-", "site-")
+
+
+def principal_name(kind: str, name: str) -> str:
+    """The principal a certificate or token of ``kind`` for ``name`` stands for, or
+    ValueError: a user may not be called what an SPU, SC, site or gateway is."""
+    if kind not in PRINCIPAL_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(PRINCIPAL_KINDS)}, not {kind!r}")
+    if kind == "sc":
+        return "sc"
+    if not TOPIC_NAME.fullmatch(name):
+        raise ValueError(f"{name!r}: a name is 1..200 letters, digits, '.', '_' and '-', "
+                         "beginning with a letter or digit")
+    if kind != "user":
+        return f"{kind}-{name}"
+    if name == "sc" or name.startswith(_RESERVED[1:]) or name in (ANONYMOUS, ANY):
+        raise ValueError(f"{name!r}: user names may not be sc, anonymous or begin with "
+                         "spu-, gateway- or site- (those name other kinds of principal)")
+    return name
 
 
 class Operation(StrEnum):
@@ -93,7 +119,8 @@ def check_rule(principal: str, operation: str, resource: str) -> Rule:
 
 def required(api: ApiKey, meta: Mapping[Any, Any]) -> list[tuple[Operation, str]]:
     """What a request needs: (operation, resource) pairs, all of them. Empty: anyone
-    (API_VERSIONS; the uplink's mirror requests, which sites prove with their token)."""
+    (API_VERSIONS, LOGIN; the uplink's mirror requests, which sites prove with their
+    token)."""
     topic = meta.get("topic")
     t = f"topic:{topic}" if isinstance(topic, str) else "cluster"
     group = meta.get("group")
@@ -121,8 +148,11 @@ def required(api: ApiKey, meta: Mapping[Any, Any]) -> list[tuple[Operation, str]
         ApiKey.ACL_ADD: [(Operation.ADMIN, "cluster")],
         ApiKey.ACL_REMOVE: [(Operation.ADMIN, "cluster")],
         ApiKey.ACL_LIST: [(Operation.ADMIN, "cluster")],
+        ApiKey.TOKEN_CREATE: [(Operation.ADMIN, "cluster")],
+        ApiKey.TOKEN_LIST: [(Operation.ADMIN, "cluster")],
+        ApiKey.TOKEN_REVOKE: [(Operation.ADMIN, "cluster")],
     }
-    free = {ApiKey.API_VERSIONS, ApiKey.MIRROR_OFFSETS, ApiKey.MIRROR_APPEND,
+    free = {ApiKey.API_VERSIONS, ApiKey.LOGIN, ApiKey.MIRROR_OFFSETS, ApiKey.MIRROR_APPEND,
             ApiKey.MIRROR_GAP, ApiKey.MIRROR_RESOLVE,
             # What a producer or consumer needs to find its leaders and ids; the
             # requests it then sends are checked on their topic.

@@ -41,14 +41,18 @@ class TlsConfig:
     """Paths of our certificate, key and trusted CA bundle.
 
     ``verify_client`` (listeners) demands client certificates that chain to ``ca``;
-    ``server_name`` (clients) is the name expected in the server's certificate when
-    it is not the host dialled. Errors are ConfigErrors naming the field.
+    with ``optional_client`` too (``verify_client = "optional"``) a certificate is
+    verified when one is presented, and a caller without one may log in with a token
+    (edge/tokens.py) or stay anonymous; ``server_name`` (clients) is the name
+    expected in the server's certificate when it is not the host dialled. Errors are
+    ConfigErrors naming the field.
     """
 
     cert: Path | None = None
     key: Path | None = None
     ca: Path | None = None
     verify_client: bool = False
+    optional_client: bool = False
     server_name: str | None = None
 
     def __post_init__(self) -> None:
@@ -75,9 +79,14 @@ def tls_from(raw: dict[str, Any]) -> TlsConfig | None:
         raise ConfigError("tls must be a table")
     table = dict(table)
     cert, key, ca = (take(table, name, str, None) for name in ("cert", "key", "ca"))
+    verify = table.pop("verify_client", False)
+    if verify not in (True, False, "optional"):
+        raise ConfigError('must be true, false or "optional" (verify a certificate when '
+                          'one is given; token and anonymous callers come without)',
+                          key="tls.verify_client")
     try:
         cfg = TlsConfig(cert=_path(cert), key=_path(key), ca=_path(ca),
-                        verify_client=take(table, "verify_client", bool, False))
+                        verify_client=verify is not False, optional_client=verify == "optional")
     except ConfigError as exc:
         raise exc.under("tls") from None
     reject_unknown(table, "tls")
@@ -97,7 +106,8 @@ def server_context(cfg: TlsConfig) -> ssl.SSLContext:
     ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
     if cfg.ca is not None:
         ctx.load_verify_locations(str(cfg.ca))
-    ctx.verify_mode = ssl.CERT_REQUIRED if cfg.verify_client else ssl.CERT_NONE
+    ctx.verify_mode = (ssl.CERT_NONE if not cfg.verify_client else
+                       ssl.CERT_OPTIONAL if cfg.optional_client else ssl.CERT_REQUIRED)
     _remember(ctx, cfg)
     return ctx
 
@@ -209,11 +219,16 @@ _SPU_NAME = re.compile(r"spu-(0|[1-9][0-9]{0,9})")
 
 def spu_ids_named(cert: dict[str, Any] | None) -> set[int]:
     """SPU ids a verified peer certificate names: a common name ``spu-N``, or a DNS
-    subject alternative name ``spu-N`` or ``spu-N.<domain>`` (``spu-3.headwater``)."""
+    subject alternative name ``spu-N`` or ``spu-N.<domain>`` (``spu-3.headwater``);
+    none when its organization names another kind."""
     if not cert:
         return set()
-    names = [str(value) for rdn in cert.get("subject", ()) for key, value in rdn
-             if key == "commonName"]
+    subject = [(key, str(value)) for rdn in cert.get("subject", ()) for key, value in rdn]
+    # A certificate issued for another kind of principal (headwater tls issue puts
+    # the kind in O) is no SPU's, whatever its names say.
+    if any(key == "organizationName" and value != "spu" for key, value in subject):
+        return set()
+    names = [value for key, value in subject if key == "commonName"]
     names += [str(value).split(".", 1)[0] for kind, value in cert.get("subjectAltName", ())
               if kind == "DNS"]
     return {int(m.group(1)) for name in names if (m := _SPU_NAME.fullmatch(name))}

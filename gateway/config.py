@@ -47,6 +47,7 @@ from edge.discovery.config import DiscoveryConfig
 from edge.discovery.spec import parse_sc
 from edge.metrics import check_metrics_addr
 from edge.tls import TlsConfig
+from edge.tokens import read_token_file
 from gateway.mqtt.topics import TopicFilterError, filter_levels, filters_overlap
 
 # Topic names follow Fluvio's rule (a DNS label), so they are safe as directory names.
@@ -295,6 +296,8 @@ class GatewayConfig:
     mqtt: MqttConfig | None = None
     # HOST:PORT of the Prometheus endpoint (GET /metrics); None: no metrics.
     metrics_addr: str | None = None
+    # Read from ``token_file``: the gateway logs in with it (edge/tokens.py).
+    token: str | None = None
 
     def __post_init__(self) -> None:
         check_metrics_addr(self.metrics_addr)
@@ -445,6 +448,15 @@ def _mqtt(table: _Table | None) -> MqttConfig | None:
     )
 
 
+def _token(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return read_token_file(Path(path))
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="token_file") from None
+
+
 def parse_config(data: Mapping[str, Any]) -> GatewayConfig:
     """Build a validated config from a parsed TOML document."""
     top = _Table(data, "")
@@ -454,6 +466,7 @@ def parse_config(data: Mapping[str, Any]) -> GatewayConfig:
         GatewayConfig,
         sc=top.get("sc", str, ""),
         tls=_tls(top.table("tls")),
+        token=_token(top.get("token_file", str)),
         site=top.get("site", str),
         interfaces=tuple(top.get("interfaces", list, [])),
         ipv6=top.get("ipv6", bool),

@@ -119,7 +119,7 @@ class Gateway:
         producer = Producer(
             self.config.sc, linger_ms=self.config.producer.linger_ms,
             batch_bytes=self.config.producer.batch_bytes, ssl=tls_context(tls),
-            server_hostname=tls.server_name if tls else None,
+            server_hostname=tls.server_name if tls else None, token=self.config.token,
         )
         try:
             self._bridges = self._build(producer)
@@ -237,7 +237,8 @@ class Gateway:
             try:
                 local = await self.discovery.local_spu()
                 async with Admin(self.config.sc, ssl=tls_context(tls),
-                                 server_hostname=tls.server_name if tls else None) as admin:
+                                 server_hostname=tls.server_name if tls else None,
+                                 token=self.config.token) as admin:
                     for topic in self.config.topics():
                         with contextlib.suppress(TopicExists):
                             await admin.create_topic(topic, partitions=1, replication=1,

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from support import make_pki
 
 from edge.config import ConfigError
 from edge.sc.config import ScConfig
 from edge.secret import ClusterSecret
 from edge.spu.config import SpuConfig
-from edge.tls import spu_ids_named
+from edge.tls import server_context, spu_ids_named, tls_from
 
 
 def secret_file(path: Path, text: str = "s" * 40, mode: int = 0o600) -> Path:
@@ -93,6 +95,25 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
       "subjectAltName": (("DNS", "spu-3x.headwater"), ("DNS", "myspu-4"))}, set()),
     ({}, set()),
     (None, set()),
+    # Issued for another kind of principal (headwater tls issue puts it in O).
+    ({"subject": ((("commonName", "spu-3"),), (("organizationName", "user"),))}, set()),
+    ({"subject": ((("commonName", "spu-3"),), (("organizationName", "spu"),))}, {3}),
 ])
 def test_certificate_names_of_spus(cert: dict[str, object] | None, ids: set[int]) -> None:
     assert spu_ids_named(cert) == ids
+
+
+@pytest.mark.parametrize(("value", "mode"), [
+    (True, ssl.CERT_REQUIRED), ("optional", ssl.CERT_OPTIONAL), (False, ssl.CERT_NONE)])
+def test_verify_client_true_optional_or_false(tmp_path: Path, value: object,
+                                             mode: ssl.VerifyMode) -> None:
+    pki = make_pki(tmp_path, names=("server",))
+    cfg = tls_from({"tls": {"cert": pki["server"][0], "key": pki["server"][1],
+                            "ca": pki["ca"][0], "verify_client": value}})
+    assert cfg is not None
+    assert server_context(cfg).verify_mode == mode
+
+
+def test_verify_client_of_another_value_is_refused() -> None:
+    with pytest.raises(ConfigError, match='true, false or "optional"'):
+        tls_from({"tls": {"verify_client": "yes"}})

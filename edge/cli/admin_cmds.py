@@ -23,7 +23,7 @@ OUTPUT_HELP = "table or json."
 
 def _admin(ctx: typer.Context) -> Admin:
     t = target(ctx)
-    return Admin(t.sc, ssl=t.ssl(), server_hostname=t.server_name)
+    return Admin(t.sc, ssl=t.ssl(), server_hostname=t.server_name, token=t.token)
 
 
 def _check_output(output: str) -> None:

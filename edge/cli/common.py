@@ -59,14 +59,18 @@ class Target:
     # A broken profile is reported by the commands that talk to a cluster, not by
     # every command: `headwater profile ...` must still work to repair it.
     problem: str | None = None
+    # Proved with LOGIN on every connection (edge/tokens.py).
+    token: str | None = None
 
     def ssl(self) -> ssl.SSLContext | None:
         return client_context(self.tls) if self.tls else None
 
 
 def resolve_target(sc: str | None, tls_ca: Path | None, tls_cert: Path | None,
-                   tls_key: Path | None, server_name: str | None) -> Target:
-    """``--sc`` wins, then ``HEADWATER_SC``, then the current profile, then localhost."""
+                   tls_key: Path | None, server_name: str | None,
+                   token_file: Path | None = None) -> Target:
+    """``--sc`` wins, then ``HEADWATER_SC``, then the current profile, then localhost;
+    the token: ``--token-file``, then ``HEADWATER_TOKEN``, then the profile's."""
     profile: dict[str, Any] = {}
     source = "default"
     if sc:
@@ -92,9 +96,23 @@ def resolve_target(sc: str | None, tls_ca: Path | None, tls_cert: Path | None,
             problem = (f"tls_{exc.key}: {exc.problem} (TLS settings from {source}"
                        + ("; fix it with `headwater profile add` or `headwater profile delete`)"
                           if source.startswith("profile") else ")"))
+    token, token_problem = _token(token_file or _opt_path(profile.get("token_file")))
     return Target(sc=sc or DEFAULT_SC, tls=tls,
                   server_name=server_name or profile.get("tls_server_name"), source=source,
-                  problem=problem)
+                  problem=problem or token_problem, token=token)
+
+
+def _token(path: Path | None) -> tuple[str | None, str | None]:
+    """(token, problem): read from ``path``, else ``HEADWATER_TOKEN``."""
+    from edge.tokens import check_token, read_token_file
+
+    try:
+        if path is not None:
+            return read_token_file(path), None
+        text = os.environ.get("HEADWATER_TOKEN", "")
+        return (check_token(text, "HEADWATER_TOKEN") if text.strip() else None), None
+    except ValueError as exc:
+        return None, f"{exc}; make one with `headwater token create NAME`"
 
 
 def _opt_path(value: Any) -> Path | None:
@@ -252,3 +270,8 @@ OUTPUT_CHOICES = complete_from("table", "json")
 LOG_LEVELS = complete_from("debug", "info", "warning", "error")
 LOG_FORMATS = complete_from("text", "json")
 DURABILITIES = complete_from("group", "always", "never")
+
+
+def local_time(ms: int) -> str:
+    """A wall-clock time in milliseconds, as the local ``YYYY-MM-DD HH:MM:SS``."""
+    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")

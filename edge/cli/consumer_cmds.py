@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 import typer
@@ -11,6 +10,7 @@ from edge.cli.admin_cmds import OUTPUT_HELP, _admin, _check_output
 from edge.cli.common import (
     OUTPUT_CHOICES,
     fail,
+    local_time,
     parse_time_ms,
     print_json,
     print_table,
@@ -70,9 +70,7 @@ def _group_rows(g: GroupRow) -> list[list[Any]]:
 
 
 def _when(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    return None if ms is None else local_time(ms)
 
 
 @consumer_app.command("reset")

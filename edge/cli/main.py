@@ -42,10 +42,13 @@ def _root(
     tls_key: Path | None = typer.Option(None, help="Key of the client certificate."),
     tls_server_name: str | None = typer.Option(None, help="Name expected in the server "
                                                "certificate (default the host)."),
+    token_file: Path | None = typer.Option(None, help="File holding a token to log in "
+                                           "with (`headwater token create`); else "
+                                           "$HEADWATER_TOKEN, else the profile's."),
     version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
                                  help="Print the version and exit."),
 ) -> None:
-    ctx.obj = resolve_target(sc, tls_ca, tls_cert, tls_key, tls_server_name)
+    ctx.obj = resolve_target(sc, tls_ca, tls_cert, tls_key, tls_server_name, token_file)
 
 
 app.add_typer(daemons.run_app, name="run")
@@ -64,12 +67,14 @@ app.command("consume")(stream_cmds.consume)
 
 
 def _mount_optional() -> None:
-    from edge.cli import acl_cmds, bench_cmds, demo, profile, tls_cmds
+    from edge.cli import acl_cmds, bench_cmds, demo, profile, sc_cmds, tls_cmds, token_cmds
 
     app.add_typer(bench_cmds.bench_app, name="bench")
     app.add_typer(profile.profile_app, name="profile")
     app.add_typer(tls_cmds.tls_app, name="tls")
     app.add_typer(acl_cmds.acl_app, name="acl")
+    app.add_typer(token_cmds.token_app, name="token")
+    app.add_typer(sc_cmds.sc_app, name="sc")
     app.command("demo")(demo.demo)
     import importlib.util
 

@@ -37,6 +37,8 @@ def add(name: str = typer.Argument(..., help="Profile name."),
         tls_ca: Path | None = typer.Option(None, help="CA bundle (switches TLS on)."),
         tls_cert: Path | None = typer.Option(None, help="Client certificate."),
         tls_key: Path | None = typer.Option(None, help="Client key."),
+        token_file: Path | None = typer.Option(None, help="File holding a token to log in "
+                                               "with (`headwater token create --out`)."),
         use: bool = typer.Option(True, help="Make it the current profile.")) -> None:
     """Add or replace a profile (checked first: the address, and that the files exist)."""
     from edge.discovery.spec import parse_sc
@@ -47,14 +49,16 @@ def add(name: str = typer.Argument(..., help="Profile name."),
             split_addr(sc)
     except ValueError as exc:
         fail(f"profile {name}: --sc {sc}: {exc}", 2)
-    for flag, path in (("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+    for flag, path in (("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key),
+                       ("--token-file", token_file)):
         if path is not None and not path.is_file():
             fail(f"profile {name}: {flag} {path} is not a readable file", 2)
     if (tls_cert is None) != (tls_key is None):
         fail(f"profile {name}: give --tls-cert and --tls-key together", 2)
     data = load_profiles()
     data["profiles"][name] = {"sc": sc, "tls_ca": str(tls_ca or ""),
-                              "tls_cert": str(tls_cert or ""), "tls_key": str(tls_key or "")}
+                              "tls_cert": str(tls_cert or ""), "tls_key": str(tls_key or ""),
+                              "token_file": str(token_file.resolve() if token_file else "")}
     if use:
         data["current"] = name
     _save(data)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from edge.cli.common import OUTPUT_CHOICES, fail, human_bytes, print_json, print_table, run, target
+from edge.cli.common import (
+    OUTPUT_CHOICES,
+    fail,
+    human_bytes,
+    local_time,
+    print_json,
+    print_table,
+    run,
+    target,
+)
 from edge.client.admin import Admin
 
 site_app = typer.Typer(help="Edge sites that mirror their topics into this (cloud) cluster.",
@@ -22,7 +30,7 @@ OUTPUT_HELP = "table or json."
 
 def _admin(ctx: typer.Context) -> Admin:
     t = target(ctx)
-    return Admin(t.sc, ssl=t.ssl(), server_hostname=t.server_name)
+    return Admin(t.sc, ssl=t.ssl(), server_hostname=t.server_name, token=t.token)
 
 
 def _check_output(output: str) -> None:
@@ -112,7 +120,7 @@ def site_list(ctx: typer.Context,
                       human_bytes(r.get("lag_bytes")), _age(r.get("oldest_unsent_s")),
                       r.get("dropped"), r.get("gap_offsets"),
                       ",".join(map(str, r.get("uplink_spus") or [])) or None,
-                      _when(r["created_ms"])] for r in rows],
+                      local_time(r["created_ms"])] for r in rows],
                     ["SITE", "MIRRORS", "LAST CONTACT", "LAG", "LAG BYTES", "OLDEST UNSENT",
                      "DROPPED", "GAPS", "UPLINK SPUS", "REGISTERED"])
 
@@ -134,7 +142,7 @@ def site_describe(ctx: typer.Context, name: str = typer.Argument(..., help="Site
         print_json(info)
         return
     typer.echo(f"site          {info['name']}")
-    typer.echo(f"registered    {_when(info['created_ms'])}")
+    typer.echo(f"registered    {local_time(info['created_ms'])}")
     typer.echo(f"last contact  {_ago(info.get('last_contact_s'))}\n")
     print_table([[m["topic"], m["edge_partition"], m["cloud_partition"], m["leader"],
                   m["hw"], m.get("edge_end"), m.get("lag"), human_bytes(m.get("lag_bytes")),
@@ -176,7 +184,3 @@ def _age(seconds: float | None) -> str | None:
 
 def _ago(seconds: float | None) -> str:
     return "never" if seconds is None else f"{seconds:.0f}s ago"
-
-
-def _when(ms: int) -> str:
-    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")

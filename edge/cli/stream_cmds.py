@@ -73,7 +73,7 @@ def produce(
     async def main() -> int:
         async with Producer(t.sc, acks=acks_value, linger_ms=linger_ms,
                             batch_bytes=batch_bytes, compression=compression, ssl=t.ssl(),
-                            server_hostname=t.server_name) as producer:
+                            server_hostname=t.server_name, token=t.token) as producer:
             stamp = _Stamp(fixed_key, headers or None)
             if message:
                 for value in message:
@@ -210,8 +210,8 @@ def consume(
                             consumer=consumer_name, group=group, session_timeout_s=session_s,
                             client_label=_client_label(), on_revoke=_commit,
                             stop_at_end=disable_continuous, end_offset=end, ssl=t.ssl(),
-                            server_hostname=t.server_name, skip_unreadable=skip_unreadable,
-                            on_skip=_report_skip) as consumer:
+                            server_hostname=t.server_name, token=t.token,
+                            skip_unreadable=skip_unreadable, on_skip=_report_skip) as consumer:
             committer = (asyncio.create_task(_commit_every(consumer, COMMIT_EVERY_S),
                                              name="commit") if storing else None)
             try:
@@ -302,7 +302,7 @@ def _client_label() -> str:
 
 async def _site_partitions(t: Target, site: str, topic: str, partition: int | None
                            ) -> list[int]:
-    async with Admin(t.sc, ssl=t.ssl(), server_hostname=t.server_name) as admin:
+    async with Admin(t.sc, ssl=t.ssl(), server_hostname=t.server_name, token=t.token) as admin:
         parts = await admin.site_partitions(site, topic)
     if not parts:
         raise InvalidRequest(f"site {site!r} mirrors nothing into {topic!r} yet")

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import typer
 
+from edge.acl import PRINCIPAL_KINDS, principal_name
 from edge.cli.common import complete_from, fail
-from edge.storage.config import TOPIC_NAME
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 tls_app = typer.Typer(help="A CA for a deployment and certificates for its nodes and users "
                       "(needs: pip install 'headwater[tls]').", no_args_is_help=True)
 
-KINDS: Final = ("sc", "spu", "gateway", "site", "user")
+KINDS: Final = PRINCIPAL_KINDS
 CA_DAYS: Final = 3650
 NODE_DAYS: Final = 825
 USER_DAYS: Final = 365
@@ -148,9 +148,10 @@ def _subject(kind: str, name: str | None, spu_id: int | None) -> tuple[str, list
         return "sc", []
     if not name:
         fail(f"--kind {kind} needs a NAME (e.g. headwater tls issue --kind {kind} kitchen)", 2)
-    if not TOPIC_NAME.fullmatch(name):
-        fail(f"{name!r}: use letters, digits, '.', '_' and '-'", 2)
-    return (name if kind == "user" else f"{kind}-{name}"), []
+    try:
+        return principal_name(kind, name), []
+    except ValueError as exc:
+        fail(str(exc), 2)
 
 
 def _sans(dns: list[str], hosts: list[str]) -> list[Any]:

@@ -23,8 +23,9 @@ class Admin:
     """
 
     def __init__(self, sc: str, *, ssl: ssl.SSLContext | None = None,
-                 server_hostname: str | None = None) -> None:
-        self.cluster = ClusterClient(sc, ssl_context=ssl, server_hostname=server_hostname)
+                 server_hostname: str | None = None, token: str | None = None) -> None:
+        self.cluster = ClusterClient(sc, ssl_context=ssl, server_hostname=server_hostname,
+                                     token=token)
 
     async def __aenter__(self) -> Admin:
         await self.cluster.sc()
@@ -149,6 +150,21 @@ class Admin:
     async def remove_acl(self, principal: str, operation: str, resource: str) -> None:
         await self.cluster.sc_request(ApiKey.ACL_REMOVE, principal=principal,
                                       operation=operation, resource=resource)
+
+    async def create_token(self, name: str, kind: str = "user") -> sc_api.TokenCreated:
+        """A new token for ``name`` (a user's, or a gateway's): its only copy is in
+        the answer; the SC keeps its digest."""
+        meta = await self.cluster.sc_request(ApiKey.TOKEN_CREATE, name=name, kind=kind)
+        return decode_response(sc_api.TOKEN_CREATED, meta)
+
+    async def list_tokens(self) -> list[sc_api.TokenRow]:
+        meta = await self.cluster.sc_request(ApiKey.TOKEN_LIST)
+        return list(decode_response(sc_api.TOKENS, meta).tokens)
+
+    async def revoke_token(self, name: str, token_id: str | None = None) -> None:
+        """Revoke every live token of ``name``, or the one whose id is ``token_id``."""
+        await self.cluster.sc_request(ApiKey.TOKEN_REVOKE, name=name,
+                                      **({} if token_id is None else {"token_id": token_id}))
 
     async def list_acls(self) -> tuple[bool, list[dict[str, str]]]:
         """Whether authorization is on, and the rules."""

@@ -74,10 +74,14 @@ class ClusterClient:
     """SC metadata and leader connections for one client object."""
 
     def __init__(self, sc: str, *, ssl_context: ssl.SSLContext | None = None,
-                 server_hostname: str | None = None) -> None:
+                 server_hostname: str | None = None, token: str | None = None) -> None:
+        if token is not None and not 0 < len(token) <= sc_api.MAX_TOKEN_CHARS:
+            raise ValueError(f"a token is 1..{sc_api.MAX_TOKEN_CHARS} characters")
         self.sc_addr = sc
         self.ssl = ssl_context
         self.server_hostname = server_hostname
+        # Proved with LOGIN on every new connection (SC and SPUs): edge/tokens.py.
+        self.token = token
         self._sc: ClientConnection | None = None
         self._spus: dict[str, ClientConnection] = {}
         self._lock = asyncio.Lock()
@@ -133,7 +137,14 @@ class ClusterClient:
 
     async def connect(self, addr: str) -> ClientConnection:
         conn = ClientConnection(addr, ssl_context=self.ssl, server_hostname=self.server_hostname)
-        return await conn.connect()
+        await conn.connect()
+        if self.token is not None:
+            try:
+                await conn.request(ApiKey.LOGIN, token=self.token)
+            except BaseException:
+                await conn.close()
+                raise
+        return conn
 
     async def sc_request(self, api: ApiKey, /, **fields: Any) -> dict[Any, Any]:
         """A request to the SC, reconnecting once if the connection had dropped."""

@@ -142,13 +142,15 @@ class Consumer:
                  stop_at_end: bool = False, end_offset: int | None = None,
                  max_bytes: int = DEFAULT_MAX_BYTES, ssl: ssl.SSLContext | None = None,
                  server_hostname: str | None = None, skip_unreadable: bool = False,
-                 on_skip: Callable[[SkippedBatch], None] | None = None) -> None:
+                 on_skip: Callable[[SkippedBatch], None] | None = None,
+                 token: str | None = None) -> None:
         if group is not None and (partition is not None or consumer is not None
                                   or stop_at_end or end_offset is not None):
             raise ValueError("a group member reads the partitions the group assigns it: "
                              "group= does not combine with partition=, consumer=, "
                              "stop_at_end= or end_offset=")
-        self.cluster = ClusterClient(sc, ssl_context=ssl, server_hostname=server_hostname)
+        self.cluster = ClusterClient(sc, ssl_context=ssl, server_hostname=server_hostname,
+                                     token=token)
         self.member = (GroupMember(self.cluster, group, topic,
                                    session_timeout_s=session_timeout_s, assignor=assignor,
                                    client=client_label)

@@ -112,12 +112,13 @@ class Producer:
                  max_in_flight: int = 5, idempotent: bool = True,
                  delivery_timeout_s: float = 120.0, request_timeout_s: float = 30.0,
                  compression: str | None = None, ssl: ssl.SSLContext | None = None,
-                 server_hostname: str | None = None) -> None:
+                 server_hostname: str | None = None, token: str | None = None) -> None:
         if batch_bytes <= 0 or batch_bytes > codec.MAX_BATCH_BYTES // 2:
             raise ValueError(f"batch_bytes must be 1..{codec.MAX_BATCH_BYTES // 2}")
         if compression not in (None, "none", "zlib"):
             raise ValueError("compression must be none or zlib")
-        self.cluster = ClusterClient(sc, ssl_context=ssl, server_hostname=server_hostname)
+        self.cluster = ClusterClient(sc, ssl_context=ssl, server_hostname=server_hostname,
+                                     token=token)
         self.acks = Acks(acks)
         self.linger_s = linger_ms / 1000
         self.batch_bytes = batch_bytes

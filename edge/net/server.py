@@ -136,6 +136,10 @@ class Connection:
         self.on_close: list[Callable[[], None]] = []
         # On a private port: the SPU id the caller proved (edge/net/auth.py).
         self.spu_id: int | None = None
+        # On a public port: (token digest, principal) after LOGIN (edge/tokens.py).
+        self.login: tuple[str, str] | None = None
+        peer_host = peer[0] if isinstance(peer, tuple) else str(peer)
+        self.peer_host = str(peer_host)
 
     @property
     def in_flight(self) -> int:
@@ -149,15 +153,14 @@ class Connection:
 
     @property
     def principal(self) -> str | None:
-        """Common name of the verified client certificate, if any."""
+        """Who the caller proved to be: the common name of its verified client
+        certificate, else the principal of the token it logged in with, if any."""
         cert = self.writer.get_extra_info("peercert")
-        if not cert:
-            return None
-        for rdn in cert.get("subject", ()):
+        for rdn in cert.get("subject", ()) if cert else ():
             for key, value in rdn:
                 if key == "commonName":
                     return str(value)
-        return None
+        return None if self.login is None else self.login[1]
 
     @property
     def gone(self) -> bool:

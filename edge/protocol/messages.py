@@ -66,9 +66,15 @@ class ApiKey(IntEnum):
     ACL_ADD = 35
     ACL_LIST = 36
     ACL_REMOVE = 37
+    # SC and SPU public: prove a token; the connection is then its principal
+    LOGIN = 38
+    # SC public: tokens for principals that use no client certificate (with 42, 43)
+    TOKEN_CREATE = 39
     # SPU private (follower -> leader)
     REPLICA_FETCH = 40
     OFFSET_FOR_EPOCH = 41
+    TOKEN_LIST = 42
+    TOKEN_REVOKE = 43
     # SC public: consumer groups (the SC coordinates them and stores their positions)
     GROUP_JOIN = 50
     GROUP_HEARTBEAT = 51

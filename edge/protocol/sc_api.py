@@ -408,6 +408,79 @@ ACL_RULE: Final = Message(AclRule, _ACL_FIELDS)
 _ACL_ROWS = Field("acls", Kind.ROWS, items=f.MAX_ROWS, row=AclRule, row_fields=_ACL_FIELDS)
 ACL_RULES: Final = Message(AclRules, (_ACL_ROWS, Field("authorization", Kind.BOOL)))
 
+# Tokens: for principals without a client certificate (edge/tokens.py). A token
+# is 43 URL-safe characters; the SC keeps only its SHA-256 (64 hex digits).
+MAX_TOKEN_CHARS: Final = 128
+TOKEN_KINDS: Final = ("user", "gateway")
+
+
+class Login(NamedTuple):
+    token: str
+
+
+class LoggedIn(NamedTuple):
+    principal: str
+
+
+class TokenCreate(NamedTuple):
+    name: str
+    kind: str
+
+
+class TokenCreated(NamedTuple):
+    name: str
+    principal: str
+    token_id: str
+    token: str
+
+
+class TokenRow(NamedTuple):
+    name: str
+    kind: str
+    principal: str
+    token_id: str
+    created_ms: int
+    revoked_ms: int | None
+
+
+class TokenRevoke(NamedTuple):
+    """Revoke every live token of ``name``, or only the one with ``token_id``."""
+
+    name: str
+    token_id: str | None
+
+
+class Tokens(NamedTuple):
+    tokens: tuple[TokenRow, ...]
+
+
+class TokenGrant(NamedTuple):
+    """What an SPU needs of a live token: its digest and who it stands for."""
+
+    sha256: str
+    principal: str
+
+
+_PRINCIPAL = Field("principal", Kind.TEXT, low=1, high=MAX_PRINCIPAL_CHARS)
+_SHA256 = Field("sha256", Kind.TEXT, low=64, high=64)
+# A token's id: the first hex digits of its digest, enough to tell a name's tokens apart.
+TOKEN_ID_CHARS: Final = 12
+_TOKEN_ID = Field("token_id", Kind.TEXT, low=TOKEN_ID_CHARS, high=TOKEN_ID_CHARS)
+LOGIN: Final = Message(Login, (Field("token", Kind.TEXT, low=1, high=MAX_TOKEN_CHARS),))
+LOGGED_IN: Final = Message(LoggedIn, (_PRINCIPAL,))
+TOKEN_CREATE: Final = Message(TokenCreate, (_NAME, Field("kind", Kind.TEXT,
+                                                         choices=TOKEN_KINDS)))
+TOKEN_CREATED: Final = Message(TokenCreated, (
+    _NAME, _PRINCIPAL, _TOKEN_ID, Field("token", Kind.TEXT, low=1, high=MAX_TOKEN_CHARS)))
+TOKEN_REVOKE: Final = Message(TokenRevoke, (_NAME, f.optional(_TOKEN_ID)))
+TOKENS: Final = Message(Tokens, (Field("tokens", Kind.ROWS, items=f.MAX_ROWS, row=TokenRow,
+                                       row_fields=(
+    _NAME, Field("kind", Kind.TEXT, choices=TOKEN_KINDS), _PRINCIPAL, _TOKEN_ID,
+    Field("created_ms", Kind.INT, low=0, high=f.I64_MAX),
+    Field("revoked_ms", Kind.INT, required=False, low=0, high=f.I64_MAX))),))
+_TOKEN_GRANTS = Field("tokens", Kind.ROWS, required=False, items=f.MAX_ROWS, row=TokenGrant,
+                      row_fields=(_SHA256, _PRINCIPAL))
+
 # One whole, in the millionths uplink shares are counted in.
 SHARE_PPM: Final = 1_000_000
 
@@ -424,6 +497,8 @@ class Assignment(NamedTuple):
     authorization: bool | None = None
     acls: tuple[AclRule, ...] | None = None
     superusers: tuple[str, ...] | None = None
+    # The live tokens (digest and principal): SPUs answer LOGIN themselves.
+    tokens: tuple[TokenGrant, ...] | None = None
 
 
 class HeartbeatRequest(NamedTuple):
@@ -466,6 +541,7 @@ ASSIGNMENT: Final = Message(Assignment, (
           row_fields=_ACL_FIELDS),
     Field("superusers", Kind.TEXTS, required=False, items=MAX_SUPERUSERS,
           high=MAX_PRINCIPAL_CHARS),
+    _TOKEN_GRANTS,
 ))
 HEARTBEAT: Final = Message(HeartbeatRequest, (
     f.SPU,
@@ -497,6 +573,10 @@ APIS: Final[dict[ApiKey, Api]] = {
     ApiKey.ACL_ADD: Api(ACL_RULE, EMPTY),
     ApiKey.ACL_REMOVE: Api(ACL_RULE, EMPTY),
     ApiKey.ACL_LIST: Api(EMPTY, ACL_RULES),
+    ApiKey.LOGIN: Api(LOGIN, LOGGED_IN),
+    ApiKey.TOKEN_CREATE: Api(TOKEN_CREATE, TOKEN_CREATED),
+    ApiKey.TOKEN_LIST: Api(EMPTY, TOKENS),
+    ApiKey.TOKEN_REVOKE: Api(TOKEN_REVOKE, EMPTY),
     ApiKey.ALTER_TOPIC: Api(ALTER_TOPIC, ALTERED),
     ApiKey.REGISTER_SPU: Api(REGISTER_SPU, ASSIGNMENT, stream=True),
     ApiKey.HEARTBEAT: Api(HEARTBEAT, HEARTBEAT_ANSWER),

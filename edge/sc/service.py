@@ -24,6 +24,7 @@ from edge.sc.group_store import GroupStore
 from edge.sc.registration import check_address
 from edge.sc.sites import SiteRegistry
 from edge.sc.store import MetadataStore
+from edge.sc.token_handlers import TokenHandlers
 from edge.tasks import cancel
 from edge.tls import server_context
 
@@ -52,6 +53,7 @@ class Sc:
                                      rules=self._rules())
         self.group_store = GroupStore(cfg.data_dir / "metadata.sqlite")
         self.groups = GroupHandlers(self.controller, self.group_store)
+        self.tokens = TokenHandlers(self.controller)
         ctx = server_context(cfg.tls) if cfg.tls and cfg.tls.cert else None
         pool = BufferPool(cfg.limits.max_buffered_bytes)
         self.public = FrameServer("SC public", self._dispatch_public, ssl_context=ctx,
@@ -90,6 +92,7 @@ class Sc:
             ApiKey.ACL_REMOVE: self.acl_remove,
             ApiKey.ACL_LIST: self.acl_list,
             **self.groups.table(),
+            **self.tokens.table(),
         }
         self._private: dict[ApiKey, Handler] = {
             ApiKey.API_VERSIONS: self.api_versions,
@@ -119,10 +122,15 @@ class Sc:
         if self.cfg.insecure_private:
             log.warning("SC private port %s accepts any caller (insecure_private): for "
                         "development only", self.private_addr)
-        if self.cfg.authorization and not (self.cfg.tls and self.cfg.tls.verify_client):
+        if (self.cfg.authorization and not (self.cfg.tls and self.cfg.tls.verify_client)
+                and not self.tokens.book.grants()):
             log.warning("authorization is on but the public port does not ask for client "
-                        "certificates ([tls] verify_client = true): every client is "
-                        "'anonymous' and may do only what ACLs grant 'anonymous' or '*'")
+                        "certificates ([tls] verify_client = true or \"optional\") and no "
+                        "token exists: every client is 'anonymous' and may do only what "
+                        "ACLs grant 'anonymous' or '*'")
+        if self.tokens.book.grants() and not (self.cfg.tls and self.cfg.tls.cert):
+            log.warning("tokens are in use but the public port has no TLS: anyone on the "
+                        "path can read a token and log in with it")
         log.info("SC serving clients on %s, SPUs on %s (cluster %s)", self.public_addr,
                  self.private_addr, self.controller.cluster_id)
 
@@ -163,6 +171,7 @@ class Sc:
             self.groups.expire()
 
     def _dispatch_public(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Any:
+        self.tokens.book.check(conn)
         if self.authorizer.enabled:
             self.authorizer.check(conn.principal, messages.api_of(meta), meta)
         return _route(self._public, "SC public", conn, meta, blob)
@@ -282,6 +291,7 @@ class Sc:
             if self.cfg.authorization:
                 extra.update(authorization=True, acls=[r._asdict() for r in self._rules()],
                              superusers=list(self.cfg.superusers))
+            extra["tokens"] = self.tokens.wire_grants()
             conn.send_soon(messages.ok(cid, **rows, version=version, cluster=cluster,
                                        peers=self.controller.peers(), **extra), blob)
 

@@ -63,6 +63,14 @@ CREATE TABLE IF NOT EXISTS acls (
     resource TEXT NOT NULL,
     PRIMARY KEY (principal, operation, resource)
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    sha256 TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    revoked_ms INTEGER
+);
 """
 
 
@@ -96,6 +104,17 @@ class SiteRow(NamedTuple):
     name: str
     token_sha256: str
     created_ms: int
+
+
+class TokenRow(NamedTuple):
+    """A token as the SC keeps it: never the token itself, only its digest."""
+
+    sha256: str
+    name: str
+    kind: str
+    principal: str
+    created_ms: int
+    revoked_ms: int | None
 
 
 class MirrorRow(NamedTuple):
@@ -247,6 +266,22 @@ class MetadataStore:
         return [(r[0], r[1], r[2]) for r in self._db.execute(
             "SELECT principal, operation, resource FROM acls "
             "ORDER BY principal, resource, operation").fetchall()]
+
+    def add_token(self, row: TokenRow) -> None:
+        with self._tx():
+            self._db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?)", row)
+
+    def revoke_tokens(self, name: str, id_prefix: str, revoked_ms: int) -> int:
+        """Revoke the live tokens of ``name`` whose digest starts with ``id_prefix``."""
+        with self._tx():
+            cur = self._db.execute(
+                "UPDATE tokens SET revoked_ms=? WHERE name=? AND revoked_ms IS NULL "
+                "AND substr(sha256, 1, ?)=?", (revoked_ms, name, len(id_prefix), id_prefix))
+        return cur.rowcount
+
+    def tokens(self) -> list[TokenRow]:
+        return [TokenRow(*r) for r in self._db.execute(
+            "SELECT * FROM tokens ORDER BY name, created_ms").fetchall()]
 
     def sites(self) -> list[SiteRow]:
         return [SiteRow(*r) for r in

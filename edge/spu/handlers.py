@@ -13,7 +13,7 @@ from typing import Any
 
 from edge.net.server import Connection, Response
 from edge.protocol import batch as batchcodec
-from edge.protocol import messages
+from edge.protocol import messages, sc_api
 from edge.protocol import spu_api as api
 from edge.protocol.errors import (
     CorruptBatch,
@@ -66,6 +66,7 @@ class PublicApi:
             ApiKey.OFFSET_FETCH: self.offset_fetch,
             ApiKey.LIST_CONSUMERS: self.list_consumers,
             ApiKey.PARTITION_STATUS: self.partition_status,
+            ApiKey.LOGIN: self.login,
             ApiKey.UPSTREAM_STATUS: self.upstream_status,
             **self.mirror.handlers(),
         }
@@ -82,6 +83,10 @@ class PublicApi:
         versions = {int(k): list(messages.SUPPORTED[k]) for k in self._handlers}
         return messages.ok(meta["id"], versions=versions, role="spu",
                            spu=self.replicas.spu_id), b""
+
+    def login(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Response:
+        req = decode_request(sc_api.LOGIN, meta)
+        return messages.ok(meta["id"], principal=self.replicas.tokens.login(conn, req.token)), b""
 
     def produce(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                 ) -> Response | Awaitable[Response]:

@@ -29,6 +29,7 @@ from edge.storage.config import STORAGE_KEYS, LogConfig, is_topic_name
 from edge.storage.fileio import write_atomic
 from edge.storage.log import PartitionLog
 from edge.storage.mirror import MirrorOwner
+from edge.tokens import TokenBook
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class ReplicaSet:
         # The SC's access rules, kept on disk so that a restart while the SC is away
         # does not open what the SC closed.
         self.authorizer = Authorizer()
+        self.tokens = TokenBook()
         self._load_access()
         # Private (peer) addresses of the SPUs, as the SC last told us.
         self.peers: dict[int, str] = {}
@@ -176,20 +178,26 @@ class ReplicaSet:
             shutil.rmtree(self.partition_dir(*key), ignore_errors=True)
             log.info("deleted replica %s", p.name)
 
-    def set_access(self, *, enabled: bool, rules: list[Rule], superusers: list[str]) -> None:
-        """The SC's authorization state (with each assignment push); saved if changed."""
+    def set_access(self, *, enabled: bool, rules: list[Rule], superusers: list[str],
+                   tokens: list[tuple[str, str]]) -> None:
+        """The SC's authorization state and live tokens (with each assignment push);
+        saved if changed."""
         a = self.authorizer
-        if (enabled, rules, frozenset(superusers)) == (a.enabled, a.rules, a.superusers):
+        if ((enabled, rules, frozenset(superusers), sorted(tokens))
+                == (a.enabled, a.rules, a.superusers, self.tokens.grants())):
             return
         self.authorizer.update(enabled=enabled, rules=rules, superusers=superusers)
+        self.tokens.update(tokens)
         data = cbor2.dumps({"authorization": enabled, "superusers": superusers, "acls": [
-            [r.principal, r.operation.value, r.resource] for r in rules]})
+            [r.principal, r.operation.value, r.resource] for r in rules],
+            "tokens": [list(t) for t in tokens]})
         dfd = os.open(self.data_dir, os.O_RDONLY)
         try:
             write_atomic(self.data_dir, dfd, ACCESS_FILE, data, mode=0o600)
         finally:
             os.close(dfd)
-        log.info("authorization %s, %d ACL(s)", "on" if enabled else "off", len(rules))
+        log.info("authorization %s, %d ACL(s), %d token(s)", "on" if enabled else "off",
+                 len(rules), len(tokens))
 
     def _load_access(self) -> None:
         path = self.data_dir / ACCESS_FILE
@@ -198,6 +206,8 @@ class ReplicaSet:
             rules = [check_rule(*row) for row in saved["acls"]]
             self.authorizer.update(enabled=saved["authorization"] is True, rules=rules,
                                    superusers=[str(u) for u in saved["superusers"]])
+            # Saved by this version on: (sha256, principal) pairs.
+            self.tokens.update((str(d), str(p)) for d, p in saved.get("tokens", ()))
         except FileNotFoundError:
             return
         except Exception as exc:  # damaged: deny everything until the SC says otherwise

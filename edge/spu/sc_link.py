@@ -182,7 +182,8 @@ class ScLink:
         self.replicas.uplink_share_ppm = push.uplink_share_ppm
         self.replicas.set_access(enabled=push.authorization is True,
                                  rules=rules_from_wire(to_wire(push.acls or ())),
-                                 superusers=list(push.superusers or ()))
+                                 superusers=list(push.superusers or ()),
+                                 tokens=[(t.sha256, t.principal) for t in push.tokens or ()])
         await self.replicas.apply(to_wire(push.replicas), cluster_id=push.cluster,
                                   version=push.version, peers=peers)
         await self._on_assignment()

@@ -160,6 +160,7 @@ class Spu:
                          ) -> Any:
         if self.api is None:
             raise InvalidRequest("SPU is starting")
+        self.replicas.tokens.check(conn)
         if self.replicas.authorizer.enabled:
             self.replicas.authorizer.check(conn.principal, messages.api_of(meta), meta)
         return self.api.dispatch(conn, meta, blob)

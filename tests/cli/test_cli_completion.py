@@ -21,7 +21,8 @@ CASES = [
     ("headwater run spu --log-level w", ["warning"]),
     ("headwater local --durability ", ["group", "always", "never"]),
     ("headwater run sc --log-format ", ["text", "json"]),
-    ("headwater to", ["topic"]),
+    ("headwater to", ["topic", "token"]),
+    ("headwater token create x --kind ", ["user", "gateway"]),
 ]
 
 

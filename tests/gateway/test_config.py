@@ -199,3 +199,14 @@ def test_dataclasses_are_frozen_and_validate_directly() -> None:
     with pytest.raises(ConfigError) as info:
         MqttRule(filter="a/+", topic="t", key=5)
     assert info.value.key == "key"
+
+
+def test_the_token_is_read_from_token_file_where_the_config_enters(tmp_path: Path) -> None:
+    path = tmp_path / "gw.token"
+    path.write_text("hwt_abc\n")
+    assert parse(f'token_file = "{path}"\n' + MINIMAL).token == "hwt_abc"
+    assert parse(MINIMAL).token is None
+    assert error_key(f'token_file = "{tmp_path / "missing"}"\n' + MINIMAL) == "token_file"
+    path.write_text("two words\n")
+    with pytest.raises(ConfigError, match=r"token_file: token file .* not a token"):
+        parse(f'token_file = "{path}"\n' + MINIMAL)

@@ -9,6 +9,7 @@ certificate, another CA's certificate and an expired one do not get past TLS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ssl
 import subprocess
@@ -22,14 +23,17 @@ from support import require
 
 from edge.client import Acks, Admin, Consumer, Offset, Producer
 from edge.protocol.errors import (
+    AuthenticationFailed,
     AuthorizationFailed,
     ConnectionLost,
     HeadwaterError,
+    InvalidRequest,
 )
 from edge.sc.config import ScConfig
 from edge.sc.service import Sc
 from edge.spu.config import SpuConfig
 from edge.spu.service import Spu
+from edge.storage.mirror import token_digest
 from edge.tls import TlsConfig, client_context
 
 HW = [sys.executable, "-m", "edge.cli.main"]
@@ -69,7 +73,8 @@ def expired_cert(pki: Path) -> tuple[Path, Path]:
 
 
 class Cluster:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, optional_client: bool = False) -> None:
+        self.optional_client = optional_client
         try:
             import cryptography  # noqa: F401
         except ImportError:
@@ -90,7 +95,8 @@ class Cluster:
 
     def server_tls(self, name: str) -> TlsConfig:
         return TlsConfig(cert=self.pki / f"{name}.crt", key=self.pki / f"{name}.key",
-                         ca=self.ca, verify_client=True)
+                         ca=self.ca, verify_client=True,
+                         optional_client=self.optional_client)
 
     async def start_sc(self) -> Sc:
         self.sc = Sc(ScConfig(data_dir=self.tmp / "sc", public_addr="127.0.0.1:0",
@@ -126,7 +132,20 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path)
+    async with running(Cluster(tmp_path)) as c:
+        yield c
+
+
+@pytest.fixture
+async def token_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Client certificates verified when given (verify_client = "optional"): token
+    callers connect with none."""
+    async with running(Cluster(tmp_path, optional_client=True)) as c:
+        yield c
+
+
+@contextlib.asynccontextmanager
+async def running(c: Cluster) -> AsyncIterator[Cluster]:
     await c.start_sc()
     spu = await c.start_spu()
     assert spu.link is not None
@@ -277,3 +296,136 @@ def test_superusers_beyond_what_an_spu_takes_are_refused_at_the_config(
     with pytest.raises(ConfigError, match="superusers"):
         ScConfig.from_dict({"data_dir": str(tmp_path), "insecure_private": True,
                             "superusers": superusers})
+
+
+# --- tokens: principals without a client certificate ------------------------------
+
+
+async def produce_as(c: Cluster, token: str | None, topic: str, value: bytes,
+                     user: str | None = None) -> Any:
+    async with Producer(c.addr, acks=Acks.ALL, ssl=c.ssl_for(user), token=token,
+                        delivery_timeout_s=5) as p:
+        return await (await p.send(topic, value))
+
+
+async def consume_as(c: Cluster, token: str | None, topic: str) -> list[bytes]:
+    async with Consumer(c.addr, topic, offset=Offset.beginning(), stop_at_end=True,
+                        ssl=c.ssl_for(None), token=token) as cons:
+        return [r.value async for r in cons]
+
+
+async def revoked_while_connected(c: Cluster, made: Any) -> None:
+    """Produce with ``made``'s token, revoke it, and keep sending until refused."""
+    async with Producer(c.addr, acks=Acks.ALL, ssl=c.ssl_for(None), token=made.token,
+                        delivery_timeout_s=5) as p:
+        assert (await (await p.send("t", b"before"))).offset == 1
+        async with Admin(c.addr, ssl=c.ssl_for("admin")) as admin:
+            await admin.revoke_token(made.name)
+            assert [t.revoked_ms is not None for t in await admin.list_tokens()] == [
+                True, False]
+        async with asyncio.timeout(10):
+            while True:
+                await (await p.send("t", b"after"))
+                await asyncio.sleep(0.2)
+
+
+async def test_a_token_is_its_principal_until_it_is_revoked(token_cluster: Cluster) -> None:
+    c = token_cluster
+    async with Admin(c.addr, ssl=c.ssl_for("admin")) as admin:
+        await admin.create_topic("t")
+        await admin.wait_ready("t")
+        dave = await admin.create_token("dave")
+        gw = await admin.create_token("kitchen", "gateway")
+        await admin.add_acl("dave", "produce", "topic:t")
+        await admin.add_acl("gateway-kitchen", "consume", "topic:t")
+        listed = await admin.list_tokens()
+    assert (dave.principal, gw.principal) == ("dave", "gateway-kitchen")
+    assert dave.token.startswith("hwt_")
+    assert dave.token != gw.token
+    assert [(t.name, t.principal, t.token_id, t.revoked_ms) for t in listed] == [
+        ("dave", "dave", dave.token_id, None), ("kitchen", "gateway-kitchen", gw.token_id, None)]
+    # Hashed at rest: the SC's database holds no token.
+    db = b"".join(p.read_bytes() for p in (c.tmp / "sc").glob("metadata.sqlite*"))
+    assert dave.token.encode() not in db
+    assert gw.token.encode() not in db
+
+    await asyncio.sleep(0.5)  # the tokens reach the SPU with the next push
+    assert (await produce_as(c, dave.token, "t", b"from dave")).offset == 0
+    assert await consume_as(c, gw.token, "t") == [b"from dave"]
+    with pytest.raises(AuthorizationFailed, match="dave may not consume topic:t"):
+        await consume_as(c, dave.token, "t")
+    with pytest.raises(AuthorizationFailed, match="anonymous may not produce"):
+        await produce_as(c, None, "t", b"x")
+    with pytest.raises(AuthenticationFailed, match="unknown or revoked token"):
+        await produce_as(c, "hwt_" + "x" * 43, "t", b"x")
+    # A certificate and another principal's token: one connection, one principal.
+    with pytest.raises(AuthenticationFailed, match="one principal"):
+        await produce_as(c, dave.token, "t", b"x", user="alice")
+
+    # Revoked: a producer already connected is refused at its next request, on the
+    # SC at once and on the SPU once the push arrives; new connections get nowhere.
+    with pytest.raises(AuthenticationFailed, match="revoked"):
+        await revoked_while_connected(c, dave)
+    with pytest.raises(AuthenticationFailed):
+        async with Admin(c.addr, ssl=c.ssl_for(None), token=dave.token) as admin:
+            await admin.list_topics()
+    assert c.spu is not None
+    assert c.spu.replicas.tokens.failures >= 1
+    assert await consume_as(c, gw.token, "t") == [b"from dave", b"before"]
+
+
+async def test_tokens_rotate_without_a_gap(token_cluster: Cluster) -> None:
+    """Two live tokens for one principal: deploy the new one, then revoke the old by id."""
+    c = token_cluster
+    async with Admin(c.addr, ssl=c.ssl_for("admin")) as admin:
+        await admin.create_topic("t")
+        await admin.wait_ready("t")
+        await admin.add_acl("dave", "produce", "topic:t")
+        old = await admin.create_token("dave")
+        new = await admin.create_token("dave")
+        await admin.revoke_token("dave", old.token_id)
+        with pytest.raises(InvalidRequest, match="no live token with id"):
+            await admin.revoke_token("dave", old.token_id)
+    await asyncio.sleep(0.5)
+    assert (await produce_as(c, new.token, "t", b"new")).offset == 0
+    with pytest.raises(AuthenticationFailed):
+        await produce_as(c, old.token, "t", b"old")
+
+
+async def test_an_spu_restarted_while_the_sc_is_away_keeps_the_tokens(
+        token_cluster: Cluster) -> None:
+    c = token_cluster
+    async with Admin(c.addr, ssl=c.ssl_for("admin")) as admin:
+        made = await admin.create_token("dave")
+    await asyncio.sleep(0.5)
+    assert c.sc is not None
+    assert c.spu is not None
+    await c.sc.stop()
+    c.sc = None
+    await c.spu.stop()
+    c.spu = Spu(SpuConfig(id=1, data_dir=c.tmp / "spu", public_addr="127.0.0.1:0",
+                          private_addr="127.0.0.1:0", sc="127.0.0.1:9", insecure_private=True,
+                          tls=c.server_tls("spu-1")))
+    await c.spu.start()
+    assert c.spu.replicas.tokens.grants() == [(token_digest(made.token), "dave")]
+
+
+@pytest.mark.parametrize(("kind", "name"), [("user", "spu-3"), ("user", "site-north"),
+                                            ("user", "gateway-x"), ("user", "sc"),
+                                            ("user", "anonymous"), ("user", "../x")])
+async def test_no_token_passes_for_another_kind_of_principal(
+        token_cluster: Cluster, kind: str, name: str) -> None:
+    async with Admin(token_cluster.addr, ssl=token_cluster.ssl_for("admin")) as admin:
+        with pytest.raises(InvalidRequest):
+            await admin.create_token(name, kind)
+
+
+def test_no_user_certificate_passes_for_an_spu(tmp_path: Path) -> None:
+    out = subprocess.run([*HW, "tls", "init", "--dir", str(tmp_path)], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run([*HW, "tls", "issue", "--dir", str(tmp_path), "--kind", "user",
+                          "spu-1"], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2
+    assert "begin with spu-" in out.stderr
+    assert not (tmp_path / "spu-1.crt").exists()
