@@ -74,6 +74,7 @@ class Metrics:
         self.address = ""
         if data_dir is not None:
             self.add_source(lambda: _disk(data_dir))
+        self.add_source(_certificates)
 
     def observe(self, listener: str, api: str, seconds: float, code: int) -> None:
         """One answered request (the listeners call this)."""
@@ -174,6 +175,16 @@ def _disk(data_dir: Path) -> Iterator[Metric]:
     total.add_metric([], usage.total)
     yield free
     yield total
+
+
+def _certificates() -> Iterator[Metric]:
+    from edge.tls import served_certificates
+
+    served = served_certificates()
+    if served:
+        yield gauge("headwater_tls_certificate_expiry_timestamp_seconds",
+                    "When each certificate this daemon presents expires (Unix time).",
+                    ["cert"], [([str(path)], end) for path, end in sorted(served.items())])
 
 
 def listener_families(listeners: dict[str, dict[str, int]]) -> Iterator[Metric]:

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import ssl
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,14 +187,42 @@ async def watch(interval: float = WATCH_INTERVAL_S) -> None:
                 warn_if_expiring(cfg.cert)
 
 
-def days_left(cert: Path) -> float | None:
-    """Days until ``cert`` (PEM) expires; None if it cannot be read."""
+_NOT_AFTER: dict[Path, tuple[float, float | None]] = {}
+
+
+def not_after(cert: Path) -> float | None:
+    """When ``cert`` (PEM) expires, in Unix seconds; None if it cannot be read.
+    Read again only when the file changes (a heartbeat asks every second)."""
+    try:
+        mtime = os.stat(cert).st_mtime
+    except OSError:
+        return None
+    cached = _NOT_AFTER.get(cert)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
     try:
         decoded = ssl._ssl._test_decode_cert(str(cert))  # type: ignore[attr-defined]
-        end = ssl.cert_time_to_seconds(decoded["notAfter"])
+        end: float | None = float(ssl.cert_time_to_seconds(decoded["notAfter"]))
     except (OSError, ssl.SSLError, KeyError, ValueError):
-        return None
-    return (end - datetime.datetime.now(datetime.UTC).timestamp()) / 86400
+        end = None
+    _NOT_AFTER[cert] = (mtime, end)
+    return end
+
+
+def days_left(cert: Path) -> float | None:
+    """Days until ``cert`` (PEM) expires; None if it cannot be read."""
+    end = not_after(cert)
+    return None if end is None else (end - time.time()) / 86400
+
+
+def served_certificates() -> dict[Path, float]:
+    """Each certificate this process presents (its live contexts'), and when it
+    expires: for metrics, heartbeats and ``cluster status``."""
+    out = {}
+    for cfg in list(_LIVE.values()):
+        if cfg.cert is not None and (end := not_after(cfg.cert)) is not None:
+            out[cfg.cert] = end
+    return out
 
 
 def warn_if_expiring(cert: Path, *, again: bool = False) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import time
 from typing import Any
 
 import typer
@@ -293,9 +295,35 @@ def spu_list(ctx: typer.Context,
 def _spu_row(s: dict[str, Any]) -> list[Any]:
     h = s.get("health") or {}
     temp = h.get("temperature_c")
+    end = h.get("tls_not_after")
     return [s["id"], "online" if s["online"] else "offline", s["public"], s.get("rack"),
             s.get("partitions"), h.get("cpu_percent"), human_bytes(h.get("rss")),
-            human_bytes(h.get("disk_free")), f"{temp:.1f}C" if temp is not None else None]
+            human_bytes(h.get("disk_free")), f"{temp:.1f}C" if temp is not None else None,
+            _days(end) if isinstance(end, int) else None]
+
+
+def _days(not_after: int) -> str:
+    left = (not_after - time.time()) / 86400
+    return "expired" if left <= 0 else f"{left:.0f}d"
+
+
+def _expiry(not_after: int) -> str:
+    left = (not_after - time.time()) / 86400
+    when = datetime.datetime.fromtimestamp(not_after, datetime.UTC).strftime("%Y-%m-%d")
+    return f"expired on {when}" if left <= 0 else f"expires {when} (in {left:.0f} days)"
+
+
+def _expiring(status: dict[str, Any], spus: list[dict[str, Any]]) -> list[str]:
+    """Certificates within EXPIRY_WARNING_DAYS of their end, SC's and SPUs'."""
+    from edge.tls import EXPIRY_WARNING_DAYS
+
+    ends = [("the SC's certificate", status.get("tls_not_after"))]
+    ends += [(f"SPU {s['id']}'s certificate", (s.get("health") or {}).get("tls_not_after"))
+             for s in spus]
+    soon = time.time() + EXPIRY_WARNING_DAYS * 86400
+    return [f"{who} {_expiry(end)}: issue a new one (headwater tls issue) and copy it in "
+            "place; it is reloaded without a restart"
+            for who, end in ends if isinstance(end, int) and end < soon]
 
 
 @cluster_app.command("status")
@@ -321,11 +349,15 @@ def cluster_status(ctx: typer.Context,
                    f"without live leader {status['partitions_offline']}")
         if status["waiting_topics"]:
             typer.echo(f"waiting     {', '.join(status['waiting_topics'])}")
+        if status.get("tls_not_after") is not None:
+            typer.echo(f"TLS         SC certificate {_expiry(status['tls_not_after'])}")
         if spus:
             typer.echo("")
             print_table([_spu_row(s) for s in spus],
                         ["ID", "STATUS", "ADDRESS", "RACK", "PARTITIONS", "CPU%", "RSS",
-                         "DISK FREE", "TEMP"])
+                         "DISK FREE", "TEMP", "CERT"])
+        for line in _expiring(status, spus):
+            typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
     if status["partitions_offline"]:
         raise typer.Exit(1)
 

@@ -213,6 +213,8 @@ class ClusterStatusResponse(NamedTuple):
     partitions_offline: int
     waiting_topics: tuple[str, ...]
     auth_failures: int
+    # When the SC's first TLS certificate expires (Unix seconds); None without TLS.
+    tls_not_after: int | None = None
 
 
 class ProducerIdResponse(NamedTuple):
@@ -233,6 +235,7 @@ CLUSTER_STATUS: Final = Message(ClusterStatusResponse, (
     _count("partitions_offline"),
     Field("waiting_topics", Kind.TEXTS, items=f.MAX_ROWS, low=1, high=f.NAME_CHARS),
     _count("auth_failures"),
+    Field("tls_not_after", Kind.INT, required=False, low=0, high=f.I64_MAX),
 ))
 PRODUCER_ID: Final = Message(ProducerIdResponse, (
     Field("producer_id", Kind.INT, low=1, high=f.I64_MAX),

@@ -26,7 +26,7 @@ from edge.sc.sites import SiteRegistry
 from edge.sc.store import MetadataStore
 from edge.sc.token_handlers import TokenHandlers
 from edge.tasks import cancel
-from edge.tls import server_context
+from edge.tls import not_after, server_context
 
 if TYPE_CHECKING:
     from edge.discovery.announcer import Announcer
@@ -265,7 +265,12 @@ class Sc:
             partitions=len(parts), partitions_offline=offline_leaders,
             waiting_topics=[t.name for t in topics if t.status != "ready"],
             auth_failures=self.gate.failures,
+            **({} if (end := self._cert_end()) is None else {"tls_not_after": int(end)}),
         ), b""
+
+    def _cert_end(self) -> float | None:
+        cert = self.cfg.tls.cert if self.cfg.tls is not None else None
+        return None if cert is None else not_after(cert)
 
     def init_producer_id(self, conn: Connection, meta: dict[Any, Any], blob: bytes
                          ) -> Response:

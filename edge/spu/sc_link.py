@@ -32,6 +32,7 @@ from edge.spu.config import SpuConfig
 from edge.spu.guard import LeadershipGuard
 from edge.spu.partition import Partition
 from edge.spu.replicas import ReplicaSet
+from edge.tls import not_after
 
 if TYPE_CHECKING:
     from edge.discovery.finder import ScFinder
@@ -205,13 +206,22 @@ class ScLink:
             return False
         return True
 
+    def _health(self) -> dict[str, Any]:
+        """The psutil figures, and when this SPU's first certificate expires."""
+        out = health.snapshot(self.cfg.data_dir)
+        cert = self.cfg.tls.cert if self.cfg.tls is not None else None
+        end = None if cert is None else not_after(cert)
+        if end is not None:
+            out["tls_not_after"] = int(end)
+        return out
+
     async def _heartbeats(self, conn: ClientConnection) -> None:
         while True:
             sent_at = self.guard.token()
             rows, blob = rows_out("partitions", self._status())
             meta, _ = await conn.request(
                 ApiKey.HEARTBEAT, blob, spu=self.cfg.id,
-                health=health.snapshot(self.cfg.data_dir), stats=self._stats(), timeout=10.0,
+                health=self._health(), stats=self._stats(), timeout=10.0,
                 **rows,
             )
             # Confirmed only once the assignment the SC had when it answered is applied.

@@ -56,7 +56,7 @@ def test_promtool_accepts_the_config_and_the_rules() -> None:
     out = subprocess.run([_promtool(), "check", "config", "prometheus.yml"], cwd=MONITORING,
                          capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 11 rules found" in out.stdout
+    assert "SUCCESS: 12 rules found" in out.stdout
 
 
 def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import datetime
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -429,3 +430,43 @@ def test_no_user_certificate_passes_for_an_spu(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "begin with spu-" in out.stderr
     assert not (tmp_path / "spu-1.crt").exists()
+
+
+# --- certificate expiry in cluster status and metrics ------------------------------
+
+
+async def test_cluster_status_names_certificates_near_their_end(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    tls("issue", "--dir", str(c.pki), "--kind", "sc", "--host", "127.0.0.1", "--days", "5",
+        "--force")
+    async with running(c):
+        assert c.spu is not None
+        assert c.spu.link is not None
+        await asyncio.sleep(1.5)  # a heartbeat carries the SPU's certificate expiry
+        async with Admin(c.addr, ssl=c.ssl_for("admin")) as admin:
+            status = await admin.cluster_status()
+            spus = await admin.list_spus()
+        sc_left = (status["tls_not_after"] - time.time()) / 86400
+        assert 4 < sc_left <= 5
+        spu_left = (spus[0]["health"]["tls_not_after"] - time.time()) / 86400
+        assert spu_left > 800  # the default node lifetime
+
+        from edge.metrics import Metrics
+
+        scrape = Metrics("sc", "test").render().decode()
+        assert 'headwater_tls_certificate_expiry_timestamp_seconds{cert="' in scrape
+
+        def cli() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*HW, "--sc", c.addr, "--tls-ca", str(c.ca), "--tls-cert",
+                 str(c.pki / "admin.crt"), "--tls-key", str(c.pki / "admin.key"),
+                 "cluster", "status"], capture_output=True, text=True, timeout=60,
+                check=False)
+
+        out = await asyncio.to_thread(cli)
+    assert out.returncode == 0, out.stderr
+    assert "SC certificate expires" in out.stdout
+    assert "CERT" in out.stdout
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, out.stderr
+    assert "the SC's certificate expires" in warnings[0]
