@@ -1,13 +1,15 @@
-"""What Prometheus metrics cost a running SPU: produce throughput with metrics on
-and off, interleaved in one run, and the SPU's idle RSS with metrics on while
-being scraped.
+"""What Prometheus metrics and access control cost a running SPU: produce
+throughput with both off, with metrics on, and with metrics and ACLs on,
+interleaved in one run, and the SPU's idle RSS in each case.
 
     .venv/bin/python bench/metrics_cost.py [--records 300000] [--runs 3]
 
-Each run starts a fresh SC + SPU (separate processes, group commit) with or
-without ``metrics_addr``; with metrics, a scraper reads ``/metrics`` every second
-during the run, as Prometheus would. One producer, 100-byte records,
-acks=leader. Medians of ``--runs``.
+Each run starts a fresh SC + SPU (separate processes, group commit). With metrics,
+a scraper reads ``/metrics`` every second during the run, as Prometheus would.
+With ACLs, the SC runs with ``authorization = true`` (a restart of the cluster
+made with it off, where the topic, a token and its ACL were created): the
+producer logs in with the token, and the SC and SPU check every request against
+the rules. One producer, 100-byte records, acks=leader. Medians of ``--runs``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge import bench
 from edge.bench import machine
+from edge.client import Admin
 from edge.testing import LocalCluster, free_port
 
 MIB = 1024 * 1024
@@ -43,14 +46,32 @@ async def scrape(addr: str, stop: asyncio.Event) -> int:
     return count
 
 
-async def one(tmp: Path, records: int, metrics: bool) -> tuple[float, float]:
+VARIANTS = ("off", "metrics", "metrics+acl")
+
+
+async def one(tmp: Path, records: int, variant: str) -> tuple[float, float]:
     addr = f"127.0.0.1:{free_port()}"
-    settings: dict[str, str | int | float | bool] = {"metrics_addr": addr} if metrics else {}
-    async with LocalCluster(tmp, spu_settings=settings) as c:
-        await bench.ensure_topic(c.sc_addr, "bench")
+    settings: dict[str, str | int | float | bool] = (
+        {} if variant == "off" else {"metrics_addr": addr})
+    token = None
+    sc: dict[str, str | int | float | bool] = {}
+    if variant == "metrics+acl":
+        async with LocalCluster(tmp) as c:
+            await bench.ensure_topic(c.sc_addr, "bench")
+            async with Admin(c.sc_addr) as admin:
+                token = (await admin.create_token("bench")).token
+                await admin.add_acl("bench", "produce", "topic:bench")
+                # What the harness itself asks (is the SPU online?).
+                await admin.add_acl("anonymous", "describe", "cluster")
+        sc = {"authorization": True}
+    async with LocalCluster(tmp, spu_settings=settings, sc_settings=sc) as c:
+        if token is None:
+            await bench.ensure_topic(c.sc_addr, "bench")
+        else:
+            await asyncio.sleep(1)  # the SPU registers and is given the rules
         stop = asyncio.Event()
-        scraper = asyncio.create_task(scrape(addr, stop)) if metrics else None
-        result = await bench.produce(c.sc_addr, "bench", records=records)
+        scraper = asyncio.create_task(scrape(addr, stop)) if variant != "off" else None
+        result = await bench.produce(c.sc_addr, "bench", records=records, token=token)
         await asyncio.sleep(5)  # idle, still scraped
         rss = psutil.Process(c.spu_procs[1].pid).memory_info().rss / MIB
         stop.set()
@@ -61,20 +82,21 @@ async def one(tmp: Path, records: int, metrics: bool) -> tuple[float, float]:
 
 async def main(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
-    rates: dict[bool, list[float]] = {False: [], True: []}
-    rss: dict[bool, list[float]] = {False: [], True: []}
+    rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    rss: dict[str, list[float]] = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="hw-metrics-") as d:
         for run in range(args.runs):
-            for on in (False, True):
-                rate, mem = await one(Path(d) / f"{run}-{on}", args.records, on)
-                rates[on].append(rate)
-                rss[on].append(mem)
-                print(f"run {run + 1}, metrics {'on ' if on else 'off'}: {rate:,.0f} rec/s, "
+            for variant in VARIANTS:
+                rate, mem = await one(Path(d) / f"{run}-{variant}", args.records, variant)
+                rates[variant].append(rate)
+                rss[variant].append(mem)
+                print(f"run {run + 1}, {variant:11}: {rate:,.0f} rec/s, "
                       f"SPU RSS idle {mem:.1f} MiB", flush=True)
-    off, on = statistics.median(rates[False]), statistics.median(rates[True])
-    print(f"produce: metrics off {off:,.0f} rec/s, on {on:,.0f} rec/s ({on / off - 1:+.1%})")
-    print(f"SPU RSS idle: off {statistics.median(rss[False]):.1f} MiB, "
-          f"on {statistics.median(rss[True]):.1f} MiB")
+    off = statistics.median(rates["off"])
+    for variant in VARIANTS:
+        rate = statistics.median(rates[variant])
+        print(f"{variant:11}  produce {rate:>9,.0f} rec/s ({rate / off - 1:+.1%})  "
+              f"SPU RSS idle {statistics.median(rss[variant]):.1f} MiB")
 
 
 if __name__ == "__main__":

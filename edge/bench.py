@@ -51,12 +51,14 @@ async def ensure_topic(sc: str, topic: str, partitions: int = 1) -> None:
 
 async def produce(sc: str, topic: str, *, records: int, size: int = 100,
                   acks: Acks = Acks.LEADER, batch_bytes: int = 64 * 1024,
-                  linger_ms: float = 5.0, progress: Progress | None = None) -> BenchResult:
+                  linger_ms: float = 5.0, progress: Progress | None = None,
+                  token: str | None = None) -> BenchResult:
     """Send ``records`` records of ``size`` random bytes as fast as one producer can."""
     payload = os.urandom(size)
     latencies: list[float] = []
     sample_every = max(records // 2000, 1)
-    async with Producer(sc, acks=acks, batch_bytes=batch_bytes, linger_ms=linger_ms) as p:
+    async with Producer(sc, acks=acks, batch_bytes=batch_bytes, linger_ms=linger_ms,
+                        token=token) as p:
         start = time.perf_counter()
         for i in range(records):
             fut = await p.send(topic, payload)
