@@ -392,3 +392,89 @@ async def _terminate(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> in
     except TimeoutError:
         proc.kill()
         return await asyncio.to_thread(proc.wait)
+
+
+class HaCluster(LocalCluster):
+    """``scs`` SC processes sharing the etcd cluster at ``etcd`` (HOST:PORT client
+    endpoints), one active and the others standby, and ``spus`` SPUs given every
+    SC's private address. ``sc_addr`` is the comma-separated list of the SCs'
+    public addresses, as clients are given it."""
+
+    def __init__(self, data_dir: Path, *, etcd: list[str], scs: int = 2,
+                 prefix: str = "/headwater", ttl_s: int = 2, **kwargs: Any) -> None:
+        super().__init__(data_dir, **kwargs)
+        self.etcd = list(etcd)
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self.sc_ports = [(free_port(), free_port()) for _ in range(scs)]
+        self.sc_publics = [f"{self.host}:{pub}" for pub, _ in self.sc_ports]
+        self.sc_addr = ",".join(self.sc_publics)
+        self.sc_private_addr = ",".join(f"{self.host}:{priv}" for _, priv in self.sc_ports)
+        self.sc_procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    async def start_sc(self) -> None:
+        for index in range(len(self.sc_ports)):
+            await self.start_sc_number(index)
+        await self.wait_active()
+        self.sc_proc = next(iter(self.sc_procs.values()))  # start_spu waits for online
+
+    async def start_sc_number(self, index: int) -> None:
+        pub, priv = self.sc_ports[index]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / f"sc-{index}.toml"
+        config.write_text(
+            f'metadata = "etcd://{",".join(self.etcd)}"\n'
+            + _toml_text(self.sc_settings, self.limits)
+            + f'[etcd]\nprefix = "{self.prefix}"\nttl_s = {self.ttl_s}\n')
+        proc = self._spawn(
+            ["run", "sc", "--config", str(config), "--data-dir", str(self.data_dir / f"sc-{index}"),
+             "--public-addr", f"{self.host}:{pub}", "--private-addr", f"{self.host}:{priv}",
+             "--cluster-secret", str(self.secret_path), "--log-level", self.log_level],
+            f"sc-{index}.log")
+        self.sc_procs[index] = proc
+        await self._wait_answers(self.sc_publics[index], proc, f"sc-{index}.log")
+
+    async def stop_sc(self) -> int | None:
+        codes = [await _terminate(proc) for proc in self.sc_procs.values()]
+        self.sc_procs.clear()
+        self.sc_proc = None
+        return max(codes, default=None)
+
+    def signal_sc(self, index: int, sig: int) -> None:
+        self.sc_procs[index].send_signal(sig)
+
+    async def kill_sc_number(self, index: int) -> None:
+        proc = self.sc_procs.pop(index)
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(proc.wait)
+
+    async def active(self) -> int | None:
+        """Which SC answers as active now (role "sc" in its API_VERSIONS), if any."""
+        for index, addr in enumerate(self.sc_publics):
+            if index not in self.sc_procs:
+                continue
+            with contextlib.suppress(HeadwaterError, OSError):
+                if (await _request(addr, ApiKey.API_VERSIONS)).get("role") == "sc":
+                    return index
+        return None
+
+    async def wait_active(self, timeout: float = START_TIMEOUT_S,
+                          other_than: int | None = None) -> int:
+        async with asyncio.timeout(timeout):
+            while True:
+                found = await self.active()
+                if found is not None and found != other_than:
+                    return found
+                await asyncio.sleep(0.02)
+
+    async def wait_spu_online(self, spu_id: int, timeout: float = START_TIMEOUT_S) -> None:
+        async with asyncio.timeout(timeout):
+            while True:
+                index = await self.active()
+                if index is not None:
+                    with contextlib.suppress(HeadwaterError):
+                        spus = await _request(self.sc_publics[index], ApiKey.LIST_SPUS)
+                        if any(s["id"] == spu_id and s["online"] and s["health"]
+                               for s in spus["spus"]):
+                            return
+                await asyncio.sleep(0.05)

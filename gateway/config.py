@@ -46,6 +46,7 @@ from edge.config import ConfigError, check_file
 from edge.discovery.config import DiscoveryConfig
 from edge.discovery.spec import parse_sc
 from edge.metrics import check_metrics_addr
+from edge.net.connection import split_addr_list
 from edge.tls import TlsConfig
 from edge.tokens import read_token_file
 from gateway.mqtt.topics import TopicFilterError, filter_levels, filters_overlap
@@ -309,7 +310,11 @@ class GatewayConfig:
         except ValueError as exc:
             raise ConfigError(str(exc), key="sc") from None
         if spec is None:
-            _check_address("sc", self.sc)
+            try:
+                split_addr_list(self.sc)
+            except ValueError as exc:
+                raise ConfigError(f"{exc} (HOST:PORT, several SCs as H1:P1,H2:P2)",
+                                  key="sc") from None
         _check_topic("dead_letter_topic", self.dead_letter_topic)
         if not self.serial and self.mqtt is None:
             raise ConfigError("nothing to run: configure [[serial]] ports or [mqtt]")

@@ -351,6 +351,17 @@ def cluster_status(ctx: typer.Context,
             typer.echo(f"waiting     {', '.join(status['waiting_topics'])}")
         if status.get("tls_not_after") is not None:
             typer.echo(f"TLS         SC certificate {_expiry(status['tls_not_after'])}")
+        plane = status.get("control_plane")
+        if plane:
+            typer.echo(f"metadata    etcd {plane.get('prefix')}  active SC {plane.get('active')}")
+            members = plane.get("members") or []
+            if members:
+                typer.echo("")
+                print_table([[m.get("name"), m.get("endpoint"),
+                              "healthy" if m.get("healthy") else "UNREACHABLE",
+                              "leader" if m.get("leader") else "",
+                              human_bytes(m.get("db_size"))] for m in members],
+                            ["ETCD MEMBER", "ENDPOINT", "HEALTH", "RAFT", "DB SIZE"])
         if spus:
             typer.echo("")
             print_table([_spu_row(s) for s in spus],

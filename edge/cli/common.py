@@ -136,15 +136,15 @@ def _find_on_lan(t: Target) -> None:
     (Inside a running event loop the clients find it themselves.)
     """
     from edge.discovery.spec import parse_sc
-    from edge.net.connection import split_addr
+    from edge.net.connection import split_addr_list
 
     try:
         spec = parse_sc(t.sc)
         if spec is None:
-            split_addr(t.sc)
+            split_addr_list(t.sc)
     except ValueError as exc:
-        fail(f"SC address {t.sc!r} (from {t.source}): {exc}; give HOST:PORT, or mdns:SITE "
-             "to find it on the LAN", 2)
+        fail(f"SC address {t.sc!r} (from {t.source}): {exc}; give HOST:PORT (several SCs: "
+             "H1:P1,H2:P2), or mdns:SITE to find it on the LAN", 2)
     if spec is None:
         return
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ import typer
 
 from edge.cli.common import DURABILITIES, LOG_FORMATS, LOG_LEVELS, fail, run, setup_logging, target
 from edge.config import ConfigError, load_secret
+from edge.protocol.errors import HeadwaterError
 
 if TYPE_CHECKING:
     from edge.secret import ClusterSecret
@@ -120,12 +122,31 @@ def run_sc(
 
     async def main() -> None:
         from edge.daemon import serve
+
+        if cfg.etcd is not None:  # one of several SCs on one etcd: active or standby
+            from edge.sc.ha import HaSc
+
+            ha = HaSc(cfg)
+            await serve([ha], ready_text=lambda: f"SC on {ha.public_addr}, standing by or "
+                        "active (metadata in etcd)")
+            return
         from edge.sc.service import Sc
 
         sc = Sc(cfg)
         await serve([sc], ready_text=lambda: f"SC serving clients on {sc.public_addr}")
 
-    asyncio.run(main())
+    _run_daemon(main)
+
+
+def _run_daemon(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a daemon's main; what stops it from starting (its data directory in use,
+    a port taken) is one line and exit 1, not a traceback."""
+    try:
+        asyncio.run(main())
+    except HeadwaterError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot start: {exc}")
 
 
 @run_app.command("spu")
@@ -184,7 +205,7 @@ def run_spu(
         await serve([spu], ready_text=lambda: f"SPU {cfg.id} serving clients on "
                     f"{spu.public_addr}")
 
-    asyncio.run(main())
+    _run_daemon(main)
 
 
 def local_secret(data_dir: Path) -> ClusterSecret:

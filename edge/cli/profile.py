@@ -42,11 +42,11 @@ def add(name: str = typer.Argument(..., help="Profile name."),
         use: bool = typer.Option(True, help="Make it the current profile.")) -> None:
     """Add or replace a profile (checked first: the address, and that the files exist)."""
     from edge.discovery.spec import parse_sc
-    from edge.net.connection import split_addr
+    from edge.net.connection import split_addr_list
 
     try:
         if parse_sc(sc) is None:
-            split_addr(sc)
+            split_addr_list(sc)
     except ValueError as exc:
         fail(f"profile {name}: --sc {sc}: {exc}", 2)
     for flag, path in (("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key),

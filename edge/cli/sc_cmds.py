@@ -10,6 +10,7 @@ from typing import NoReturn
 import typer
 
 from edge.cli.common import human_bytes, print_table
+from edge.protocol.errors import HeadwaterError
 from edge.sc.backup import (
     PRODUCER_ID_MARGIN,
     Backup,
@@ -86,8 +87,8 @@ def restore_cmd(
         typer.echo(f"the replaced files are in {aside}")
     first = (checked.main.next_producer_id or 1) + PRODUCER_ID_MARGIN
     typer.echo(f"producer ids now start at {first}")
-    typer.echo("start the SC now; topics created after the backup are deleted from the SPUs "
-               "when they register (docs/OPERATIONS.md, \"Backup and restore\")")
+    typer.echo("start the SC now; the SPUs set aside the data of topics created after the "
+               "backup when they register (docs/OPERATIONS.md, \"Backup and restore\")")
 
 
 def _fail(exc: BaseException) -> NoReturn:
@@ -134,3 +135,48 @@ def _when(ms: int | None) -> str:
     return "taken " + when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+
+
+@sc_app.command("migrate")
+def migrate_cmd(
+    to: str = typer.Option(..., "--to", help="etcd://HOST:PORT,HOST:PORT,... of the etcd "
+                           "cluster the SCs will share."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="The STOPPED SC's data "
+                                         "directory."),
+    config: Path | None = typer.Option(None, "--config", help="Take data_dir (and the [etcd] "
+                                       "settings: prefix, TLS, user) from this sc.toml."),
+    prefix: str | None = typer.Option(None, "--prefix", help="Key prefix in etcd (default "
+                                      "the [etcd] prefix, else /headwater)."),
+) -> None:
+    """Copy an SQLite SC's metadata into an empty etcd prefix, for `metadata = "etcd://..."`.
+
+    The SC must be stopped (its database is read as it is). Afterwards set
+    metadata = "etcd://..." in every SC's sc.toml and start them."""
+    from edge.config import load_toml
+    from edge.sc.config import EtcdSettings, parse_metadata
+    from edge.sc.etcd_store import migrate_from_sqlite
+    from edge.sc.ha import etcd_client
+    from edge.sc.store import DataDirLock
+
+    src = _data_dir(data_dir, config)
+    try:
+        table = load_toml(config).get("etcd") if config is not None else None
+        settings = parse_metadata(to, table)
+        assert settings is not None
+        if prefix is not None:
+            settings = EtcdSettings(**{**settings.__dict__, "prefix": prefix})
+        lock = DataDirLock(src)  # refused while an SC runs on it
+    except (HeadwaterError, OSError, BackupError) as exc:
+        _fail(exc)
+    try:
+        counts = migrate_from_sqlite(src / "metadata.sqlite", etcd_client(settings),
+                                     f"{settings.prefix}")
+    except (HeadwaterError, ValueError, OSError, sqlite3.Error) as exc:
+        _fail(exc)
+    finally:
+        lock.close()
+    typer.echo(f"copied {src / 'metadata.sqlite'} to {to} under {settings.prefix}: "
+               + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    typer.echo(f'next: metadata = "{to}" in every SC\'s sc.toml'
+               + (f' with [etcd] prefix = "{settings.prefix}"' if prefix else "")
+               + "; start them (one becomes active)")

@@ -15,17 +15,18 @@ from typing import Any, NamedTuple
 
 from edge.discovery.spec import parse_sc
 from edge.net.backoff import Backoff
-from edge.net.connection import ClientConnection
+from edge.net.connection import ClientConnection, split_addr_list
 from edge.protocol import sc_api
 from edge.protocol.errors import (
     ConnectionLost,
     HeadwaterError,
     LeaderNotAvailable,
+    NotController,
     PartitionNotFound,
     ProtocolError,
     TopicNotFound,
 )
-from edge.protocol.messages import ApiKey
+from edge.protocol.messages import SC_STANDBY_ROLE, ApiKey
 from edge.protocol.schema import decode_response
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class ClusterClient:
         # ``sc = "mdns:SITE"``: the address last found on the LAN, looked up again
         # whenever it stops answering.
         self._found: str | None = None
+        # ``sc = "h1:9003,h2:9003"``: the listed address that was active last.
+        self._active: str | None = None
 
     def start_watch(self) -> None:
         """Follow the SC's metadata stream, so leader changes arrive as they happen
@@ -121,10 +124,12 @@ class ClusterClient:
         return self._sc
 
     async def connect_sc(self) -> ClientConnection:
-        """A new connection to the SC, finding it on the LAN for an ``mdns`` address."""
+        """A new connection to the active SC: of a list ``h1:9003,h2:9003``, the one
+        that answered last first, then the others, following a standby's pointer to
+        the active one; found on the LAN for an ``mdns`` address."""
         spec = parse_sc(self.sc_addr)
         if spec is None:
-            return await self.connect(self.sc_addr)
+            return await self._connect_active(split_addr_list(self.sc_addr))
         if self._found is not None:
             try:
                 return await self.connect(self._found)
@@ -135,10 +140,40 @@ class ClusterClient:
         self._found = await find_sc(spec)
         return await self.connect(self._found)
 
+    async def _connect_active(self, listed: list[str]) -> ClientConnection:
+        order = sorted(listed, key=lambda a: a != self._active)
+        failure: HeadwaterError | None = None
+        for addr in order:
+            try:
+                conn = await self.connect(addr)
+                if conn.role == SC_STANDBY_ROLE:
+                    conn = await self._follow_standby(conn)
+            except (ConnectionLost, NotController) as exc:
+                failure = exc
+                continue
+            self._active = conn.addr if conn.addr in listed else None
+            return conn
+        assert failure is not None
+        raise failure
+
+    async def _follow_standby(self, conn: ClientConnection) -> ClientConnection:
+        """The active SC a standby named (once: a standby naming a standby fails)."""
+        hint = conn.active
+        await conn.close()
+        if hint is None:
+            raise NotController(f"{conn.addr} is a standby SC and knows no active one yet "
+                                "(an election is under way)", addr=conn.addr)
+        active = await self.connect(hint)
+        if active.role == SC_STANDBY_ROLE:
+            await active.close()
+            raise NotController(f"{hint}, named active by {conn.addr}, is a standby too",
+                                addr=hint)
+        return active
+
     async def connect(self, addr: str) -> ClientConnection:
         conn = ClientConnection(addr, ssl_context=self.ssl, server_hostname=self.server_hostname)
         await conn.connect()
-        if self.token is not None:
+        if self.token is not None and conn.role != SC_STANDBY_ROLE:
             try:
                 await conn.request(ApiKey.LOGIN, token=self.token)
             except BaseException:
@@ -152,7 +187,10 @@ class ClusterClient:
             conn = await self.sc()
             try:
                 meta, _ = await conn.request(api, **fields)
-            except ConnectionLost:
+            except (ConnectionLost, NotController):
+                # The SC went away, or stepped down to standby: find the active one.
+                await conn.close()
+                self._sc = None
                 if attempt == 2:
                     raise
                 continue

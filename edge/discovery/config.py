@@ -14,7 +14,7 @@ from typing import Any, Final
 from edge.config import ConfigError, take
 from edge.discovery.spec import parse_sc
 from edge.discovery.txt import check_site
-from edge.net.connection import split_addr
+from edge.net.connection import split_addr_list
 
 # Linux interface names: at most 15 bytes, no '/', no whitespace.
 INTERFACE_NAME: Final = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
@@ -52,10 +52,11 @@ class DiscoveryConfig:
 
 
 def check_sc_address(key: str, value: str) -> None:
-    """``HOST:PORT``, ``mdns`` or ``mdns:SITE``; ConfigError naming ``key`` otherwise."""
+    """``HOST:PORT``, several comma-separated (a cloud cluster's SCs), ``mdns`` or
+    ``mdns:SITE``; ConfigError naming ``key`` otherwise."""
     try:
         if parse_sc(value) is None:
-            split_addr(value)
+            split_addr_list(value)
     except ValueError as exc:
-        raise ConfigError(f"{exc} (or mdns / mdns:SITE to find it on the LAN)",
-                          key=key) from None
+        raise ConfigError(f"{exc} (HOST:PORT, several as H1:P1,H2:P2, or mdns / mdns:SITE "
+                          "to find it on the LAN)", key=key) from None

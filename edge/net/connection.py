@@ -52,6 +52,25 @@ def split_addr(addr: str, default_port: int | None = None) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+# A cloud cluster's SCs (one active, the others standby) are given as a list.
+MAX_SC_ADDRESSES = 16
+
+
+def split_addr_list(value: str) -> list[str]:
+    """``"h1:9003,h2:9003"`` → the addresses, each checked as :func:`split_addr`
+    checks one; ValueError for an empty entry, a repeat or more than 16."""
+    parts = [part.strip() for part in value.split(",")]
+    if not all(parts):
+        raise ValueError(f"empty address in {value!r}")
+    if len(parts) > MAX_SC_ADDRESSES:
+        raise ValueError(f"at most {MAX_SC_ADDRESSES} addresses, not {len(parts)}")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"an address is listed twice in {value!r}")
+    for part in parts:
+        split_addr(part)
+    return parts
+
+
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     # A failed request whose caller gave up must not log "exception never retrieved".
     if not fut.cancelled():
@@ -113,6 +132,8 @@ class ClientConnection:
         # What the peer said it is in its API_VERSIONS answer.
         self.role: str | None = None
         self.cluster: str | None = None
+        # A standby SC names the active one (role "sc-standby").
+        self.active: str | None = None
 
     def local_host(self) -> str | None:
         """The local address this connection leaves from (the one the peer can reach)."""
@@ -149,6 +170,8 @@ class ClientConnection:
             role, cluster = meta.get("role"), meta.get("cluster")
             self.role = role if isinstance(role, str) else None
             self.cluster = cluster if isinstance(cluster, str) else None
+            active = meta.get("active")
+            self.active = active if isinstance(active, str) and active else None
         return self
 
     async def _hello(self) -> dict[Any, Any]:

@@ -85,6 +85,10 @@ class ApiKey(IntEnum):
     GROUP_DELETE = 56
 
 
+# The ``role`` a standby SC gives in its API_VERSIONS answer, with ``active``: the
+# active SC's public address (edge/sc/standby.py).
+SC_STANDBY_ROLE: Final = "sc-standby"
+
 # (min, max) version each API is served at; ApiVersions reports this table.
 SUPPORTED: Final[dict[ApiKey, tuple[int, int]]] = {
     **dict.fromkeys(ApiKey, (0, 0)),

@@ -215,6 +215,9 @@ class ClusterStatusResponse(NamedTuple):
     auth_failures: int
     # When the SC's first TLS certificate expires (Unix seconds); None without TLS.
     tls_not_after: int | None = None
+    # With metadata in etcd: {"metadata": "etcd", "active": NODE, "members": [...]}
+    # (the etcd members and their health); None with SQLite.
+    control_plane: dict[str, Any] | None = None
 
 
 class ProducerIdResponse(NamedTuple):
@@ -236,6 +239,7 @@ CLUSTER_STATUS: Final = Message(ClusterStatusResponse, (
     Field("waiting_topics", Kind.TEXTS, items=f.MAX_ROWS, low=1, high=f.NAME_CHARS),
     _count("auth_failures"),
     Field("tls_not_after", Kind.INT, required=False, low=0, high=f.I64_MAX),
+    Field("control_plane", Kind.MAP, required=False, items=16),
 ))
 PRODUCER_ID: Final = Message(ProducerIdResponse, (
     Field("producer_id", Kind.INT, low=1, high=f.I64_MAX),
@@ -502,6 +506,9 @@ class Assignment(NamedTuple):
     superusers: tuple[str, ...] | None = None
     # The live tokens (digest and principal): SPUs answer LOGIN themselves.
     tokens: tuple[TokenGrant, ...] | None = None
+    # How many writes the SC's metadata store has committed: lower than an SPU saw
+    # before means the SC runs on an older copy (a restored backup).
+    generation: int | None = None
 
 
 class HeartbeatRequest(NamedTuple):
@@ -545,6 +552,7 @@ ASSIGNMENT: Final = Message(Assignment, (
     Field("superusers", Kind.TEXTS, required=False, items=MAX_SUPERUSERS,
           high=MAX_PRINCIPAL_CHARS),
     _TOKEN_GRANTS,
+    Field("generation", Kind.INT, required=False, low=0, high=f.I64_MAX),
 ))
 HEARTBEAT: Final = Message(HeartbeatRequest, (
     f.SPU,

@@ -16,7 +16,8 @@ file of its own is covered without a change here. Restore needs the SC stopped:
 a running SC holds SQLite's shared lock on its database for as long as it is
 open, and restore tries to take that same lock (the byte ranges of SQLite's
 unix locking protocol, which every process using the file honours) and keeps
-it while it swaps the files.
+it while it swaps the files; it also takes the SC's own lock of the directory
+(``sc.lock``, held by a running SC for its lifetime), so no SC starts meanwhile.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
+from edge.protocol.errors import StorageError
+from edge.sc.store import DataDirLock
 from edge.storage.fileio import write_atomic
 
 MAIN_DB: Final = "metadata.sqlite"  # edge/sc/service.py: MetadataStore and GroupStore
@@ -263,7 +266,7 @@ def restore(b: Backup, data_dir: Path, *, force: bool = False) -> Path | None:
     names = sorted({d.name for d in b.dbs} | {p.name for p in data_dir.glob("*.sqlite")})
     _check_cluster(data_dir / MAIN_DB, b.main.cluster_id, force=force)
     staged: list[tuple[Path, str]] = []
-    with _held_locks([data_dir / n for n in names]):
+    with _sc_lock(data_dir), _held_locks([data_dir / n for n in names]):
         try:
             for db in b.dbs:
                 staged.append(_stage(db, data_dir))
@@ -290,6 +293,23 @@ def _check_cluster(current: Path, wanted: str | None, *, force: bool) -> None:
     if row is not None and str(row[0]) != wanted:
         raise BackupError(f"{current} belongs to cluster {row[0]}, the backup to cluster "
                           f"{wanted}; pass --force to replace it anyway")
+
+
+@contextlib.contextmanager
+def _sc_lock(data_dir: Path) -> Iterator[None]:
+    """Hold the SC's own lock of ``data_dir`` (``sc.lock``): a running SC holds it, and
+    none can start while it is held here."""
+    try:
+        lock = DataDirLock(data_dir)
+    except StorageError as exc:
+        pid = exc.data.get("pid")
+        held = f" as PID {pid}" if pid is not None else ""
+        raise BackupError(f"the SC using {data_dir} is running{held} (it holds sc.lock): stop "
+                          "it (systemctl stop headwater-sc), then run restore again") from None
+    try:
+        yield
+    finally:
+        lock.close()
 
 
 @contextlib.contextmanager

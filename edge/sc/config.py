@@ -16,13 +16,81 @@ from edge.config import (
 )
 from edge.discovery.config import DiscoveryConfig
 from edge.metrics import check_metrics_addr
-from edge.net.connection import split_addr
+from edge.net.connection import split_addr, split_addr_list
 from edge.net.limits import ServerLimits, limits_from
 from edge.protocol.sc_api import MAX_PRINCIPAL_CHARS, MAX_SUPERUSERS
 from edge.secret import ClusterSecret, PrivateAuth
 from edge.tls import TlsConfig, tls_from
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ETCD_SCHEME = "etcd://"
+_PREFIX_CHARS = 200
+
+
+@dataclass(frozen=True, kw_only=True)
+class EtcdSettings:
+    """``metadata = "etcd://h1:2379,h2:2379"`` and the ``[etcd]`` table: the etcd
+    cluster several SCs share (one active, chosen by an election on ``prefix``)."""
+
+    endpoints: tuple[str, ...]
+    prefix: str = "/headwater"
+    # The election lease: an active SC that stops renewing it is replaced this long
+    # after its last renewal.
+    ttl_s: int = 2
+    timeout_s: float = 2.0
+    tls: TlsConfig | None = None
+    username: str | None = None
+    password_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.ttl_s <= 60:
+            raise ConfigError("must be 1..60 seconds", key="etcd.ttl_s")
+        if not 0 < self.timeout_s <= 60:
+            raise ConfigError("must be above 0 and at most 60 seconds", key="etcd.timeout_s")
+        if (not self.prefix.startswith("/") or len(self.prefix) > _PREFIX_CHARS
+                or not self.prefix.isprintable() or self.prefix.endswith("/")):
+            raise ConfigError(f"must start with / and not end with it, 1..{_PREFIX_CHARS} "
+                              "printable characters", key="etcd.prefix")
+        if (self.username is None) != (self.password_file is None):
+            raise ConfigError("username and password_file go together", key="etcd.username")
+
+    def password(self) -> str | None:
+        if self.password_file is None:
+            return None
+        try:
+            return self.password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {self.password_file}: {exc}",
+                              key="etcd.password_file") from None
+
+
+def parse_metadata(value: str | None, table: Any) -> EtcdSettings | None:
+    """``metadata`` (None or ``"sqlite"``: the embedded default) and ``[etcd]``."""
+    if value is None or value == "sqlite":
+        if table is not None:
+            raise ConfigError('needs metadata = "etcd://HOST:PORT,..."', key="etcd")
+        return None
+    if not value.startswith(ETCD_SCHEME):
+        raise ConfigError(f'must be "sqlite" or "etcd://HOST:PORT,...", not {value!r}',
+                          key="metadata")
+    try:
+        endpoints = split_addr_list(value[len(ETCD_SCHEME):])
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="metadata") from None
+    if not isinstance(table, dict | None):
+        raise ConfigError("must be a table", key="etcd")
+    raw = dict(table or {})
+    password = take(raw, "password_file", str, None)
+    tls = tls_from({"tls": t} if (t := {k: raw.pop(k) for k in ("ca", "cert", "key")
+                                         if k in raw}) else {})
+    settings = EtcdSettings(
+        endpoints=tuple(endpoints), prefix=take(raw, "prefix", str, EtcdSettings.prefix),
+        ttl_s=take(raw, "ttl_s", int, EtcdSettings.ttl_s),
+        timeout_s=take(raw, "timeout_s", float, EtcdSettings.timeout_s), tls=tls,
+        username=take(raw, "username", str, None),
+        password_file=None if password is None else Path(password))
+    reject_unknown(raw, "[etcd]")
+    return settings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +118,9 @@ class ScConfig:
     # denied, except to the superusers (client certificate common names).
     authorization: bool = False
     superusers: tuple[str, ...] = ()
+    # Where the metadata lives: None, SQLite in data_dir (the default); or an etcd
+    # cluster shared by several SCs (edge/sc/ha.py).
+    etcd: EtcdSettings | None = None
 
     def __post_init__(self) -> None:
         for key in ("public_addr", "private_addr"):
@@ -91,6 +162,7 @@ class ScConfig:
             "metrics_addr": take(raw, "metrics_addr", str, None),
             "authorization": take(raw, "authorization", bool, False),
             "superusers": _names(raw, "superusers"),
+            "etcd": parse_metadata(take(raw, "metadata", str, None), raw.pop("etcd", None)),
         }
         discovery = DiscoveryConfig.take_from(raw, site=overrides.pop("site", None))
         reject_unknown(raw, "sc config")

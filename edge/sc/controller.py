@@ -22,6 +22,7 @@ from edge.protocol.errors import (
 )
 from edge.protocol.sc_api import SHARE_PPM, ReplicaStatus, TopicStatus
 from edge.sc.assignment import SpuSlot, assign, led_by
+from edge.sc.registration import epoch_behind, reported_leader
 from edge.sc.store import MetadataStore, PartitionRow, TopicRow
 from edge.sc.topic_settings import altered_config, check_topic_settings
 from edge.storage.config import is_topic_name
@@ -64,6 +65,11 @@ class Controller:
         }
         self.watchers: set[Callable[[], None]] = set()
         self.started = time.time()
+        # The highest leader epoch any SPU reported per partition since this SC started:
+        # every epoch the SC issues is above it (see _catch_up_epochs).
+        self.seen_epochs: dict[tuple[str, int], int] = {}
+        # Set by the stopping SC: its SPU links closing are not SPU failures.
+        self.stopping = False
 
     # topics ---------------------------------------------------------------
 
@@ -111,6 +117,8 @@ class Controller:
     def delete_topic(self, name: str) -> None:
         if not self.store.delete_topic(name):
             raise TopicNotFound(f"topic {name!r} does not exist", topic=name)
+        # A new topic of that name starts at epoch 0 again.
+        self.seen_epochs = {k: v for k, v in self.seen_epochs.items() if k[0] != name}
         self._changed()
 
     def topic(self, name: str) -> TopicRow:
@@ -143,7 +151,10 @@ class Controller:
     # SPUs -----------------------------------------------------------------
 
     def register_spu(self, spu_id: int, public: str, private: str, rack: str | None,
-                     push: Callable[[list[dict[str, Any]], int], None]) -> SpuState:
+                     push: Callable[[list[dict[str, Any]], int], None], *,
+                     partitions: Sequence[ReplicaStatus] = ()) -> SpuState:
+        """A registration and the replica status it reports (epochs included: the SC
+        moves past any it has not issued before it elects or pushes)."""
         self.store.upsert_spu(spu_id, public, private, rack)
         state = self.spus.get(spu_id)
         if state is None:
@@ -152,7 +163,9 @@ class Controller:
         state.online = True
         state.last_heartbeat = time.monotonic()
         state.push = push
+        state.partitions = tuple(partitions)
         log.info("SPU %d online (clients: %s, peers: %s)", spu_id, public, private)
+        self._catch_up_epochs()
         self._place_waiting()
         self._elect_leaderless()
         self._changed()
@@ -176,17 +189,22 @@ class Controller:
             return
         state.last_heartbeat = time.monotonic()
         state.health, state.partitions, state.stats = health, tuple(partitions), stats
-        if not state.online:
-            state.online = True
+        was_online, state.online = state.online, True
+        caught_up = self._catch_up_epochs()
+        if not was_online:
             log.info("SPU %d back online", spu_id)
             self._elect_leaderless()
+        if caught_up or not was_online:
             self._changed()
 
     def spu_disconnected(self, spu_id: int, push: object) -> None:
         state = self.spus.get(spu_id)
         if state is not None and state.push is push:
             state.push = None
-            self._set_offline(state, "connection closed")
+            # A stopping SC closes every link; electing then would push leadership
+            # changes to the SPUs not yet cut off, and store them, for no failure at all.
+            if not self.stopping:
+                self._set_offline(state, "connection closed")
 
     def check_liveness(self) -> None:
         now = time.monotonic()
@@ -198,6 +216,7 @@ class Controller:
         if state.online:
             state.online = False
             log.warning("SPU %d offline: %s", state.id, why)
+            self._catch_up_epochs()
             self._elect_away_from(state.id)
             self._changed()
 
@@ -232,6 +251,59 @@ class Controller:
                 if new is not None and new != p.leader:
                     self._set_leader(p, new, p.isr if new in p.isr else [new])
 
+    def _catch_up_epochs(self) -> bool:
+        """Move each partition whose replicas know an epoch the SC's store lacks (the
+        store is older than the cluster: a restored backup, a host replaced from a
+        copy) past the highest of them, so that its next assignment is accepted. The
+        leader is the replica that reports leading that epoch, else the usual
+        election's; while no replica claims it and one has still to dial in after an
+        SC start, the partition waits for its report. True if anything changed."""
+        reports = self._reports()
+        topics: dict[str, TopicRow] | None = None
+        changed = False
+        for p in self.store.partitions():
+            key = (p.topic, p.idx)
+            live = reports.get(key, {})
+            seen = max([self.seen_epochs.get(key, -1), *(s.epoch for s in live.values())])
+            if seen < 0:
+                continue
+            self.seen_epochs[key] = seen
+            top = epoch_behind(p.epoch, p.leader, live, seen)
+            if top is None:
+                continue
+            claimed = reported_leader(p.replicas, live, top)
+            if claimed is None and self._unheard(p):
+                continue
+            leader: int | None
+            if claimed is not None:
+                leader, isr = claimed
+            else:
+                if topics is None:
+                    topics = {t.name: t for t in self.store.topics()}
+                leader = self._choose_leader(p, p.isr, self._online(), topics.get(p.topic))
+                isr = p.isr if leader is None or leader in p.isr else [leader]
+            log.warning("SC's epoch for %s/%d was behind the SPUs' (%d %s %d): metadata "
+                        "restored from an older copy? moving to epoch %d", p.topic, p.idx,
+                        p.epoch, "<" if p.epoch < top else "=", top, max(p.epoch, top) + 1)
+            self._set_leader(p, leader, isr)
+            changed = True
+        return changed
+
+    def _reports(self) -> dict[tuple[str, int], dict[int, ReplicaStatus]]:
+        """Per partition, what each registered online SPU last reported of it."""
+        out: dict[tuple[str, int], dict[int, ReplicaStatus]] = {}
+        for state in self.spus.values():
+            if state.push is not None and state.online:
+                for r in state.partitions:
+                    out.setdefault((r.topic, r.partition), {})[state.id] = r
+        return out
+
+    def _unheard(self, p: PartitionRow) -> bool:
+        """A replica of ``p`` counts as online (an SC start's grace) but has not
+        registered yet: its report may still change the picture."""
+        return any(s is not None and s.online and s.push is None
+                   for s in (self.spus.get(r) for r in p.replicas))
+
     def _choose_leader(self, p: PartitionRow, isr: list[int], online: set[int],
                        topic: TopicRow | None) -> int | None:
         for r in p.replicas:  # replica order = preference order
@@ -246,7 +318,10 @@ class Controller:
         return None
 
     def _set_leader(self, p: PartitionRow, leader: int | None, isr: list[int]) -> None:
-        row = PartitionRow(p.topic, p.idx, p.replicas, leader, p.epoch + 1, isr)
+        # Past the stored epoch and every epoch an SPU reported: an SPU ignores an
+        # assignment older than what it knows, and one epoch never has two leaders.
+        epoch = max(p.epoch, self.seen_epochs.get((p.topic, p.idx), -1)) + 1
+        row = PartitionRow(p.topic, p.idx, p.replicas, leader, epoch, isr)
         self.store.update_partition(row)
         if leader is None:
             log.warning("%s/%d has no eligible leader (ISR %s offline)", p.topic, p.idx, p.isr)

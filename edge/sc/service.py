@@ -9,12 +9,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from edge.acl import Authorizer, Operation, Rule, check_rule
+from edge.logstate import StateLog
 from edge.net.auth import PrivateGate, require_spu
 from edge.net.connection import split_addr
 from edge.net.limits import BufferPool
 from edge.net.server import Connection, FrameServer, Response
 from edge.protocol import messages, sc_api
-from edge.protocol.errors import InvalidConfig, InvalidRequest
+from edge.protocol.errors import HeadwaterError, InvalidConfig, InvalidRequest
 from edge.protocol.messages import ApiKey
 from edge.protocol.schema import Message, decode_request, rows_in, rows_out
 from edge.sc.config import ScConfig
@@ -23,7 +24,7 @@ from edge.sc.group_handlers import GroupHandlers
 from edge.sc.group_store import GroupStore
 from edge.sc.registration import check_address
 from edge.sc.sites import SiteRegistry
-from edge.sc.store import MetadataStore
+from edge.sc.store import DataDirLock, MetadataStore
 from edge.sc.token_handlers import TokenHandlers
 from edge.tasks import cancel
 from edge.tls import not_after, server_context
@@ -42,16 +43,24 @@ Handler = Callable[[Connection, dict[Any, Any], bytes], Response | Awaitable[Res
 class Sc:
     """One Streaming Controller."""
 
-    def __init__(self, cfg: ScConfig) -> None:
+    def __init__(self, cfg: ScConfig, *, store: MetadataStore | None = None,
+                 group_store: GroupStore | None = None,
+                 control_plane: Callable[[], dict[str, Any]] | None = None) -> None:
+        """``store``/``group_store``: the metadata elsewhere than in SQLite in the data
+        directory (an etcd cluster, edge/sc/ha.py), described by ``control_plane``
+        in ``cluster status``."""
         self.cfg = cfg
+        self.control_plane = control_plane
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = MetadataStore(cfg.data_dir / "metadata.sqlite")
+        # Before the store opens: a second SC on this directory fails here, at once.
+        self.lock = DataDirLock(cfg.data_dir)
+        self.store = store or MetadataStore(cfg.data_dir / "metadata.sqlite")
         self.controller = Controller(self.store, heartbeat_timeout_s=cfg.heartbeat_timeout_s)
         self.sites = SiteRegistry(self.controller)
         self.metrics: Metrics | None = None
         self.authorizer = Authorizer(enabled=cfg.authorization, superusers=cfg.superusers,
                                      rules=self._rules())
-        self.group_store = GroupStore(cfg.data_dir / "metadata.sqlite")
+        self.group_store = group_store or GroupStore(cfg.data_dir / "metadata.sqlite")
         self.groups = GroupHandlers(self.controller, self.group_store)
         self.tokens = TokenHandlers(self.controller)
         ctx = server_context(cfg.tls) if cfg.tls and cfg.tls.cert else None
@@ -158,17 +167,30 @@ class Sc:
             await cancel(task)
         if self.metrics is not None:
             await self.metrics.close()
+        self.controller.stopping = True
         await self.public.close()
         await self.private.close()
         self.group_store.close()
         self.store.close()
+        self.lock.close()
         log.info("SC stopped cleanly")
 
     async def _liveness(self) -> None:
+        # With metadata in etcd a write can fail for a while (etcd without quorum):
+        # the elections it would have recorded are tried again at the next round.
+        failing = StateLog(log)
         while True:
             await asyncio.sleep(LIVENESS_CHECK_S)
-            self.controller.check_liveness()
-            self.groups.expire()
+            try:
+                self.controller.check_liveness()
+                self.groups.expire()
+            except HeadwaterError as exc:
+                if not exc.retriable:
+                    raise
+                failing.begin("liveness checks and elections fail: %s (retrying)", exc)
+                continue
+            if failing.active:
+                failing.end("liveness checks and elections succeed again")
 
     def _dispatch_public(self, conn: Connection, meta: dict[Any, Any], blob: bytes) -> Any:
         self.tokens.book.check(conn)
@@ -266,6 +288,7 @@ class Sc:
             waiting_topics=[t.name for t in topics if t.status != "ready"],
             auth_failures=self.gate.failures,
             **({} if (end := self._cert_end()) is None else {"tls_not_after": int(end)}),
+            **({} if self.control_plane is None else {"control_plane": self.control_plane()}),
         ), b""
 
     def _cert_end(self) -> float | None:
@@ -297,11 +320,12 @@ class Sc:
                 extra.update(authorization=True, acls=[r._asdict() for r in self._rules()],
                              superusers=list(self.cfg.superusers))
             extra["tokens"] = self.tokens.wire_grants()
+            extra["generation"] = self.store.generation
             conn.send_soon(messages.ok(cid, **rows, version=version, cluster=cluster,
                                        peers=self.controller.peers(), **extra), blob)
 
-        state = self.controller.register_spu(spu_id, req.public, req.private, req.rack, push)
-        state.partitions = req.partitions
+        self.controller.register_spu(spu_id, req.public, req.private, req.rack, push,
+                                     partitions=req.partitions)
         conn.on_close.append(lambda: self.controller.spu_disconnected(spu_id, push))
         return _hold_open(conn)
 

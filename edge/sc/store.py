@@ -8,12 +8,20 @@ Pi's SD card for nothing, and they are rebuilt within one heartbeat.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import sqlite3
 import time
 import uuid
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
+
+from edge.protocol.errors import StorageError
+
+# Held (flock) by the SC that owns the data directory, for as long as it runs.
+LOCK_FILE: Final = "sc.lock"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -153,6 +161,12 @@ class MetadataStore:
     def set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
+    @property
+    def generation(self) -> int:
+        """How many write transactions this database has committed: it only grows, so
+        an SPU that saw a higher one knows this copy is older (a restored backup)."""
+        return int(self.get_meta("generation") or "0")
+
     def allocate_producer_ids(self, count: int = 1) -> int:
         """Reserve ``count`` ids; ids are never handed out twice, across restarts too."""
         with self._tx():
@@ -161,7 +175,7 @@ class MetadataStore:
         return first
 
     def _tx(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, counted=True)
 
     # topics ---------------------------------------------------------------
 
@@ -313,14 +327,59 @@ class MetadataStore:
             self._db.execute("INSERT INTO mirrors VALUES (?, ?, ?, ?, ?, ?, ?)", mirror)
 
 
-class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error)."""
+_BUMP_GENERATION: Final = (
+    "INSERT INTO meta(key, value) VALUES ('generation', '1') ON CONFLICT(key) "
+    "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+
+class DataDirLock:
+    """The exclusive ``flock`` of ``sc.lock`` in an SC's data directory, with the
+    holder's PID written in it. Two SCs on one database would each elect leaders and
+    push assignments of their own; the kernel drops the lock when the process dies."""
+
+    def __init__(self, data_dir: Path) -> None:
+        path = data_dir / LOCK_FILE
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _lock_holder(self.fd)
+            self.close()
+            held = f" (PID {pid})" if pid is not None else ""
+            raise StorageError(f"{data_dir} is in use by a running SC{held}: stop it first, "
+                               "or give this one another data_dir", path=str(data_dir),
+                               pid=pid) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def close(self) -> None:
+        """Release the lock (the file stays: removing it could race a new holder)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            self.close()
+
+
+def _lock_holder(fd: int) -> int | None:
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error); with ``counted``,
+    each committed write also counts up the metadata store's ``generation``."""
+
+    def __init__(self, db: sqlite3.Connection, *, counted: bool = False) -> None:
         self._db = db
+        self._counted = counted
 
     def __enter__(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
+        if self._counted and not exc_type:
+            self._db.execute(_BUMP_GENERATION)
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")

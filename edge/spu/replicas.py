@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 ASSIGNMENT_FILE = "assignment.cbor"
 ACCESS_FILE = "access.cbor"
+# A replica's data set aside when an SC with older metadata does not list it.
+ORPHAN_SUFFIX = ".set-aside-"
 
 
 def _role(r: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +84,10 @@ class ReplicaSet:
         self.peers: dict[int, str] = {}
         self.cluster_id: str | None = None
         self.version = -1
+        # The SC store generation of the assignment this SPU last applied (kept
+        # across restarts), and of the one being applied.
+        self.generation = -1
+        self.generation_offered: int | None = None
         (data_dir / "partitions").mkdir(parents=True, exist_ok=True)
 
     def load_saved(self) -> list[dict[str, Any]] | None:
@@ -93,6 +100,8 @@ class ReplicaSet:
             log.warning("ignoring unreadable %s: %s", path, exc)
             return None
         self.cluster_id = saved.get("cluster_id")
+        generation = saved.get("generation")
+        self.generation = generation if isinstance(generation, int) else -1
         self.peers = {int(k): str(v) for k, v in saved.get("peers", {}).items()}
         replicas: list[dict[str, Any]] = saved.get("replicas", [])
         return replicas
@@ -112,7 +121,8 @@ class ReplicaSet:
 
     async def apply(self, replicas: list[dict[str, Any]], *, cluster_id: str | None,
                     version: int, save: bool = True,
-                    peers: dict[int, str] | None = None) -> None:
+                    peers: dict[int, str] | None = None,
+                    generation: int | None = None) -> None:
         """Make the hosted replicas match the SC's list."""
         if peers is not None:
             self.peers = peers
@@ -124,8 +134,14 @@ class ReplicaSet:
                 continue
             wanted[(topic, index)] = r
         same_cluster = self.cluster_id is None or cluster_id == self.cluster_id
+        # An SC whose metadata is older than what this SPU applied (restored from a
+        # backup, or a copy of its database): a replica it does not list may belong
+        # to a topic made after that copy. Its data is set aside, never deleted.
+        behind = (save and same_cluster and generation is not None
+                  and generation < self.generation)
+        self.generation_offered = generation
         for key in [k for k in self.partitions if k not in wanted]:
-            await self._remove(key, delete=same_cluster)
+            await self._remove(key, delete=same_cluster and not behind, set_aside=behind)
         for key, r in wanted.items():
             self._open_or_update(key, r)
         if save:
@@ -134,6 +150,8 @@ class ReplicaSet:
                           "keeping data of unassigned partitions", cluster_id, self.cluster_id)
             self.cluster_id = cluster_id or self.cluster_id
             self.version = version
+            if generation is not None:  # from here on this SC's store is followed
+                self.generation = generation
             self._save(list(wanted.values()))
 
     def _open_or_update(self, key: tuple[str, int], r: dict[str, Any]) -> None:
@@ -171,12 +189,22 @@ class ReplicaSet:
         p.upstream_priority = (priority if isinstance(priority, int) and not isinstance(
             priority, bool) and MIN_PRIORITY <= priority <= MAX_PRIORITY else MIN_PRIORITY)
 
-    async def _remove(self, key: tuple[str, int], *, delete: bool) -> None:
+    async def _remove(self, key: tuple[str, int], *, delete: bool,
+                      set_aside: bool = False) -> None:
         p = self.partitions.pop(key)
         await p.close()
+        path = self.partition_dir(*key)
         if delete:
-            shutil.rmtree(self.partition_dir(*key), ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
             log.info("deleted replica %s", p.name)
+        elif set_aside and path.exists():
+            aside = path.with_name(f"{path.name}{ORPHAN_SUFFIX}{int(time.time())}")
+            path.rename(aside)
+            log.error("%s: the SC's metadata (generation %s) is older than this SPU's (%d) and "
+                      "does not list this replica, whose topic may have been made after "
+                      "the SC's copy was taken: its data is kept in %s (not served; "
+                      "delete it once nothing needs its records)", p.name, self.generation_offered,
+                      self.generation, aside)
 
     def set_access(self, *, enabled: bool, rules: list[Rule], superusers: list[str],
                    tokens: list[tuple[str, str]]) -> None:
@@ -222,6 +250,7 @@ class ReplicaSet:
         path = self.data_dir / ASSIGNMENT_FILE
         tmp = path.with_suffix(".tmp")
         data = cbor2.dumps({"cluster_id": self.cluster_id, "version": self.version,
+                            "generation": self.generation,
                             "replicas": replicas,
                             "peers": {str(k): v for k, v in self.peers.items()}})
         with tmp.open("wb") as f:

@@ -159,6 +159,9 @@ class Follower:
         self._consumers_seen = (-1, -1)
         self._refused_corrupt = False
         self._refused_auth = False
+        self._refused_hole = False
+        # Every failed round waits (jittered, growing); a fetch answered resets it.
+        self._backoff = Backoff(*BACKOFF_S)
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"follow-{p.name}")
 
@@ -166,7 +169,7 @@ class Follower:
         await cancel(self._task)
 
     async def _run(self) -> None:
-        backoff = Backoff(*BACKOFF_S)
+        backoff = self._backoff
         while not self.p.closed:
             conn = ClientConnection(self.leader_addr, ssl_context=self._ssl,
                                     authenticate=self._authenticate)
@@ -175,8 +178,11 @@ class Follower:
                 await self._truncate_by_epoch(conn)
                 await self._fetch_loop(conn)
             except StaleEpoch:
-                # Our assignment is older than the leader's: wait for the SC's news.
-                await asyncio.sleep(0.2)
+                # Our epoch is not the leader's: the SC's next assignment replaces this
+                # follower (a new epoch) or brings the leader to ours. Each try is a new
+                # connection and handshake, so the wait grows: a disagreement that lasts
+                # (an SC behind the SPUs' epochs) must not keep both SPUs busy.
+                await backoff.sleep()
             except CorruptBatch as exc:
                 # Never appended: this replica keeps only batches a consumer can read.
                 if not self._refused_corrupt:
@@ -233,8 +239,10 @@ class Follower:
             if answer.cloud is not None:
                 p.cloud_acked = answer.cloud
             appended = False
+            misplaced: int | None = None
             for header, pos in _validated(blob):
                 if header.base_offset != p.log.log_end_offset:
+                    misplaced = None if appended else header.base_offset
                     break
                 p.append_replica(bytearray(blob[pos:pos + header.size]), header.leader_epoch)
                 appended = True
@@ -245,6 +253,31 @@ class Follower:
                 # *durable* offset, reported in the next fetch; sent before the fsync,
                 # that fetch would report the old one and then long-poll.
                 await p.wait_durable()
+            if misplaced is None:
+                self._backoff.reset()
+            else:
+                await self._misplaced(misplaced)
+
+    async def _misplaced(self, base: int) -> None:
+        """The leader answered with a batch from ``base``, not from this replica's log
+        end. The leader answers such a fetch at once, so asking again as is would keep
+        both SPUs spinning on it."""
+        p = self.p
+        end = p.log.log_end_offset
+        if base < end:
+            # Our log ends inside one of the leader's batches: it holds batches the
+            # leader does not (batches are copied whole), which diverged from the
+            # leader's log; the leader's log is the one that stands.
+            log.warning("%s: this replica ends at %d, inside leader %s's batch from %d: "
+                        "its tail diverged from the leader's log", p.name, end,
+                        self.leader_addr, base)
+            p.truncate_to(base)
+            return
+        if not self._refused_hole:
+            self._refused_hole = True
+            log.warning("%s: leader %s has no batch at offset %d (its next starts at %d); "
+                        "retrying with backoff", p.name, self.leader_addr, end, base)
+        await self._backoff.sleep()
 
 
     def _copy_consumers(self, answer: peer_api.ReplicaFetchResponse) -> None:

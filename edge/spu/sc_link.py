@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from edge import health
 from edge.acl import rules_from_wire
 from edge.net.backoff import Backoff
-from edge.net.connection import Authenticator, ClientConnection
+from edge.net.connection import Authenticator, ClientConnection, split_addr_list
 from edge.protocol import sc_api
 from edge.protocol.errors import (
     AuthenticationFailed,
@@ -59,6 +59,8 @@ class ScLink:
         self.cfg = cfg
         # With ``sc = "mdns..."`` the SC's address comes from the LAN at every dial.
         self.finder = finder
+        # ``sc = "h1:9004,h2:9004"``: the SC that took the connection last.
+        self._last_sc: str | None = None
         # A wildcard listener without a configured advertised address is announced
         # with the local address of the link to the SC: the one the SC's side can reach.
         self.advertise_from_link = advertise_from_link
@@ -124,11 +126,26 @@ class ScLink:
             self._conn = None
             await conn.close()
 
+    async def _dial_listed(self, listed: list[str]) -> ClientConnection:
+        """The first SC of ``sc = "h1:9004,h2:9004"`` that takes the connection, the
+        one that did last tried first: only the active SC of a cloud cluster listens
+        on its private port (standbys do not)."""
+        failure: HeadwaterError | None = None
+        for addr in sorted(listed, key=lambda a: a != self._last_sc):
+            conn = ClientConnection(addr, ssl_context=self._ssl, authenticate=self._authenticate)
+            try:
+                await conn.connect()
+            except HeadwaterError as exc:
+                failure = exc
+                continue
+            self._last_sc = addr
+            return conn
+        assert failure is not None
+        raise failure
+
     async def _dial(self) -> ClientConnection:
         if self.finder is None:
-            conn = ClientConnection(self.cfg.sc, ssl_context=self._ssl,
-                                    authenticate=self._authenticate)
-            return await conn.connect()
+            return await self._dial_listed(split_addr_list(self.cfg.sc))
         failure: Exception | None = None
         for addr in await self.finder.wait(timeout=DISCOVERY_WAIT_S):
             conn = ClientConnection(addr, ssl_context=self._ssl, authenticate=self._authenticate)
@@ -186,7 +203,8 @@ class ScLink:
                                  superusers=list(push.superusers or ()),
                                  tokens=[(t.sha256, t.principal) for t in push.tokens or ()])
         await self.replicas.apply(to_wire(push.replicas), cluster_id=push.cluster,
-                                  version=push.version, peers=peers)
+                                  version=push.version, peers=peers,
+                                  generation=push.generation)
         await self._on_assignment()
         self.registered_once.set()
 

@@ -159,7 +159,7 @@ async def test_backup_under_writes_then_restore_over_a_destroyed_database(
         # After the backup: a topic with data, more group progress, another site.
         await admin.create_topic("after", partitions=1)
         await admin.wait_ready("after")
-        await produce(cluster, "after", [b"lost-with-the-restore"])
+        await produce(cluster, "after", [b"lost-with-the-restore"])  # set aside below
         later = await commit_group(cluster, "orders", "billing", 10)
         assert sum(later.values()) == 25
         rc, _, err = await hw("--sc", cluster.sc_addr, "site", "register", "garden")
@@ -193,10 +193,15 @@ async def test_backup_under_writes_then_restore_over_a_destroyed_database(
     await produce(cluster, "orders", [b"after-restore"])
     values = await consume_all(cluster, "orders")
     assert sorted(values) == sorted([f"r{i}".encode() for i in range(40)] + [b"after-restore"])
-    # A topic the restored SC does not know is deleted from the SPU (same cluster id).
+    # A topic the restored SC does not know may be newer than the backup: the SPU
+    # sets its data aside (not served, not deleted) instead of deleting it.
     async with asyncio.timeout(10):
         while after_dir.exists():
             await asyncio.sleep(0.05)
+    (kept,) = after_dir.parent.glob("after-0.set-aside-*")
+    assert any(kept.iterdir())
+    assert b"lost-with-the-restore" in b"".join(
+        f.read_bytes() for f in kept.iterdir() if f.is_file())
     # Producer ids handed out before the restore are not handed out again.
     assert await producer_id(cluster) >= first_pid + MARGIN
 
@@ -304,3 +309,24 @@ async def test_restore_of_another_clusters_backup_needs_force(tmp_path: Path) ->
     cluster_id = "SELECT value FROM meta WHERE key='cluster_id'"
     assert (backup_rows(two / "metadata.sqlite", cluster_id)
             == backup_rows(one / "metadata.sqlite", cluster_id))
+
+
+async def test_an_sc_restarted_on_its_own_database_still_deletes(cluster: LocalCluster
+                                                                 ) -> None:
+    """Setting data aside is for an SC on an older copy only: after a plain SC restart
+    (its in-memory version starts again at 0), a deleted topic's data is deleted."""
+    async with Admin(cluster.sc_addr) as admin:
+        await admin.create_topic("gone", partitions=1)
+        await admin.wait_ready("gone")
+    await produce(cluster, "gone", [b"x"])
+    part = cluster.data_dir / "spu-1" / "partitions" / "gone-0"
+    assert part.is_dir()
+    assert await cluster.stop_sc() == 0
+    await cluster.start_sc()
+    await cluster.wait_spu_online(1)
+    async with Admin(cluster.sc_addr) as admin:
+        await admin.delete_topic("gone")
+    async with asyncio.timeout(10):
+        while part.exists():
+            await asyncio.sleep(0.05)
+    assert not list(part.parent.glob("gone-0.set-aside-*"))
