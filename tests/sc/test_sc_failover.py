@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from edge.protocol.errors import HeadwaterError, TopicExists
 from edge.testing import HaCluster
 
 TTL_S = 2
+SC_FAILOVER_CYCLES = int(os.environ.get("HEADWATER_FAILOVER_CYCLES", "6"))
 
 
 @pytest.fixture
@@ -197,3 +200,45 @@ async def test_etcd_members_lost_one_then_two(ha: HaCluster, etcd_cluster: EtcdC
         while not await created(ha, "v", failures):
             await asyncio.sleep(0.5)
     assert all(f.retriable for f in failures), failures
+
+
+async def test_the_replication_fault_workload_with_sc_failovers_mixed_in(
+        tmp_path: Path, etcd_cluster: EtcdCluster, etcd_prefix: str) -> None:
+    """The leader-kill workload of tests/integration (idempotent producers, consumers
+    reading throughout, the history checker), with the active SC SIGKILLed and
+    restarted between leader kills: nothing acknowledged lost, no duplicate, no gap."""
+    integration = str(Path(__file__).resolve().parents[1] / "integration")
+    if integration not in sys.path:
+        sys.path.insert(0, integration)
+    from checker import check
+    from faults import create_topic, kill_leader_cycle, wait_full_isr
+    from workload import Workload
+
+    cluster = HaCluster(tmp_path / "c", etcd=etcd_cluster.endpoints, prefix=etcd_prefix,
+                        scs=2, spus=3, ttl_s=TTL_S, private_proxy=True)
+    await cluster.start()
+    try:
+        await create_topic(cluster, "kill", partitions=2)
+        w = Workload(cluster.sc_addr, "kill", partitions=2, producers=3, consumers=2)
+        w.start()
+        try:
+            await w.wait_acked(200)
+            for cycle in range(SC_FAILOVER_CYCLES):
+                if cycle % 2 == 0:
+                    active = await cluster.wait_active()
+                    await cluster.kill_sc_number(active)
+                    await cluster.wait_active(timeout=15, other_than=active)
+                    await cluster.start_sc_number(active)  # back as a standby
+                await kill_leader_cycle(cluster, w, part=cycle % 2, cut_first=cycle % 4 >= 2)
+            await wait_full_isr(cluster, w.topic)
+            history = await w.stop()
+        except BaseException:
+            await w.cancel()
+            raise
+    finally:
+        await cluster.stop()
+    report = check(history)
+    print(report.summary())
+    assert report.valid, report.summary()
+    assert not w.errors
+    assert report.stats["acked"] > 500, report.summary()
