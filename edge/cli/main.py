@@ -33,9 +33,9 @@ def _print_version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     sc: str | None = typer.Option(None, "--sc", envvar=None,
-                                  help="SC address HOST:PORT of the cluster to talk to, or "
-                                  "mdns:SITE (mdns when the LAN has one site) to find it "
-                                  "on the LAN."),
+                                  help="SC address HOST:PORT of the cluster to talk to "
+                                  "(several SCs on etcd: H1:P1,H2:P2), or mdns:SITE (mdns "
+                                  "when the LAN has one site) to find it on the LAN."),
     tls_ca: Path | None = typer.Option(None, help="CA bundle to verify the cluster with "
                                        "(switches TLS on)."),
     tls_cert: Path | None = typer.Option(None, help="Client certificate (mutual TLS)."),
