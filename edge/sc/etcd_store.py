@@ -87,6 +87,10 @@ class _Tables:
         self._fence = fence
         self._lock = threading.RLock()
         self._revs: dict[str, int] = {}
+        # Told when a write found etcd changed behind this copy (a write that timed
+        # out and was applied after all) and the copy was loaded again: whoever acts
+        # on the metadata (the SC's pushes to its SPUs) must look again.
+        self.on_reload: Callable[[], None] | None = None
         self._load()
 
     def close(self) -> None:
@@ -130,6 +134,8 @@ class _Tables:
                 if self._commit(changes, prefixes):
                     return result
                 self._load()
+                if self.on_reload is not None:
+                    self.on_reload()
                 # Writers that collided would collide again in lockstep: stagger them.
                 time.sleep(random.uniform(0, CONFLICT_BACKOFF_S))
         raise MetadataUnavailable(f"{MAX_CONFLICTS} write conflicts in a row under "

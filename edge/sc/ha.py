@@ -156,6 +156,12 @@ class HaSc:
         # running the same store tests on both (tests/sc/test_etcd_store.py).
         self.sc = Sc(self.cfg, store=cast("MetadataStore", store),
                      group_store=cast("GroupStore", groups), control_plane=self.describe)
+        loop, controller = asyncio.get_running_loop(), self.sc.controller
+
+        def push_again() -> None:
+            loop.call_soon_threadsafe(controller.changed)
+
+        store.on_reload = groups.on_reload = push_again
         await self.sc.start()
         self._leader_public = self.sc.public_addr
         self.activations += 1
