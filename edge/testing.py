@@ -398,15 +398,17 @@ class HaCluster(LocalCluster):
     """``scs`` SC processes sharing the etcd cluster at ``etcd`` (HOST:PORT client
     endpoints), one active and the others standby, and ``spus`` SPUs given every
     SC's private address. ``sc_addr`` is the comma-separated list of the SCs'
-    public addresses, as clients are given it."""
+    public addresses, as clients are given it. ``sc_ports`` (public, private) pins
+    the SCs' ports: an SQLite SC's, for one that takes over its data migrated."""
 
     def __init__(self, data_dir: Path, *, etcd: list[str], scs: int = 2,
-                 prefix: str = "/headwater", ttl_s: int = 2, **kwargs: Any) -> None:
+                 prefix: str = "/headwater", ttl_s: int = 2,
+                 sc_ports: list[tuple[int, int]] | None = None, **kwargs: Any) -> None:
         super().__init__(data_dir, **kwargs)
         self.etcd = list(etcd)
         self.prefix = prefix
         self.ttl_s = ttl_s
-        self.sc_ports = [(free_port(), free_port()) for _ in range(scs)]
+        self.sc_ports = sc_ports or [(free_port(), free_port()) for _ in range(scs)]
         self.sc_publics = [f"{self.host}:{pub}" for pub, _ in self.sc_ports]
         self.sc_addr = ",".join(self.sc_publics)
         self.sc_private_addr = ",".join(f"{self.host}:{priv}" for _, priv in self.sc_ports)
