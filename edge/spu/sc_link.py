@@ -126,28 +126,15 @@ class ScLink:
             self._conn = None
             await conn.close()
 
-    async def _dial_listed(self, listed: list[str]) -> ClientConnection:
-        """The first SC of ``sc = "h1:9004,h2:9004"`` that takes the connection, the
-        one that did last tried first: only the active SC of a cloud cluster listens
-        on its private port (standbys do not)."""
-        failure: HeadwaterError | None = None
-        for addr in sorted(listed, key=lambda a: a != self._last_sc):
-            conn = ClientConnection(addr, ssl_context=self._ssl, authenticate=self._authenticate)
-            try:
-                await conn.connect()
-            except HeadwaterError as exc:
-                failure = exc
-                continue
-            self._last_sc = addr
-            return conn
-        assert failure is not None
-        raise failure
-
     async def _dial(self) -> ClientConnection:
-        if self.finder is None:
-            return await self._dial_listed(split_addr_list(self.cfg.sc))
+        """The first SC that takes the connection: of ``sc = "h1:9004,h2:9004"`` (the
+        one that did last tried first; only the active SC of a cloud cluster listens
+        on its private port), or of those the LAN announces (``sc = "mdns..."``)."""
+        found = self.finder is not None
+        addrs = (await self.finder.wait(timeout=DISCOVERY_WAIT_S) if self.finder is not None
+                 else sorted(split_addr_list(self.cfg.sc), key=lambda a: a != self._last_sc))
         failure: Exception | None = None
-        for addr in await self.finder.wait(timeout=DISCOVERY_WAIT_S):
+        for addr in addrs:
             conn = ClientConnection(addr, ssl_context=self._ssl, authenticate=self._authenticate)
             try:
                 await conn.connect()
@@ -155,7 +142,8 @@ class ScLink:
                 failure = exc
                 continue
             joined = self.replicas.cluster_id
-            if joined is not None and conn.cluster != joined:
+            if found and joined is not None and conn.cluster != joined:
+                assert self.finder is not None
                 # The announcement claimed our cluster; the SC itself says otherwise.
                 self.finder.directory.log_once(
                     addr, f"answers {conn.cluster}", "SC at %s (found on mDNS) is of cluster "
@@ -164,6 +152,7 @@ class ScLink:
                 await conn.close()
                 failure = ConnectionError(f"{addr} is not an SC of cluster {joined}")
                 continue
+            self._last_sc = addr
             return conn
         raise failure or ConnectionError(f"no SC at {self.cfg.sc}")
 
