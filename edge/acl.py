@@ -15,8 +15,17 @@ one operation on one resource:
   ``cluster``; ``*`` alone matches any resource.
 
 ``produce`` and ``consume`` on a topic imply ``describe`` of it (a client must
-find its leaders). The SC stores the rules and pushes them to every SPU with its
-assignment; each side checks the requests it serves. A denial is answered with
+find its leaders).
+
+**Roles** group principals: the rule ``(PRINCIPAL, member, role:NAME)`` puts a
+principal in role ``NAME``, and a rule whose principal is ``role:NAME`` allows what
+it says to every member. Membership is a rule like any other (a relation tuple,
+``role:NAME#member@PRINCIPAL``), so it is stored, pushed, saved on the SPUs, backed
+up and migrated with the rules. Roles do not nest, and no connection *is* a role:
+a certificate whose common name reads ``role:NAME`` gets nothing of its rules.
+
+The SC stores the rules and pushes them to every SPU with its assignment; each
+side checks the requests it serves. A denial is answered with
 ``AUTHORIZATION_FAILED``, counted, and logged once per principal and resource.
 """
 
@@ -37,6 +46,7 @@ log = logging.getLogger(__name__)
 
 ANONYMOUS: Final = "anonymous"
 ANY: Final = "*"
+ROLE: Final = "role:"
 # Denials logged, each (principal, resource) once: a client hammering what it may
 # not touch is counted, not written to the SD card every time.
 MAX_LOGGED_DENIALS: Final = 256
@@ -73,6 +83,8 @@ class Operation(StrEnum):
     DELETE = "delete"
     ALTER = "alter"
     ADMIN = "admin"
+    # Not what a request needs: ``(P, member, role:NAME)`` makes P a member of NAME.
+    MEMBER = "member"
 
 
 class Rule(NamedTuple):
@@ -107,13 +119,23 @@ def check_rule(principal: str, operation: str, resource: str) -> Rule:
     except ValueError:
         raise ValueError(f"operation must be one of {', '.join(Operation)}, "
                          f"not {operation!r}") from None
-    if resource not in (ANY, "cluster"):
+    if principal.startswith(ROLE) and not TOPIC_NAME.fullmatch(principal[len(ROLE):]):
+        raise ValueError(f"principal role:NAME needs a NAME of 1..200 letters, digits, "
+                         f"'.', '_' and '-', not {principal!r}")
+    if op is Operation.MEMBER:
+        if not resource.startswith(ROLE) or not TOPIC_NAME.fullmatch(resource[len(ROLE):]):
+            raise ValueError(f"resource of a member rule must be role:NAME, not {resource!r}")
+        if principal.startswith(ROLE):
+            raise ValueError(f"roles do not nest: {principal} cannot be a member of "
+                             f"{resource}")
+    elif resource not in (ANY, "cluster"):
         kind, _, name = resource.partition(":")
         base = name[:-1] if name.endswith("*") else name
         if kind not in ("topic", "group") or not (
                 (not base and name == "*") or TOPIC_NAME.fullmatch(base)):
             raise ValueError(f"resource must be topic:NAME, topic:PREFIX*, group:NAME, "
-                             f"group:PREFIX*, cluster or *, not {resource!r}")
+                             f"group:PREFIX*, cluster or * (role:NAME with operation "
+                             f"member), not {resource!r}")
     return Rule(principal, op, resource)
 
 
@@ -173,22 +195,40 @@ class Authorizer:
     def __init__(self, *, enabled: bool = False, rules: Iterable[Rule] = (),
                  superusers: Iterable[str] = ()) -> None:
         self.enabled = enabled
-        self.rules = list(rules)
+        self.rules: list[Rule] = []
         self.superusers = frozenset(superusers)
         self.denied = 0
         self._log = LogOnce(log, max_keys=MAX_LOGGED_DENIALS)
+        self._members: dict[str, frozenset[str]] = {}
+        self._set_rules(rules)
 
     def update(self, *, enabled: bool, rules: Iterable[Rule],
                superusers: Iterable[str] | None = None) -> None:
         self.enabled = enabled
-        self.rules = list(rules)
+        self._set_rules(rules)
         if superusers is not None:
             self.superusers = frozenset(superusers)
+
+    def _set_rules(self, rules: Iterable[Rule]) -> None:
+        self.rules = list(rules)
+        members: dict[str, set[str]] = {}
+        for r in self.rules:
+            if r.operation is Operation.MEMBER:
+                members.setdefault(r.principal, set()).add(r.resource)
+        self._members = {p: frozenset(roles) for p, roles in members.items()}
+
+    def roles(self, principal: str) -> frozenset[str]:
+        """The roles (``role:NAME``) ``principal`` is a member of, by name or as ``*``."""
+        return self._members.get(principal, frozenset()) | self._members.get(ANY, frozenset())
 
     def allows(self, principal: str, operation: Operation, resource: str) -> bool:
         if not self.enabled or principal in self.superusers:
             return True
-        return any(r.covers(principal, operation, resource) for r in self.rules)
+        if principal.startswith(ROLE):  # a name, never a role itself
+            return any(r.principal == ANY and r.covers(principal, operation, resource)
+                       for r in self.rules)
+        names = (principal, *self.roles(principal))
+        return any(r.covers(name, operation, resource) for r in self.rules for name in names)
 
     def check(self, principal: str | None, api: ApiKey, meta: Mapping[Any, Any]) -> None:
         """Raise AuthorizationFailed unless ``principal`` may send this request."""

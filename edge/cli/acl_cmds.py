@@ -23,11 +23,13 @@ acl_app = typer.Typer(help="Access control: who may produce, consume, create, ..
                       no_args_is_help=True)
 
 Principal = typer.Option(..., "--principal", "-p", help="A client certificate's common "
-                         "name, 'anonymous' (no certificate) or '*' (anyone).")
+                         "name or a token's principal, 'anonymous' (neither), '*' (anyone) "
+                         "or role:NAME (every member of the role).")
 Op = typer.Option(..., "--operation", "--op", help=", ".join(Operation) + ".",
                   autocompletion=complete_from(*Operation))
 Resource = typer.Option(..., "--resource", "-r", help="topic:NAME, topic:PREFIX*, "
-                        "group:NAME, group:PREFIX*, cluster, or * (anything).")
+                        "group:NAME, group:PREFIX*, cluster, or * (anything); role:NAME "
+                        "with --operation member (the principal joins the role).")
 
 
 def _rule(principal: str, operation: str, resource: str) -> None:
@@ -48,7 +50,8 @@ def acl_add(ctx: typer.Context, principal: str = Principal, operation: str = Op,
             await admin.add_acl(principal, operation, resource)
 
     run(main, what="add ACL", target_=target(ctx))
-    typer.echo(f"{principal} may {operation} {resource}")
+    typer.echo(f"{principal} is a member of {resource}" if operation == Operation.MEMBER
+               else f"{principal} may {operation} {resource}")
 
 
 @acl_app.command("remove")
@@ -62,7 +65,9 @@ def acl_remove(ctx: typer.Context, principal: str = Principal, operation: str = 
             await admin.remove_acl(principal, operation, resource)
 
     run(main, what="remove ACL", target_=target(ctx))
-    typer.echo(f"{principal} may no longer {operation} {resource}")
+    typer.echo(f"{principal} is no longer a member of {resource}"
+               if operation == Operation.MEMBER
+               else f"{principal} may no longer {operation} {resource}")
 
 
 @acl_app.command("list")

@@ -409,7 +409,7 @@ class AclRules(NamedTuple):
 _ACL_FIELDS = (Field("principal", Kind.TEXT, high=MAX_PRINCIPAL_CHARS),
                Field("operation", Kind.TEXT,
                      choices=("produce", "consume", "describe", "create", "delete",
-                              "alter", "admin")),
+                              "alter", "admin", "member")),
                Field("resource", Kind.TEXT, high=f.NAME_CHARS + 8))
 ACL_RULE: Final = Message(AclRule, _ACL_FIELDS)
 _ACL_ROWS = Field("acls", Kind.ROWS, items=f.MAX_ROWS, row=AclRule, row_fields=_ACL_FIELDS)

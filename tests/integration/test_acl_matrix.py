@@ -49,6 +49,13 @@ def tls(*args: str) -> None:
 
 def expired_cert(pki: Path) -> tuple[Path, Path]:
     """A user certificate of the right CA whose life ended yesterday."""
+    return signed_cert(pki, "alice", "expired", days=(-30, -1))
+
+
+def signed_cert(pki: Path, common_name: str, file_name: str, *,
+                days: tuple[int, int] = (-1, 30)) -> tuple[Path, Path]:
+    """A certificate of the deployment's CA for ``common_name``, valid between the
+    two day offsets from now, made without the checks of ``headwater tls issue``."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -59,13 +66,13 @@ def expired_cert(pki: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(ca_cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=30))
-            .not_valid_after(now - datetime.timedelta(days=1))
+            .not_valid_before(now + datetime.timedelta(days=days[0]))
+            .not_valid_after(now + datetime.timedelta(days=days[1]))
             .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-    crt, pem = pki / "expired.crt", pki / "expired.key"
+    crt, pem = pki / f"{file_name}.crt", pki / f"{file_name}.key"
     crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                       serialization.PrivateFormat.PKCS8,
@@ -238,6 +245,49 @@ async def test_each_principal_may_do_what_a_rule_allows_and_nothing_else(
     assert c.sc.authorizer.denied >= 4
     assert c.spu.replicas.authorizer.denied >= 4
     assert await consume(c, "admin", "t") == [b"from alice"]
+
+
+async def test_a_role_gives_its_members_its_rules_and_nobody_else(cluster: Cluster) -> None:
+    c = cluster
+    async with Admin(c.addr, ssl=c.ssl_for("admin")) as admin:
+        for topic in ("readings", "other"):
+            await admin.create_topic(topic)
+            await admin.wait_ready(topic)
+        await admin.add_acl("role:writers", "produce", "topic:readings")
+        await admin.add_acl("role:readers", "consume", "topic:*")
+        await admin.add_acl("alice", "member", "role:writers")
+        await admin.add_acl("bob", "member", "role:readers")
+        await admin.add_acl("bob", "member", "role:writers")
+        with pytest.raises(InvalidRequest, match="roles do not nest"):
+            await admin.add_acl("role:readers", "member", "role:writers")
+        with pytest.raises(InvalidRequest, match="role:NAME"):
+            await admin.add_acl("alice", "member", "topic:readings")
+    await asyncio.sleep(0.5)  # the push to the SPU
+
+    # alice: what role:writers may (checked by the SPU), nothing of role:readers.
+    assert (await produce(c, "alice", "readings", b"a")).offset == 0
+    with pytest.raises(AuthorizationFailed, match="alice may not produce topic:other"):
+        await produce(c, "alice", "other", b"x")
+    with pytest.raises(AuthorizationFailed, match="alice may not consume topic:readings"):
+        await consume(c, "alice", "readings")
+    # bob, in both roles: both roles' rules.
+    assert (await produce(c, "bob", "readings", b"b")).offset == 1
+    assert await consume(c, "bob", "readings") == [b"a", b"b"]
+    # carol, in no role: nothing.
+    with pytest.raises(AuthorizationFailed):
+        await produce(c, "carol", "readings", b"x")
+    # A certificate of the right CA that calls itself the role is not its member.
+    crt, key = signed_cert(c.pki, "role:writers", "role-writers")
+    with pytest.raises(AuthorizationFailed, match="role:writers may not produce"):
+        async with Producer(c.addr, acks=Acks.ALL, ssl=c.ssl_for(None, files=(crt, key)),
+                            delivery_timeout_s=5) as p:
+            await (await p.send("readings", b"impostor"))
+
+    # Leaving the role takes its rights away, on the SPU too.
+    async with Admin(c.addr, ssl=c.ssl_for("admin")) as admin:
+        await admin.remove_acl("alice", "member", "role:writers")
+    await until_denied(lambda: produce(c, "alice", "readings", b"again"))
+    assert (await produce(c, "bob", "readings", b"still")).offset == 2
 
 
 @pytest.mark.parametrize("who", ["no certificate", "another CA", "expired"])
