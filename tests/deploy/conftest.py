@@ -25,6 +25,7 @@ if HERE not in sys.path:
 from deploy_harness import (  # noqa: E402 - after the path fix
     CACHE_ROOT,
     CLOUD_HOST,
+    CONTROLLER_HEADWATER,
     EDGE_HOST,
     REPO,
     CloudRoot,
@@ -197,6 +198,29 @@ def edge_root(wheelhouse: Path) -> Iterator[EdgeRoot]:
                                     edge_host_vars(wheelhouse, ports, version), CHROOT_CONNECTION)
         first = run_playbook("edge.yml", inventory, tmp=work, mount_root=root)
         _check_first_run("edge.yml", first)
+        second = run_playbook("edge.yml", inventory, tmp=work, mount_root=root)
+        yield EdgeRoot(root, inventory, work, ports, [7, 8], first, second, built,
+                       tree_seconds, copy_seconds)
+
+
+@pytest.fixture(scope="session")
+def edge_ca_root(wheelhouse: Path) -> Iterator[EdgeRoot]:
+    """Like edge_root, with TLS from a deployment CA alone (headwater tls init): the
+    roles issue every service's certificate on the controller. The CA is <work>/pki."""
+    if "edge.yml with a CA" in _FAILED_CONVERGES:
+        pytest.fail(_FAILED_CONVERGES["edge.yml with a CA"])
+    with _fresh_root("headwater-edge-ca-") as (work, root, built, tree_seconds, copy_seconds):
+        subprocess.run([str(CONTROLLER_HEADWATER), "tls", "init", "--dir", str(work / "pki")],
+                       check=True, capture_output=True, timeout=60)
+        ports = {"sc": free_port_block(1), "spu": free_port_block(2, stride=10),
+                 "status": free_port_block(1), "mqtt": free_port_block(1)}
+        host_vars = {**edge_host_vars(wheelhouse, ports, str(_project()["version"])),
+                     "headwater_common_tls_enabled": True,
+                     "headwater_common_tls_ca_dir": str(work / "pki"),
+                     "headwater_common_tls_cli": str(CONTROLLER_HEADWATER)}
+        inventory = write_inventory(work / "hosts.yml", root, host_vars, CHROOT_CONNECTION)
+        first = run_playbook("edge.yml", inventory, tmp=work, mount_root=root)
+        _check_first_run("edge.yml with a CA", first)
         second = run_playbook("edge.yml", inventory, tmp=work, mount_root=root)
         yield EdgeRoot(root, inventory, work, ports, [7, 8], first, second, built,
                        tree_seconds, copy_seconds)

@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -52,6 +53,9 @@ ROLE_PACKAGE_LISTS = (
     ("headwater_common", "headwater_common_os_packages"),
     ("mosquitto", "mosquitto_packages"),
 )
+# The controller's headwater (next to this interpreter): it issues the nodes'
+# certificates when the roles are given a deployment CA.
+CONTROLLER_HEADWATER = Path(sys.executable).with_name("headwater")
 DEBOOTSTRAP_TIMEOUT_S = 1200
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
