@@ -48,6 +48,7 @@ from edge.config import parse_size
 from edge.net.connection import ClientConnection
 from edge.protocol import batch as codec
 from edge.protocol.messages import ApiKey
+from edge.spu.config import SpuConfig
 from edge.testing import LocalCluster
 
 MIB = 1024 * 1024
@@ -203,8 +204,13 @@ async def many_sites(tmp: Path, sites: int) -> dict[str, float]:
                                                    "site": site, "token": token}, batch)
         seconds = time.perf_counter() - t0
         await asyncio.sleep(2)
+        busy = proc.num_fds()
+        # Idle partitions close their files after one to two idle_close_s rounds.
+        print(f"  waiting {2 * SpuConfig.idle_close_s:.0f} s for idle partitions to close "
+              "their files", flush=True)
+        await asyncio.sleep(2 * SpuConfig.idle_close_s + 2)
         return {"sites": sites, "seconds": seconds, "rss_before": before / MIB,
-                "rss": proc.memory_info().rss / MIB, "fds": proc.num_fds()}
+                "rss": proc.memory_info().rss / MIB, "fds": busy, "fds_idle": proc.num_fds()}
 
 
 async def append_once(spu: str, owner: dict[str, Any], batch: bytes) -> None:
@@ -325,8 +331,8 @@ async def main(args: argparse.Namespace) -> None:
 async def report_sites(tmp: Path, sites: int) -> None:
     m = await many_sites(tmp, sites)
     print(f"cloud SPU with {m['sites']} mirrored partitions (one per site): RSS "
-          f"{m['rss']:.1f} MiB (empty: {m['rss_before']:.1f}), open files {m['fds']}; "
-          f"set up in {m['seconds']:.0f} s")
+          f"{m['rss']:.1f} MiB (empty: {m['rss_before']:.1f}), open files {m['fds']} "
+          f"after the last write, {m['fds_idle']} once idle; set up in {m['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

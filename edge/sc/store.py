@@ -8,17 +8,14 @@ Pi's SD card for nothing, and they are rebuilt within one heartbeat.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import sqlite3
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from edge.protocol.errors import StorageError
+from edge.storage.fileio import DaemonLock
 
 # Held (flock) by the SC that owns the data directory, for as long as it runs.
 LOCK_FILE: Final = "sc.lock"
@@ -332,40 +329,12 @@ _BUMP_GENERATION: Final = (
     "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
 
-class DataDirLock:
+class DataDirLock(DaemonLock):
     """The exclusive ``flock`` of ``sc.lock`` in an SC's data directory, with the
-    holder's PID written in it. Two SCs on one database would each elect leaders and
-    push assignments of their own; the kernel drops the lock when the process dies."""
+    holder's PID written in it."""
 
     def __init__(self, data_dir: Path) -> None:
-        path = data_dir / LOCK_FILE
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = _lock_holder(self.fd)
-            self.close()
-            held = f" (PID {pid})" if pid is not None else ""
-            raise StorageError(f"{data_dir} is in use by a running SC{held}: stop it first, "
-                               "or give this one another data_dir", path=str(data_dir),
-                               pid=pid) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
-
-    def close(self) -> None:
-        """Release the lock (the file stays: removing it could race a new holder)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __del__(self) -> None:
-        with contextlib.suppress(OSError):
-            self.close()
-
-
-def _lock_holder(fd: int) -> int | None:
-    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    return int(text) if text.isdigit() else None
+        super().__init__(data_dir, LOCK_FILE, "SC")
 
 
 class _Transaction:

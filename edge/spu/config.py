@@ -142,6 +142,9 @@ class SpuConfig:
     # How often recovery points are checkpointed: bounds the tail scanned at start-up.
     checkpoint_interval_s: float = 5.0
     retention_check_interval_s: float = 60.0
+    # A partition neither written nor read for one to two of these closes its files
+    # (they reopen on use): open files follow the partitions in use, not all hosted.
+    idle_close_s: float = 30.0
     # A follower that has not caught up for this long leaves the ISR (acks=all
     # then stops waiting for it); short, because a Pi cluster is small and a dead
     # follower stalls every acks=all write until it is dropped.
@@ -180,7 +183,8 @@ class SpuConfig:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         for key in ("heartbeat_interval_s", "checkpoint_interval_s",
-                    "retention_check_interval_s", "replica_lag_s", "pause_s"):
+                    "retention_check_interval_s", "idle_close_s", "replica_lag_s",
+                    "pause_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be > 0")
         private_auth(self.cluster_secret, insecure=self.insecure_private, tls=self.tls)
@@ -222,6 +226,7 @@ class SpuConfig:
                                           cls.checkpoint_interval_s),
             "retention_check_interval_s": take(raw, "retention_check_interval_s", float,
                                                cls.retention_check_interval_s),
+            "idle_close_s": take(raw, "idle_close_s", float, cls.idle_close_s),
             "replica_lag_s": take(raw, "replica_lag_s", float, cls.replica_lag_s),
             "pause_s": take(raw, "pause_s", float, cls.pause_s),
             "log_level": take(raw, "log_level", str, cls.log_level),

@@ -27,7 +27,7 @@ from edge.spu.budget import NodeBudget
 from edge.spu.partition import Partition
 from edge.storage.budget import TopicBudget
 from edge.storage.config import STORAGE_KEYS, LogConfig, is_topic_name
-from edge.storage.fileio import write_atomic
+from edge.storage.fileio import DaemonLock, write_atomic
 from edge.storage.log import PartitionLog
 from edge.storage.mirror import MirrorOwner
 from edge.tokens import TokenBook
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 ASSIGNMENT_FILE = "assignment.cbor"
 ACCESS_FILE = "access.cbor"
+LOCK_FILE = "spu.lock"
 # A replica's data set aside when an SC with older metadata does not list it.
 ORPHAN_SUFFIX = ".set-aside-"
 
@@ -66,6 +67,9 @@ class ReplicaSet:
                  ack_guard: Callable[[], bool] | None = None,
                  disk_budget: int | None = None) -> None:
         self.data_dir = data_dir
+        # One lock for the whole directory, so partitions need no descriptor of their
+        # own while idle (PartitionLog.release_idle).
+        self._lock = DaemonLock(data_dir, LOCK_FILE, "SPU")
         self.spu_id = spu_id
         self.durability = durability
         self.ack_guard = ack_guard
@@ -160,7 +164,7 @@ class ReplicaSet:
         p = self.partitions.get(key)
         if p is None:
             path = self.partition_dir(*key)
-            plog = PartitionLog.open(path, cfg)
+            plog = PartitionLog.open(path, cfg, exclusive=False)
             p = Partition(key[0], key[1], plog, spu_id=self.spu_id,
                           durability=self.durability, leader_epoch=role["epoch"],
                           leader_id=role["leader_id"], replicas=role["replicas"],
@@ -264,7 +268,13 @@ class ReplicaSet:
         finally:
             os.close(dfd)
 
+    def release_idle(self) -> int:
+        """Close the descriptors of idle partitions (they reopen on use); how many."""
+        return sum(p.log.release_idle() for p in list(self.partitions.values())
+                   if not p.closed)
+
     async def close(self) -> None:
         for p in list(self.partitions.values()):
             await p.close()
         self.partitions.clear()
+        self._lock.close()

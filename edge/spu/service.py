@@ -110,6 +110,7 @@ class Spu:
             asyncio.create_task(self._isr_checks(), name="isr"),
             asyncio.create_task(self._checkpoints(), name="checkpoints"),
             asyncio.create_task(self._retention(), name="retention"),
+            asyncio.create_task(self._idle_close(), name="idle-close"),
             asyncio.create_task(self.upstream.run(), name="upstream"),
         ]
         log.info("SPU %d serving clients on %s, peers on %s", self.cfg.id, self.public_addr,
@@ -214,6 +215,17 @@ class Spu:
                                       "until checkpoints succeed again)", p.name, exc)
             if not failed:
                 failing.end("checkpoints succeed again")
+
+    async def _idle_close(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.idle_close_s)
+            try:
+                closed = self.replicas.release_idle()
+            except OSError as exc:  # closing cannot lose data; the next round tries again
+                log.warning("closing idle partition files failed: %s", exc)
+                continue
+            if closed:
+                log.debug("closed %d files of idle partitions", closed)
 
     async def _retention(self) -> None:
         failing = StateLog(log)

@@ -100,6 +100,9 @@ class PartitionLog:
         self._flush = FlushTracker(self._health, (self._leo, active.base_offset, active.size))
         self._producers = state.producers
         self._closed = False
+        self._checkpoint_written: bytes | None = None
+        self._used = False  # appended to or read since the last release_idle
+        self._reading: Segment | None = None  # the closed segment reads last opened
         self._full_since: float | None = None
         self.dropped = DropTally(directory)
         self.gaps = GapLedger(directory)
@@ -115,10 +118,15 @@ class PartitionLog:
         )
 
     @classmethod
-    def open(cls, directory: Path, config: LogConfig) -> PartitionLog:
-        """Create the partition directory, or recover it (blocks: reads the unflushed tail)."""
+    def open(cls, directory: Path, config: LogConfig, *, exclusive: bool = True
+             ) -> PartitionLog:
+        """Create the partition directory, or recover it (blocks: reads the unflushed tail).
+
+        ``exclusive`` locks the directory (``flock``) while the log is open; a caller
+        that holds a lock over all its partitions passes False (see ``DirLock``).
+        """
         directory.mkdir(parents=True, exist_ok=True)
-        lock = DirLock(directory)
+        lock = DirLock(directory, exclusive=exclusive)
         try:
             return cls(directory, config, lock, wall_clock_ms())
         except OSError as exc:
@@ -215,6 +223,7 @@ class PartitionLog:
         """
         self._check_writable()
         self._check_space()
+        self._used = True
         h = decode_header(batch)
         if h.size != len(batch):
             raise CorruptBatch(f"expected one batch of {h.size} bytes, got {len(batch)}")
@@ -351,12 +360,46 @@ class PartitionLog:
         if offset >= limit:
             return None
         _, seg = self._segs.find(offset)
+        self._used = True
+        if seg is not self._segs.active and seg is not self._reading:
+            self._switch_reading(seg)
         try:
             start, first = seg.locate(offset)
             end, next_offset = seg.extent(start, max_bytes, limit)
         except OSError as exc:
             raise StorageError(f"cannot read {seg.log_path.name}: {exc}", errno=exc.errno) from exc
         return ReadSlice(seg.fd, start, end - start, first, next_offset)
+
+    def _switch_reading(self, seg: Segment) -> None:
+        """Reads moved to another closed segment: close the one they read before, so
+        a consumer walking an old log keeps one descriptor open, not one a segment.
+        A slice handed out earlier is safe: its sender duplicated the descriptor."""
+        prev, self._reading = self._reading, seg
+        if prev is not None and prev is not self._segs.active and id(prev) not in self._pinned():
+            prev.close()
+
+    def _pinned(self) -> set[int]:
+        """Ids of the segments whose descriptors a flush still needs."""
+        return {id(s) for s in self._flush.rolled} | self._flush.held_segments()
+
+    def release_idle(self) -> int:
+        """Close the descriptors that reopen on first use; returns how many closed.
+
+        Closed segments' descriptors always (unless a flush still needs them). The
+        active segment's and the directory's too when nothing was appended or read
+        since the last call and everything written is flushed, so the open files of
+        an SPU follow the partitions in use, not all it hosts. (A ``never`` partition
+        is not flushed, so it keeps its active segment open.) Blocks: may write the
+        active segment's index.
+        """
+        if self._closed:
+            return 0
+        used, self._used = self._used, False
+        f = self._flush
+        settled = (not used and not f.outstanding and not f.rolled and not f.dir_dirty
+                   and f.flushed == self._leo)
+        self._reading = None
+        return self._segs.release(self._pinned(), active=settled)
 
     def read_bytes(self, offset: int, max_bytes: int, *, max_offset: int | None = None) -> bytes:
         """Like ``read`` but copied into memory (for links that cannot sendfile)."""
@@ -414,6 +457,7 @@ class PartitionLog:
         if offset >= self._leo:
             return
         now = wall_clock_ms()
+        self._reading = None
         try:
             if offset <= self._log_start:
                 gone = self._segs.drop(0, None, now)
@@ -491,6 +535,7 @@ class PartitionLog:
         """Delete the first ``count`` segments; the records and bytes at or above
         ``covered`` among them, also added to ``dropped``."""
         lost = (0, 0) if covered is None else self._beyond(count, covered)
+        self._reading = None  # a dropped segment's descriptor retires (grace period)
         try:
             gone = self._segs.drop(0, count, now)
             self._segs.lock.fsync()
@@ -527,7 +572,11 @@ class PartitionLog:
     # -- checkpoints, lifetime ----------------------------------------------------------
 
     def write_checkpoints(self) -> None:
-        """Persist recovery point, HW, log start and producer state (blocks: 2 fsyncs)."""
+        """Persist recovery point, HW, log start and producer state (blocks: 2 fsyncs).
+
+        A checkpoint equal to the last one written is not written again: an idle
+        partition costs no fsync (and no SD card wear) and keeps its files closed.
+        """
         self._check_writable()
         rec_offset, rec_segment, rec_position = self._flush.recovery
         ckpt = Checkpoint(
@@ -536,8 +585,11 @@ class PartitionLog:
             log_start_offset=self._log_start, snapshot_offset=self._leo,
             segments=self._segs.metas(), producers=self._producers.to_bytes(),
         )
+        data = ckpt.encode()
+        if data == self._checkpoint_written:
+            return
         try:
-            write_atomic(self._dir, self._segs.lock.fd, CHECKPOINT_NAME, ckpt.encode())
+            write_atomic(self._dir, self._segs.lock.fd, CHECKPOINT_NAME, data)
         except OSError as exc:
             if exc.errno in _FULL_ERRNOS:
                 # The old checkpoint is whole, and a checkpoint only shortens recovery.
@@ -547,6 +599,7 @@ class PartitionLog:
                                path=str(self._dir)) from exc
             self._health.fail(f"checkpoint failed: {exc}")
             raise StorageError(f"checkpoint failed: {exc}", errno=exc.errno) from exc
+        self._checkpoint_written = data
 
     def close(self) -> None:
         """Flush, write checkpoints and close every descriptor (a failed log just closes)."""

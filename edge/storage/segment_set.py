@@ -120,6 +120,26 @@ class SegmentSet:
                 keep.append((when, seg))
         self._retired = keep
 
+    def release(self, pinned: set[int], *, active: bool) -> int:
+        """Close descriptors that reopen on first use; returns how many were closed.
+
+        Every closed segment's, except those whose ids are in ``pinned`` (a flush
+        still has to sync them); with ``active`` also the active segment's (its
+        index written first) and the directory's, unless that one holds the lock.
+        """
+        closed = 0
+        for seg in self._segments[:-1]:
+            if id(seg) not in pinned:
+                closed += len(seg.open_fds())
+                seg.close()
+        if active:
+            seg = self.active
+            seg.write_index()
+            closed += len(seg.open_fds())
+            seg.close()
+            closed += self.lock.release()
+        return closed
+
     def close(self) -> None:
         for seg in self._segments:
             seg.close()

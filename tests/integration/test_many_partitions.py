@@ -1,5 +1,6 @@
 """An SPU hosting many partitions (a cloud SPU holding thousands of sites' mirrors):
-its assignment and its status outgrow frame metadata and travel in the blob.
+its assignment and its status outgrow frame metadata and travel in the blob, and its
+open files follow the partitions in use, not the partitions hosted.
 
 1,000 partitions with long names make an assignment, a heartbeat and a partition
 list of about 300 KiB each, past the 256 KiB limit on the metadata of a request
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cbor2
+import psutil
 
 from edge.client import Admin, Consumer, Offset, Producer
 from edge.net.connection import ClientConnection
@@ -43,3 +45,35 @@ async def test_an_spu_takes_an_assignment_larger_than_frame_metadata(tmp_path: P
         async with Consumer(c.sc_addr, TOPIC, partition=[PARTITIONS - 1],
                             offset=Offset.beginning(), stop_at_end=True) as cons:
             assert [r.value async for r in cons] == [b"last"]
+
+
+IDLE_PARTITIONS = 300
+
+
+async def test_idle_partitions_close_their_files_and_reopen_them_on_use(
+    tmp_path: Path,
+) -> None:
+    async with LocalCluster(tmp_path / "c", spu_settings={"idle_close_s": 3.0}) as c:
+        spu = psutil.Process(c.spu_procs[1].pid)
+        async with Admin(c.sc_addr) as admin:
+            await admin.create_topic("idle", partitions=IDLE_PARTITIONS)
+            async with Producer(c.sc_addr) as p:
+                futures = [await p.send("idle", b"r%d" % i, partition=i)
+                           for i in range(IDLE_PARTITIONS)]
+                for fut in futures:
+                    await fut
+            # Written a moment ago: at least each partition's log is open.
+            busy = spu.num_fds()
+            assert busy > IDLE_PARTITIONS
+
+            async def settled() -> bool:
+                return spu.num_fds() < 100
+
+            await wait_for(settled, timeout=20)
+            # Everything reopens on use: each record is still there, and more go in.
+            async with Producer(c.sc_addr) as p:
+                await (await p.send("idle", b"again", partition=7))
+            async with Consumer(c.sc_addr, "idle", partition=[7, IDLE_PARTITIONS - 1],
+                                offset=Offset.beginning(), stop_at_end=True) as cons:
+                got = sorted([r.value async for r in cons])
+            assert got == sorted([b"r7", b"again", b"r%d" % (IDLE_PARTITIONS - 1)])

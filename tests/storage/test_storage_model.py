@@ -1,5 +1,6 @@
-"""The log against a list of batches: appends, flushes, retention, truncation, crashes
-and power cuts in any order."""
+"""The log against a list of batches: appends, flushes, retention, truncation, crashes,
+power cuts and idle closes of its files in any order (opened as the SPU opens it,
+without a directory lock of its own, so every descriptor reopens on use)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class LogModel(RuleBasedStateMachine):
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp())
         self.path = self.tmp / "p"
-        self.log = PartitionLog.open(self.path, CFG)
+        self.log = PartitionLog.open(self.path, CFG, exclusive=False)
         self.batches: list[tuple[int, int, int]] = []
         self.tag = 0
 
@@ -59,18 +60,18 @@ class LogModel(RuleBasedStateMachine):
     @rule()
     def reopen(self) -> None:
         self.log.close()
-        self.log = PartitionLog.open(self.path, CFG)
+        self.log = PartitionLog.open(self.path, CFG, exclusive=False)
 
     @rule()
     def process_crash(self) -> None:
         crash(self.log)  # the page cache survives: nothing is lost
-        self.log = PartitionLog.open(self.path, CFG)
+        self.log = PartitionLog.open(self.path, CFG, exclusive=False)
 
     @rule()
     def lose_the_checkpoint(self) -> None:
         crash(self.log)
         (self.path / CHECKPOINT_NAME).unlink()
-        self.log = PartitionLog.open(self.path, CFG)
+        self.log = PartitionLog.open(self.path, CFG, exclusive=False)
 
     @precondition(lambda self: self.batches)
     @rule(data=st.data())
@@ -88,7 +89,7 @@ class LogModel(RuleBasedStateMachine):
         crash(self.log)
         cut = data.draw(st.integers(floor, victim.stat().st_size))
         os.truncate(victim, cut)
-        self.log = PartitionLog.open(self.path, CFG)
+        self.log = PartitionLog.open(self.path, CFG, exclusive=False)
         kept = [b for b in self.batches if b[0] < self.log.log_end_offset]
         assert self.log.log_end_offset >= flushed
         assert [b[0] for b in kept] == [b[0] for b in self.batches[: len(kept)]]
@@ -101,6 +102,10 @@ class LogModel(RuleBasedStateMachine):
         self.log.truncate_to(offset)
         self.batches = [b for b in self.batches if b[1] < offset]
         assert self.log.log_end_offset == self.leo
+
+    @rule()
+    def idle_close(self) -> None:
+        self.log.release_idle()
 
     @rule()
     def retention(self) -> None:
