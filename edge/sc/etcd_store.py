@@ -46,7 +46,15 @@ from typing import Any, Final, TypeVar
 from urllib.parse import quote, unquote
 
 from edge.protocol.errors import StorageError, TopicExists
-from edge.sc.etcd import Compare, EtcdClient, Fenced, KeyValue, MetadataUnavailable, Op
+from edge.sc.etcd import (
+    Compare,
+    EtcdClient,
+    Fenced,
+    KeyValue,
+    MetadataUnavailable,
+    Op,
+    Result,
+)
 from edge.sc.group_store import Position, _now_ms
 from edge.sc.store import MirrorRow, PartitionRow, SiteRow, SpuRow, TokenRow, TopicRow
 
@@ -59,6 +67,8 @@ CONFLICT_BACKOFF_S: Final = 0.01
 METADATA_PREFIX: Final = "meta"
 GROUPS_PREFIX: Final = "groups"
 MIGRATION_BATCH: Final = 64
+# Present under the prefix while `headwater sc migrate` copies into it.
+MIGRATING_KEY: Final = "migrating"
 
 R = TypeVar("R")
 Changes = dict[str, Any]  # relative key -> JSON value, or DELETE
@@ -546,9 +556,17 @@ class EtcdGroupStore(_Tables):
 def migrate_from_sqlite(sqlite_path: Path, client: EtcdClient, prefix: str) -> dict[str, int]:
     """Copy an SC's SQLite database (metadata and group tables) into an empty etcd
     prefix, laid out as edge/sc/ha.py opens it (``{prefix}/meta``, ``{prefix}/groups``);
-    the rows copied per table. The database is opened read-only."""
+    the rows copied per table. The database is opened read-only.
+
+    The copy takes several txns (etcd caps a txn at 128 operations), so it begins by
+    writing ``{prefix}/migrating`` and deletes it once every row is in: no SC
+    becomes active on a prefix that holds it (edge/sc/ha.py), and a migration that
+    stopped half-way (killed, etcd lost) is started over by running it again.
+    """
     root = prefix.rstrip("/")
-    if client.range(root + "/", prefix=True):
+    marker = f"{root}/{MIGRATING_KEY}"
+    found = client.range(root + "/", prefix=True)
+    if found and not any(kv.key == marker.encode() for kv in found):
         raise StorageError(f"etcd prefix {root}/ is not empty: migrate into a new prefix",
                            prefix=root)
     db = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True)
@@ -559,14 +577,28 @@ def migrate_from_sqlite(sqlite_path: Path, client: EtcdClient, prefix: str) -> d
     meta, groups = _encode_metadata(tables), _encode_groups(tables)
     items = [(f"{root}/{METADATA_PREFIX}/{k}", v) for k, v in meta.items()]
     items += [(f"{root}/{GROUPS_PREFIX}/{k}", v) for k, v in groups.items()]
+    if found:  # what an unfinished migration left: start over
+        client.delete_prefix(root + "/")
+    began = json.dumps({"source": str(sqlite_path), "started_ms": _now_ms()})
+    if not client.txn([Compare.create_revision(marker, 0)], [Op.put(marker, began)]).succeeded:
+        raise StorageError(f"another migration into {root}/ began meanwhile", prefix=root)
     for start in range(0, len(items), MIGRATION_BATCH):
         batch = items[start:start + MIGRATION_BATCH]
-        result = client.txn([Compare.create_revision(k, 0) for k, _ in batch],
-                            [Op.put(k, json.dumps(v, separators=(",", ":"))) for k, v in batch])
+        result = client.txn(
+            [Compare.create_revision(marker, 0, Result.GREATER),
+             *(Compare.create_revision(k, 0) for k, _ in batch)],
+            [Op.put(k, json.dumps(v, separators=(",", ":"))) for k, v in batch])
         if not result.succeeded:
             raise StorageError(f"etcd prefix {root}/ was written to during the migration",
                                prefix=root)
+    client.txn([], [Op.delete(marker)])
     return counts
+
+
+def unfinished_migration(client: EtcdClient, prefix: str) -> str | None:
+    """What the marker of a migration into ``prefix`` that did not finish says."""
+    found = client.get(f"{prefix.rstrip('/')}/{MIGRATING_KEY}")
+    return None if found is None else found[0].decode(errors="replace")
 
 
 _SELECTS: Final = {

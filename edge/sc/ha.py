@@ -32,6 +32,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, cast
 
+from edge.logstate import StateLog
+from edge.protocol.errors import StorageError
 from edge.sc.config import EtcdSettings, ScConfig
 from edge.sc.standby import StandbyServer
 from edge.tasks import cancel
@@ -45,6 +47,10 @@ if TYPE_CHECKING:
     from edge.sc.store import MetadataStore
 
 log = logging.getLogger(__name__)
+
+
+class UnfinishedMigrationError(StorageError):
+    """The etcd prefix holds the marker of a ``headwater sc migrate`` that stopped."""
 
 MAX_MEMBERS = 15
 MEMBERS_EVERY_S = 2.0
@@ -108,18 +114,28 @@ class HaSc:
         await self.standby.stop()
 
     async def _run(self) -> None:
+        refused = StateLog(log)
         while not self._stopping.is_set():
             await self._wait_for_leadership()
             if self._stopping.is_set():
                 return
+            failed = True
             try:
                 await self._activate()
+                refused.end("the metadata in etcd is usable again")
+                failed = False
                 await self._hold()
+            except UnfinishedMigrationError as exc:
+                refused.begin("SC cannot become active: %s", exc)
             except Exception:  # an activation that failed must not stay active
                 log.exception("SC activation failed; standing by again")
-            await self._step_down(resign=False)
+            # After a failed activation, resign (another SC may fare better) and wait
+            # a lease before campaigning again, rather than loop on the same failure.
+            await self._step_down(resign=failed)
             with contextlib.suppress(OSError):
                 await self.standby.start()
+            if failed:
+                await asyncio.sleep(self.settings.ttl_s)
 
     async def _wait_for_leadership(self) -> None:
         """Campaign in a thread (the etcd client blocks), noting who leads meanwhile."""
@@ -143,11 +159,16 @@ class HaSc:
             return None
 
     async def _activate(self) -> None:
-        from edge.sc.etcd_store import EtcdGroupStore, EtcdMetadataStore
+        from edge.sc.etcd_store import EtcdGroupStore, EtcdMetadataStore, unfinished_migration
         from edge.sc.service import Sc
 
         await self.standby.stop()
         prefix = self.settings.prefix
+        began = await asyncio.to_thread(unfinished_migration, self.client, prefix)
+        if began is not None:
+            raise UnfinishedMigrationError(
+                f"a migration into etcd prefix {prefix}/ did not finish ({began}): run "
+                "`headwater sc migrate` again, it starts over")
         store = await asyncio.to_thread(EtcdMetadataStore, self.client, prefix=f"{prefix}/meta",
                                         fence=self.election.fence)
         groups = await asyncio.to_thread(EtcdGroupStore, self.client,

@@ -13,14 +13,24 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from etcd_harness import EtcdCluster
 
 from edge.client import Acks, Admin, Consumer, Offset, Producer
 from edge.net.connection import ClientConnection
-from edge.sc.etcd_store import EtcdGroupStore, EtcdMetadataStore
+from edge.sc import etcd_store
+from edge.sc.etcd import EtcdClient, MetadataUnavailable
+from edge.sc.etcd_store import (
+    EtcdGroupStore,
+    EtcdMetadataStore,
+    migrate_from_sqlite,
+    unfinished_migration,
+)
 from edge.sc.group_store import GroupStore
 from edge.sc.store import MetadataStore
+from edge.secret import ClusterSecret
 from edge.testing import HaCluster, LocalCluster
 
 HW = [sys.executable, "-m", "edge.cli.main"]
@@ -141,3 +151,66 @@ async def test_an_sqlite_sc_migrated_to_etcd_keeps_its_cluster(
         if ha is not None:
             await ha.stop_sc()
         await cluster.stop()
+
+
+class _CutAfter:
+    """An etcd client whose txns fail after ``txns`` of them: a migration killed, or
+    etcd lost, half-way through."""
+
+    def __init__(self, client: EtcdClient, txns: int) -> None:
+        self._client, self._left = client, txns
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def txn(self, *args: Any, **kwargs: Any) -> Any:
+        if self._left == 0:
+            raise MetadataUnavailable("etcd went away")
+        self._left -= 1
+        return self._client.txn(*args, **kwargs)
+
+
+async def test_a_migration_that_stopped_half_way_blocks_the_sc_until_run_again(
+        tmp_path: Path, etcd_cluster: EtcdCluster, etcd_prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster = LocalCluster(tmp_path, spus=0)
+    await cluster.start()
+    async with Admin(cluster.sc_addr) as admin:
+        for name in ("a", "b", "c"):
+            await admin.create_topic(name, partitions=1, replication=1)
+    await cluster.stop()
+    sc_dir = tmp_path / "sc"
+    etcd_url = "etcd://" + ",".join(etcd_cluster.endpoints)
+
+    # The marker and two batches of two keys go in, then etcd is gone.
+    monkeypatch.setattr(etcd_store, "MIGRATION_BATCH", 2)
+    with pytest.raises(MetadataUnavailable):
+        migrate_from_sqlite(sc_dir / "metadata.sqlite", _CutAfter(etcd_cluster.client(), 3),
+                            etcd_prefix)
+    client = etcd_cluster.client()
+    assert len(client.range(etcd_prefix + "/", prefix=True)) == 5
+    assert unfinished_migration(client, etcd_prefix) is not None
+
+    ha = HaCluster(tmp_path / "ha", etcd=etcd_cluster.endpoints, prefix=etcd_prefix, scs=1,
+                   spus=0)
+    ClusterSecret.ensure(ha.secret_path)
+    try:
+        await ha.start_sc_number(0)
+        await asyncio.sleep(3 * ha.ttl_s)  # several campaigns: each one refuses
+        assert await ha.active() is None
+        log_text = (ha.data_dir / "sc-0.log").read_text()
+        refusals = [line for line in log_text.splitlines() if "did not finish" in line]
+        assert len(refusals) == 1, log_text  # logged once, not per campaign
+        assert "run `headwater sc migrate` again" in refusals[0]
+        assert "Traceback" not in log_text
+
+        rc, out, err = await hw("sc", "migrate", "--to", etcd_url, "--data-dir", str(sc_dir),
+                                "--prefix", etcd_prefix)
+        assert rc == 0, err
+        assert "3 topics" in out, out
+        assert unfinished_migration(client, etcd_prefix) is None
+        await ha.wait_active(timeout=10 * ha.ttl_s)
+        async with Admin(ha.sc_addr) as admin:
+            assert sorted(t["name"] for t in await admin.list_topics()) == ["a", "b", "c"]
+    finally:
+        await ha.stop_sc()
