@@ -50,6 +50,11 @@ class Election:
     def is_leader(self) -> bool:
         return self._leading
 
+    @property
+    def revision(self) -> int:
+        """The create revision of the leader key this candidate holds (or last held)."""
+        return self._revision
+
     def campaign(self, stop: threading.Event | None = None) -> None:
         """Block until this candidate holds the leader key (or ``stop`` is set)."""
         stop = stop or threading.Event()

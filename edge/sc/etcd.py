@@ -19,12 +19,14 @@ or the leadership fence), which makes the second application fail harmlessly.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
+import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import Any, Final, NamedTuple
 
@@ -260,6 +262,64 @@ class EtcdClient:
         answer = self._call("/v3/kv/range", _range_body(_b(key), prefix=prefix))
         return [_kv(raw) for raw in answer.get("kvs", [])]
 
+    def range_at(self, key: bytes | str, *, prefix: bool = False
+                 ) -> tuple[list[KeyValue], int]:
+        """Like :meth:`range`, with the store revision the answer reflects."""
+        answer = self._call("/v3/kv/range", _range_body(_b(key), prefix=prefix))
+        return [_kv(raw) for raw in answer.get("kvs", [])], _revision(answer)
+
+    def watch(self, key: bytes | str, *, prefix: bool, start_revision: int) -> Watch:
+        """Watch the key (or prefix) from ``start_revision`` on, on the first endpoint
+        that accepts it (sticky one first); the watch has a connection of its own."""
+        errors = []
+        for attempt in range(len(self.endpoints)):
+            endpoint = self.endpoints[(self._sticky + attempt) % len(self.endpoints)]
+            try:
+                return self._open_watch(endpoint, _b(key), prefix, start_revision)
+            except (_TransportError, OSError, http.client.HTTPException) as exc:
+                errors.append(f"{endpoint}: {exc}")
+        raise MetadataUnavailable(f"no etcd member accepted a watch ({'; '.join(errors)})",
+                                  endpoints=list(self.endpoints))
+
+    def _open_watch(self, endpoint: str, key: bytes, prefix: bool, start: int) -> Watch:
+        deadline = time.monotonic() + self.timeout_s
+        headers = {"Content-Type": "application/json"}
+        if self._credentials is not None:
+            headers["Authorization"] = self._token or self._authenticate(endpoint, deadline)
+        host, _, port = endpoint.rpartition(":")
+        conn: http.client.HTTPConnection = (
+            http.client.HTTPSConnection(host, int(port), timeout=self.timeout_s,
+                                        context=self._ssl)
+            if self._ssl is not None else
+            http.client.HTTPConnection(host, int(port), timeout=self.timeout_s))
+        create: dict[str, Any] = {"key": _b64(key), "start_revision": str(start)}
+        if prefix:
+            create["range_end"] = _b64(prefix_end(key))
+        try:
+            conn.request("POST", "/v3/watch", json.dumps({"create_request": create}).encode(),
+                         headers)
+            response = conn.getresponse()
+            self._check_watch_answer(endpoint, response)
+            watch = Watch(conn, response, endpoint)
+            watch.next_message()  # "created", within the timeout
+        except BaseException:
+            conn.close()
+            raise
+        assert conn.sock is not None
+        conn.sock.settimeout(None)  # events come when they come; close() ends the wait
+        return watch
+
+    def _check_watch_answer(self, endpoint: str, response: http.client.HTTPResponse) -> None:
+        if response.status == 200:
+            return
+        try:
+            _decode(endpoint, "/v3/watch", response.status, response.read(65536))
+        except EtcdError as exc:
+            if _INVALID_TOKEN in str(exc) or exc.data.get("code") == _GRPC_UNAUTHENTICATED:
+                self._token = None  # the next attempt authenticates again
+            raise _TransportError(str(exc)) from None
+        raise _TransportError(f"HTTP {response.status}")
+
     def get(self, key: bytes | str) -> tuple[bytes, int] | None:
         """(value, mod_revision), or None if there is no such key."""
         found = self.range(key)
@@ -465,3 +525,71 @@ def _decode(endpoint: str, path: str, status: int, data: bytes) -> dict[str, Any
 def _revision(answer: dict[str, Any]) -> int:
     return int(answer.get("header", {}).get("revision", 0))
 
+
+
+class WatchEvent(NamedTuple):
+    key: bytes
+    value: bytes
+    mod_revision: int
+    deleted: bool
+
+
+class WatchLost(MetadataUnavailable):
+    """The watch ended (etcd closed it, compacted past it, or cancelled it): whoever
+    keeps a copy through it must read everything again."""
+
+
+class Watch:
+    """One open etcd watch: :meth:`events` yields its event batches in revision
+    order; :meth:`interrupt` (from any thread) ends it."""
+
+    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
+                 endpoint: str) -> None:
+        self._conn = conn
+        self._response = response
+        self.endpoint = endpoint
+
+    def next_message(self) -> dict[str, Any]:
+        try:
+            line = self._response.readline(MAX_RESPONSE_BYTES)
+        except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:
+            raise WatchLost(f"watch on {self.endpoint} ended: {exc or type(exc).__name__}",
+                            endpoint=self.endpoint) from None
+        if not line.endswith(b"\n"):
+            raise WatchLost(f"watch on {self.endpoint} ended", endpoint=self.endpoint)
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise WatchLost(f"watch on {self.endpoint} sent no JSON",
+                            endpoint=self.endpoint) from None
+        result = message.get("result") if isinstance(message, dict) else None
+        if not isinstance(result, dict):
+            raise WatchLost(f"watch on {self.endpoint} failed: {message}"[:300],
+                            endpoint=self.endpoint)
+        if result.get("canceled") or int(result.get("compact_revision", 0)):
+            raise WatchLost(f"watch on {self.endpoint} cancelled "
+                            f"({result.get('cancel_reason') or 'compacted'})",
+                            endpoint=self.endpoint)
+        return result
+
+    def events(self) -> Iterator[list[WatchEvent]]:
+        while True:
+            result = self.next_message()
+            events = [WatchEvent(_unb64(e["kv"].get("key")), _unb64(e["kv"].get("value")),
+                                 int(e["kv"].get("mod_revision", 0)),
+                                 e.get("type") == "DELETE")
+                      for e in result.get("events", [])]
+            if events:
+                yield events
+
+    def interrupt(self) -> None:
+        """End the watch from any thread: the reader's wait ends with WatchLost."""
+        sock = self._conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Close the connection (the reading thread, once it is done reading)."""
+        self.interrupt()
+        self._conn.close()

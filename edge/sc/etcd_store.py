@@ -54,6 +54,7 @@ from edge.sc.etcd import (
     MetadataUnavailable,
     Op,
     Result,
+    WatchEvent,
 )
 from edge.sc.group_store import Position, _now_ms
 from edge.sc.store import MirrorRow, PartitionRow, SiteRow, SpuRow, TokenRow, TopicRow
@@ -97,6 +98,8 @@ class _Tables:
         self._fence = fence
         self._lock = threading.RLock()
         self._revs: dict[str, int] = {}
+        # The etcd revision the last load reflects: a watch event at or below it is in.
+        self.loaded_revision = 0
         # Told when a write found etcd changed behind this copy (a write that timed
         # out and was applied after all) and the copy was loaded again: whoever acts
         # on the metadata (the SC's pushes to its SPUs) must look again.
@@ -117,7 +120,7 @@ class _Tables:
 
     def _load(self) -> None:
         with self._lock:
-            found = self._client.range(self._root, prefix=True)
+            found, self.loaded_revision = self._client.range_at(self._root, prefix=True)
             self._reset()
             self._revs = {}
             for kv in found:
@@ -125,6 +128,28 @@ class _Tables:
                 self._revs[rel] = kv.mod_revision
                 try:
                     self._put_row(rel, json.loads(kv.value))
+                except (ValueError, TypeError, KeyError, IndexError) as exc:
+                    raise StorageError(f"etcd key {self._root}{rel} is not a valid row: {exc}",
+                                       key=self._root + rel) from None
+
+    def apply_events(self, events: Iterable[WatchEvent]) -> None:
+        """Bring the memory copy forward by watch events (in revision order; those
+        outside the prefix or already in the last load are skipped): how a standby
+        SC keeps its copy warm (edge/sc/warm.py)."""
+        root = self._root.encode()
+        with self._lock:
+            for e in events:
+                if not e.key.startswith(root) or e.mod_revision <= self.loaded_revision:
+                    continue
+                rel = e.key[len(root):].decode()
+                if e.deleted:
+                    if self._revs.pop(rel, None) is not None:
+                        self._drop_row(rel)
+                    continue
+                try:
+                    value = json.loads(e.value)
+                    self._revs[rel] = e.mod_revision
+                    self._put_row(rel, value)
                 except (ValueError, TypeError, KeyError, IndexError) as exc:
                     raise StorageError(f"etcd key {self._root}{rel} is not a valid row: {exc}",
                                        key=self._root + rel) from None
@@ -193,9 +218,12 @@ class EtcdMetadataStore(_Tables):
     """:class:`edge.sc.store.MetadataStore` on etcd."""
 
     def __init__(self, client: EtcdClient, *, prefix: str,
-                 fence: Callable[[], Compare] | None) -> None:
+                 fence: Callable[[], Compare] | None, standby: bool = False) -> None:
+        """``standby``: a copy that only follows (a standby SC's), which must not
+        create the cluster id; the SC that becomes active calls ``ensure_cluster_id``."""
         super().__init__(client, prefix=prefix, fence=fence)
-        self._create_cluster_id()
+        if not standby:
+            self.ensure_cluster_id()
 
     def _reset(self) -> None:
         self._meta: dict[str, str] = {}
@@ -252,7 +280,7 @@ class EtcdMetadataStore(_Tables):
     def _cas_keys(self, changes: Changes) -> Iterable[str]:
         return ["meta/generation", *(k for k in changes if k == "meta/next_producer_id")]
 
-    def _create_cluster_id(self) -> None:
+    def ensure_cluster_id(self) -> None:
         """Once per prefix: every SC on it sees the id the first one made."""
         with self._lock:
             if "cluster_id" in self._meta:

@@ -4,9 +4,11 @@ With ``metadata = "etcd://h1:2379,h2:2379,h3:2379"`` in ``sc.toml`` each
 ``headwater run sc`` process runs :class:`HaSc`:
 
 1. **Standby.** It answers on its public port as a standby (edge/sc/standby.py:
-   where the active SC is) and campaigns for ``{prefix}/leader`` (edge/sc/election.py),
+   where the active SC is), keeps a warm copy of the metadata through an etcd watch
+   (edge/sc/warm.py) and campaigns for ``{prefix}/leader`` (edge/sc/election.py),
    an etcd key bound to its lease.
-2. **Active.** Once it holds the key it loads the metadata from etcd
+2. **Active.** Once it holds the key it takes the metadata from its warm copy when
+   the copy is shown to be current, else loads it from etcd
    (edge/sc/etcd_store.py), starts the SC proper (edge/sc/service.py) on its
    public and private ports, and renews its lease every third of its TTL. Every
    write it makes is an etcd transaction conditioned on still holding the key
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from edge.sc.group_store import GroupStore
     from edge.sc.service import Sc
     from edge.sc.store import MetadataStore
+    from edge.sc.warm import WarmCopy
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,8 @@ class HaSc:
         self._stopping = threading.Event()
         self._task: asyncio.Task[None] | None = None
         self._members: list[dict[str, Any]] = []
+        self._warm: WarmCopy | None = None
+        self.warm_takeovers = 0
 
     @property
     def public_addr(self) -> str:
@@ -110,6 +115,7 @@ class HaSc:
         self._stopping.set()
         if self._task is not None:
             await cancel(self._task)
+        await asyncio.to_thread(self._drop_warm)
         await self._step_down(resign=True)
         await self.standby.stop()
 
@@ -138,7 +144,13 @@ class HaSc:
                 await asyncio.sleep(self.settings.ttl_s)
 
     async def _wait_for_leadership(self) -> None:
-        """Campaign in a thread (the etcd client blocks), noting who leads meanwhile."""
+        """Campaign in a thread (the etcd client blocks), noting who leads meanwhile,
+        with a warm copy of the metadata following etcd (edge/sc/warm.py)."""
+        from edge.sc.warm import WarmCopy
+
+        self._drop_warm()
+        self._warm = WarmCopy(self.client, self.settings.prefix, self.election.fence)
+        self._warm.start()
         campaign = asyncio.create_task(asyncio.to_thread(self.election.campaign,
                                                          self._stopping))
         try:
@@ -151,6 +163,11 @@ class HaSc:
             if not campaign.done():
                 self._stopping.set()
                 await asyncio.wait({campaign})
+
+    def _drop_warm(self) -> None:
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            warm.close()
 
     def _leader_or_none(self) -> dict[str, str] | None:
         try:
@@ -169,10 +186,21 @@ class HaSc:
             raise UnfinishedMigrationError(
                 f"a migration into etcd prefix {prefix}/ did not finish ({began}): run "
                 "`headwater sc migrate` again, it starts over")
-        store = await asyncio.to_thread(EtcdMetadataStore, self.client, prefix=f"{prefix}/meta",
-                                        fence=self.election.fence)
-        groups = await asyncio.to_thread(EtcdGroupStore, self.client,
-                                         prefix=f"{prefix}/groups", fence=self.election.fence)
+        warm, self._warm = self._warm, None
+        stores = (None if warm is None
+                  else await asyncio.to_thread(warm.take, self.election.revision))
+        if stores is not None:
+            store, groups = stores
+            await asyncio.to_thread(store.ensure_cluster_id)
+            self.warm_takeovers += 1
+            log.info("taking over with the standby copy of the metadata (etcd revision %d)",
+                     warm.revision if warm is not None else 0)
+        else:
+            store = await asyncio.to_thread(EtcdMetadataStore, self.client,
+                                            prefix=f"{prefix}/meta", fence=self.election.fence)
+            groups = await asyncio.to_thread(EtcdGroupStore, self.client,
+                                             prefix=f"{prefix}/groups",
+                                             fence=self.election.fence)
         # The etcd stores have the SQLite stores' methods and meaning, checked by
         # running the same store tests on both (tests/sc/test_etcd_store.py).
         self.sc = Sc(self.cfg, store=cast("MetadataStore", store),
