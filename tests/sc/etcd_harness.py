@@ -1,6 +1,8 @@
 """A real etcd cluster of three members on 127.0.0.1 for the tests (free ports,
 data in a temporary directory), whose members can be stopped, killed, paused
-(SIGSTOP) and started again."""
+(SIGSTOP) and started again. With ``tls`` the client URLs are https (optionally
+demanding client certificates); with ``credentials`` set (after auth is enabled)
+the harness's own clients log in."""
 
 from __future__ import annotations
 
@@ -8,14 +10,39 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from support import require_binary
 
 from edge.sc.etcd import EtcdClient, MetadataUnavailable
 from edge.testing import free_port
+from edge.tls import TlsConfig, client_context
 
 START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EtcdTls:
+    """Every member's server certificate (valid for IP 127.0.0.1) and the CA it
+    chains to; with ``client_cert_auth`` members demand client certificates chaining
+    to ``ca``, and the harness presents ``client_cert``."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert_auth: bool = False
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def client_config(self) -> TlsConfig:
+        return TlsConfig(ca=self.ca, cert=self.client_cert, key=self.client_key)
+
+    def member_args(self) -> list[str]:
+        args = ["--cert-file", str(self.cert), "--key-file", str(self.key)]
+        # A trusted CA alone makes etcd demand client certificates too.
+        return ([*args, "--trusted-ca-file", str(self.ca), "--client-cert-auth"]
+                if self.client_cert_auth else args)
 
 
 class Member:
@@ -38,11 +65,20 @@ class Member:
 class EtcdCluster:
     """``size`` members bootstrapped statically (``--initial-cluster``)."""
 
-    def __init__(self, directory: Path, *, size: int = 3) -> None:
+    def __init__(self, directory: Path, *, size: int = 3, tls: EtcdTls | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.binary = require_binary("etcd")
         self.directory = directory
         self.members = [Member(f"m{i}", directory / f"m{i}") for i in range(size)]
         self.token = f"headwater-test-{os.getpid()}-{time.monotonic_ns()}"
+        self.tls = tls
+        self.extra_args = extra_args  # more etcd flags for every member
+        # (user, password) the harness logs in with once auth is enabled (root).
+        self.credentials: tuple[str, str] | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
     @property
     def endpoints(self) -> list[str]:
@@ -50,7 +86,11 @@ class EtcdCluster:
 
     def client(self, *, timeout_s: float = 2.0, endpoints: list[str] | None = None
                ) -> EtcdClient:
-        return EtcdClient(endpoints or self.endpoints, timeout_s=timeout_s)
+        user, password = self.credentials or (None, None)
+        return EtcdClient(endpoints or self.endpoints, timeout_s=timeout_s,
+                          ssl_context=None if self.tls is None
+                          else client_context(self.tls.client_config()),
+                          username=user, password=password)
 
     def start(self) -> None:
         for i in range(len(self.members)):
@@ -66,13 +106,14 @@ class EtcdCluster:
         log = (m.directory / "etcd.log").open("ab")
         m.process = subprocess.Popen(
             [self.binary, "--name", m.name, "--data-dir", str(m.directory / "data"),
-             "--listen-client-urls", f"http://{m.endpoint}",
-             "--advertise-client-urls", f"http://{m.endpoint}",
+             "--listen-client-urls", f"{self.scheme}://{m.endpoint}",
+             "--advertise-client-urls", f"{self.scheme}://{m.endpoint}",
+             *(self.tls.member_args() if self.tls is not None else []),
              "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
              "--initial-cluster", initial, "--initial-cluster-state", state,
              "--initial-cluster-token", self.token,
              "--heartbeat-interval", "50", "--election-timeout", "500",
-             "--log-level", "warn", "--logger", "zap"],
+             "--log-level", "warn", "--logger", "zap", *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if wait:
