@@ -44,6 +44,9 @@ from edge.storage.config import TOPIC_NAME
 
 log = logging.getLogger(__name__)
 
+# Cached decisions (principal, operation, resource) before the cache starts over.
+MAX_DECISIONS: Final = 4096
+
 ANONYMOUS: Final = "anonymous"
 ANY: Final = "*"
 ROLE: Final = "role:"
@@ -200,16 +203,20 @@ class Authorizer:
         self.denied = 0
         self._log = LogOnce(log, max_keys=MAX_LOGGED_DENIALS)
         self._members: dict[str, frozenset[str]] = {}
+        # Decisions already made, until the rules change: a producer's every batch
+        # asks the same question, and the answer then costs one dictionary lookup.
+        self._decisions: dict[tuple[str, Operation, str], bool] = {}
         self._set_rules(rules)
 
     def update(self, *, enabled: bool, rules: Iterable[Rule],
                superusers: Iterable[str] | None = None) -> None:
         self.enabled = enabled
-        self._set_rules(rules)
         if superusers is not None:
             self.superusers = frozenset(superusers)
+        self._set_rules(rules)
 
     def _set_rules(self, rules: Iterable[Rule]) -> None:
+        self._decisions = {}
         self.rules = list(rules)
         members: dict[str, set[str]] = {}
         for r in self.rules:
@@ -222,7 +229,18 @@ class Authorizer:
         return self._members.get(principal, frozenset()) | self._members.get(ANY, frozenset())
 
     def allows(self, principal: str, operation: Operation, resource: str) -> bool:
-        if not self.enabled or principal in self.superusers:
+        if not self.enabled:
+            return True
+        question = (principal, operation, resource)
+        answer = self._decisions.get(question)
+        if answer is None:
+            if len(self._decisions) >= MAX_DECISIONS:
+                self._decisions = {}
+            answer = self._decisions[question] = self._decide(principal, operation, resource)
+        return answer
+
+    def _decide(self, principal: str, operation: Operation, resource: str) -> bool:
+        if principal in self.superusers:
             return True
         if principal.startswith(ROLE):  # a name, never a role itself
             return any(r.principal == ANY and r.covers(principal, operation, resource)
