@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 # short enough that writes resume within a second of space returning.
 DISK_FULL_RETRY_S: Final = 0.5
 _FULL_ERRNOS: Final = (errno.ENOSPC, errno.EDQUOT)
+# Closed segments reads keep open per partition (release_idle closes them all).
+READ_SEGMENTS_OPEN: Final = 4
 
 
 class Evicted(NamedTuple):
@@ -102,7 +104,7 @@ class PartitionLog:
         self._closed = False
         self._checkpoint_written: bytes | None = None
         self._used = False  # appended to or read since the last release_idle
-        self._reading: Segment | None = None  # the closed segment reads last opened
+        self._reading: list[Segment] = []  # closed segments reads opened, oldest first
         self._full_since: float | None = None
         self.dropped = DropTally(directory)
         self.gaps = GapLedger(directory)
@@ -361,7 +363,7 @@ class PartitionLog:
             return None
         _, seg = self._segs.find(offset)
         self._used = True
-        if seg is not self._segs.active and seg is not self._reading:
+        if seg is not self._segs.active and seg not in self._reading:
             self._switch_reading(seg)
         try:
             start, first = seg.locate(offset)
@@ -371,12 +373,16 @@ class PartitionLog:
         return ReadSlice(seg.fd, start, end - start, first, next_offset)
 
     def _switch_reading(self, seg: Segment) -> None:
-        """Reads moved to another closed segment: close the one they read before, so
-        a consumer walking an old log keeps one descriptor open, not one a segment.
-        A slice handed out earlier is safe: its sender duplicated the descriptor."""
-        prev, self._reading = self._reading, seg
-        if prev is not None and prev is not self._segs.active and id(prev) not in self._pinned():
-            prev.close()
+        """Reads moved to another closed segment: past ``READ_SEGMENTS_OPEN`` of them,
+        close the one read longest ago, so a consumer walking an old log keeps a few
+        descriptors open, not one a segment (and a few consumers at different places
+        do not reopen files on every read). A slice handed out earlier is safe: its
+        sender duplicated the descriptor."""
+        self._reading.append(seg)
+        if len(self._reading) > READ_SEGMENTS_OPEN:
+            oldest = self._reading.pop(0)
+            if oldest is not self._segs.active and id(oldest) not in self._pinned():
+                oldest.close()
 
     def _pinned(self) -> set[int]:
         """Ids of the segments whose descriptors a flush still needs."""
@@ -398,7 +404,7 @@ class PartitionLog:
         f = self._flush
         settled = (not used and not f.outstanding and not f.rolled and not f.dir_dirty
                    and f.flushed == self._leo)
-        self._reading = None
+        self._reading = []
         return self._segs.release(self._pinned(), active=settled)
 
     def read_bytes(self, offset: int, max_bytes: int, *, max_offset: int | None = None) -> bytes:
@@ -457,7 +463,7 @@ class PartitionLog:
         if offset >= self._leo:
             return
         now = wall_clock_ms()
-        self._reading = None
+        self._reading = []
         try:
             if offset <= self._log_start:
                 gone = self._segs.drop(0, None, now)
@@ -535,7 +541,7 @@ class PartitionLog:
         """Delete the first ``count`` segments; the records and bytes at or above
         ``covered`` among them, also added to ``dropped``."""
         lost = (0, 0) if covered is None else self._beyond(count, covered)
-        self._reading = None  # a dropped segment's descriptor retires (grace period)
+        self._reading = []  # a dropped segment's descriptor retires (grace period)
         try:
             gone = self._segs.drop(0, count, now)
             self._segs.lock.fsync()
