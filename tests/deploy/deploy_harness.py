@@ -351,6 +351,26 @@ def start_unit(root: Path, unit_path: Path, *, instance: str = "", log_dir: Path
     return running
 
 
+@contextmanager
+def node_units(root: Path, log_dir: Path, spu_ids: Sequence[int], *,
+               system: str = "etc/systemd/system") -> Iterator[dict[str, RunningUnit]]:
+    """The SC and the SPUs ``spu_ids`` of a node, started from their rendered units
+    (more may be added to the dict: they are killed with them, last first)."""
+    started: dict[str, RunningUnit] = {}
+    try:
+        units = root / system
+        started["sc"] = start_unit(root, units / "headwater-sc.service", log_dir=log_dir)
+        for spu_id in spu_ids:
+            started[f"spu-{spu_id}"] = start_unit(root, units / "headwater-spu@.service",
+                                                  instance=str(spu_id), log_dir=log_dir)
+        yield started
+    finally:
+        for unit in reversed(list(started.values())):
+            if unit.proc.poll() is None:
+                unit.proc.kill()
+                unit.proc.wait(10)
+
+
 # --- ansible ---------------------------------------------------------------------
 
 RECAP = re.compile(

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from deploy_harness import CLOUD_HOST, CloudRoot, RunningUnit, run_in_root, start_unit
+from deploy_harness import CLOUD_HOST, CloudRoot, RunningUnit, node_units, run_in_root
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(1800)]
 
@@ -42,19 +42,8 @@ def test_tls_material_and_configs(cloud_root: CloudRoot) -> None:
 
 @pytest.fixture
 def cloud_running(cloud_root: CloudRoot, tmp_path: Path) -> Iterator[dict[str, RunningUnit]]:
-    system = cloud_root.root / "etc/systemd/system"
-    started: dict[str, RunningUnit] = {}
-    try:
-        started["sc"] = start_unit(cloud_root.root, system / "headwater-sc.service",
-                                   log_dir=tmp_path)
-        started["spu"] = start_unit(cloud_root.root, system / "headwater-spu@.service",
-                                    instance="1000", log_dir=tmp_path)
+    with node_units(cloud_root.root, tmp_path, [1000]) as started:
         yield started
-    finally:
-        for unit in reversed(list(started.values())):
-            if unit.proc.poll() is None:
-                unit.proc.kill()
-                unit.proc.wait(10)
 
 
 def test_sc_and_spu_answer_over_mutual_tls_only(

@@ -22,6 +22,7 @@ from deploy_harness import (
     EdgeRoot,
     RunningUnit,
     Unit,
+    node_units,
     run_in_root,
     run_playbook,
     start_unit,
@@ -180,24 +181,12 @@ def test_rendered_configs_pass_check_config(edge_root: EdgeRoot) -> None:
 def running(edge_root: EdgeRoot, tmp_path: Path) -> Iterator[dict[str, RunningUnit]]:
     """Every unit of the node started from its rendered unit file, in boot order."""
     system = edge_root.root / SYSTEM
-    started: dict[str, RunningUnit] = {}
-    try:
-        started["sc"] = start_unit(edge_root.root, system / "headwater-sc.service",
-                                   log_dir=tmp_path)
-        for spu_id in edge_root.spu_ids:
-            started[f"spu-{spu_id}"] = start_unit(
-                edge_root.root, system / "headwater-spu@.service",
-                instance=str(spu_id), log_dir=tmp_path)
+    with node_units(edge_root.root, tmp_path, edge_root.spu_ids) as started:
         mosquitto = edge_root.root / "lib/systemd/system/mosquitto.service"
         started["mosquitto"] = start_unit(edge_root.root, mosquitto, log_dir=tmp_path)
         started["gateway"] = start_unit(edge_root.root, system / "headwater-gateway.service",
                                         log_dir=tmp_path)
         yield started
-    finally:
-        for unit in reversed(list(started.values())):
-            if unit.proc.poll() is None:
-                unit.proc.kill()
-                unit.proc.wait(10)
 
 
 def test_daemons_run_from_their_units_answer_and_stop_cleanly(

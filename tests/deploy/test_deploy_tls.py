@@ -35,15 +35,14 @@ from deploy_harness import (
     PlaybookRun,
     RunningUnit,
     exec_argv,
+    node_units,
     run_in_root,
     run_playbook,
-    start_unit,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(1800)]
 
 HEADWATER = "/opt/headwater/venv/bin/headwater"
-SYSTEM = Path("etc/systemd/system")
 TLS_DIR = Path("etc/headwater/tls")
 # File name on the node and on the controller = the subject CN `headwater tls issue` gives.
 GATEWAY = f"gateway-{EDGE_HOST}"
@@ -180,21 +179,8 @@ def test_configs_name_each_services_certificate_and_no_fingerprint(
 @pytest.fixture
 def ca_running(edge_ca_root: EdgeRoot, tmp_path: Path) -> Iterator[dict[str, RunningUnit]]:
     """The SC and both SPUs run from their rendered units, with their issued certificates."""
-    system = edge_ca_root.root / SYSTEM
-    started: dict[str, RunningUnit] = {}
-    try:
-        started["sc"] = start_unit(edge_ca_root.root, system / "headwater-sc.service",
-                                   log_dir=tmp_path)
-        for spu_id in edge_ca_root.spu_ids:
-            started[f"spu-{spu_id}"] = start_unit(
-                edge_ca_root.root, system / "headwater-spu@.service", instance=str(spu_id),
-                log_dir=tmp_path)
+    with node_units(edge_ca_root.root, tmp_path, edge_ca_root.spu_ids) as started:
         yield started
-    finally:
-        for unit in reversed(list(started.values())):
-            if unit.proc.poll() is None:
-                unit.proc.kill()
-                unit.proc.wait(10)
 
 
 def served_serial(edge: EdgeRoot, port: int, server_name: str) -> int:
