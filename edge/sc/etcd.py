@@ -230,6 +230,10 @@ class _TransportError(Exception):
     """One endpoint did not answer (connect, send, receive, or etcd's own timeout)."""
 
 
+class _InvalidTokenError(_TransportError):
+    """etcd did not know the auth token a watch was opened with."""
+
+
 class EtcdClient:
     """Synchronous etcd v3 client (keys and values are bytes; ``str`` is UTF-8)."""
 
@@ -283,25 +287,43 @@ class EtcdClient:
 
     def _open_watch(self, endpoint: str, key: bytes, prefix: bool, start: int) -> Watch:
         deadline = time.monotonic() + self.timeout_s
+        create: dict[str, Any] = {"key": _b64(key), "start_revision": str(start)}
+        if prefix:
+            create["range_end"] = _b64(prefix_end(key))
+        body = json.dumps({"create_request": create}).encode()
+        if self._credentials is None:
+            return self._start_watch(endpoint, body, None)
+        try:
+            return self._start_watch(endpoint, body,
+                                     self._token or self._authenticate(endpoint, deadline))
+        except _InvalidTokenError:
+            # Expired, or the member restarted since: log in again, once.
+            return self._start_watch(endpoint, body, self._authenticate(endpoint, deadline))
+
+    def _start_watch(self, endpoint: str, body: bytes, token: str | None) -> Watch:
         headers = {"Content-Type": "application/json"}
-        if self._credentials is not None:
-            headers["Authorization"] = self._token or self._authenticate(endpoint, deadline)
+        if token is not None:
+            headers["Authorization"] = token
         host, _, port = endpoint.rpartition(":")
         conn: http.client.HTTPConnection = (
             http.client.HTTPSConnection(host, int(port), timeout=self.timeout_s,
                                         context=self._ssl)
             if self._ssl is not None else
             http.client.HTTPConnection(host, int(port), timeout=self.timeout_s))
-        create: dict[str, Any] = {"key": _b64(key), "start_revision": str(start)}
-        if prefix:
-            create["range_end"] = _b64(prefix_end(key))
         try:
-            conn.request("POST", "/v3/watch", json.dumps({"create_request": create}).encode(),
-                         headers)
+            conn.request("POST", "/v3/watch", body, headers)
             response = conn.getresponse()
             self._check_watch_answer(endpoint, response)
             watch = Watch(conn, response, endpoint)
-            watch.next_message()  # "created", within the timeout
+            try:
+                watch.next_message()  # "created", within the timeout
+            except WatchLost as exc:
+                # etcd accepts the stream, then cancels a watch whose token it does
+                # not know ("rpc error: code = Unauthenticated desc = ... invalid
+                # auth token").
+                if _INVALID_TOKEN in str(exc):
+                    raise _InvalidTokenError(str(exc)) from None
+                raise
         except BaseException:
             conn.close()
             raise
@@ -316,7 +338,7 @@ class EtcdClient:
             _decode(endpoint, "/v3/watch", response.status, response.read(65536))
         except EtcdError as exc:
             if _INVALID_TOKEN in str(exc) or exc.data.get("code") == _GRPC_UNAUTHENTICATED:
-                self._token = None  # the next attempt authenticates again
+                raise _InvalidTokenError(str(exc)) from None
             raise _TransportError(str(exc)) from None
         raise _TransportError(f"HTTP {response.status}")
 
