@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,11 +41,50 @@ from edge.secret import GENERATED_NAME, ClusterSecret
 START_TIMEOUT_S = 30.0
 
 
+LOW_PORT = 20000
+
+
+def ephemeral_start() -> int:
+    """First port of the kernel's ephemeral range (outgoing connections' local ports)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+_next_port: list[int] = []
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the daemon binds it right after)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port that was free a moment ago (the daemon binds it right after).
+
+    Chosen below the kernel's ephemeral range and never handed out twice by this
+    process: a port the kernel gave out (``bind(0)``) can be taken by any outgoing
+    connection on the machine between this check and the daemon's bind.
+    """
+    high = ephemeral_start()
+    if high - LOW_PORT < 1000:  # an unusual range: fall back to the kernel's choice
+        with socket.socket() as s:
+            s.bind((host, 0))
+            return int(s.getsockname()[1])
+    if not _next_port:
+        _next_port.append(random.randrange(LOW_PORT, high))
+    for _ in range(high - LOW_PORT):
+        port = _next_port[0]
+        _next_port[0] = port + 1 if port + 1 < high else LOW_PORT
+        if port_free(port, host):
+            return port
+    raise RuntimeError(f"no free port in {LOW_PORT}..{high - 1}")
 
 
 class LocalCluster:

@@ -36,6 +36,8 @@ from pathlib import Path
 import pytest
 from support import IN_CI, require
 
+from edge.testing import LOW_PORT, ephemeral_start, port_free
+
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "deploy" / "ansible"
 ROLES = ANSIBLE_DIR / "roles"
@@ -439,14 +441,6 @@ def run_playbook(playbook: str, inventory: Path, *, tmp: Path, mount_root: Path 
 # --- free ports --------------------------------------------------------------------
 
 
-def _ephemeral_start() -> int:
-    try:
-        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
-        return int(text.split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
 def free_port_block(size: int, *, stride: int = 1) -> int:
     """A base port such that base + k * stride and base + k * stride + 1 (k < size) are free.
 
@@ -454,22 +448,13 @@ def free_port_block(size: int, *, stride: int = 1) -> int:
     later (after the converge), and an outgoing connection of anything else on
     the machine must not take one in between.
     """
-    high = _ephemeral_start() - size * stride - 2
+    high = ephemeral_start() - size * stride - 2
     for _ in range(500):
-        base = random.randrange(20000, high)
+        base = random.randrange(LOW_PORT, high)
         ports = [base + k * stride + d for k in range(size) for d in (0, 1)]
-        if all(_port_free(port) for port in ports):
+        if all(port_free(port) for port in ports):
             return base
     raise RuntimeError("no free port block")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def host_user_exists(name: str) -> bool:
