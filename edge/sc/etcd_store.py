@@ -68,6 +68,10 @@ CONFLICT_BACKOFF_S: Final = 0.01
 METADATA_PREFIX: Final = "meta"
 GROUPS_PREFIX: Final = "groups"
 MIGRATION_BATCH: Final = 64
+# Rows per txn for the bulk changes that can touch any number of keys (a site's
+# mirrors, a user's tokens, the positions in deleted topics): well below etcd's
+# --max-txn-ops (128 by default) with room for the generation and the fence.
+BULK_ROWS: Final = 100
 # Present under the prefix while `headwater sc migrate` copies into it.
 MIGRATING_KEY: Final = "migrating"
 
@@ -410,13 +414,19 @@ class EtcdMetadataStore(_Tables):
         return self._write(plan)
 
     def delete_site(self, name: str) -> bool:
+        """The site's mirrors, BULK_ROWS to a txn, then the site: an error part way
+        leaves the site registered with fewer mappings, and deleting again finishes."""
+        def mirrors() -> tuple[Changes, list[str], int]:
+            gone = [_mirror_key(m) for m in self._mirrors.values() if m.site == name]
+            changes: Changes = dict.fromkeys(gone[:BULK_ROWS], DELETE)
+            return (self._bump(changes) if changes else changes), [], len(changes)
+
         def plan() -> tuple[Changes, list[str], bool]:
-            changes: Changes = {key("sites", name): DELETE}
-            for m in self._mirrors.values():
-                if m.site == name:
-                    changes[_mirror_key(m)] = DELETE
-            return self._bump(changes), [], name in self._sites
-        return self._write(plan)
+            return self._bump({key("sites", name): DELETE}), [], name in self._sites
+        with self._lock:
+            while self._write(mirrors):
+                pass
+            return self._write(plan)
 
     def sites(self) -> list[SiteRow]:
         return [self._sites[n] for n in sorted(self._sites)]
@@ -485,14 +495,20 @@ class EtcdMetadataStore(_Tables):
         self._write(plan)
 
     def revoke_tokens(self, name: str, id_prefix: str, revoked_ms: int) -> int:
-        """Revoke the live tokens of ``name`` whose digest starts with ``id_prefix``."""
+        """Revoke the live tokens of ``name`` whose digest starts with ``id_prefix``,
+        BULK_ROWS to a txn (an error part way leaves the first ones revoked; revoking
+        again finishes)."""
         def plan() -> tuple[Changes, list[str], int]:
             hit = [t for t in self._tokens.values() if t.name == name
-                   and t.revoked_ms is None and t.sha256.startswith(id_prefix)]
-            changes = {key("tokens", t.sha256): t._replace(revoked_ms=revoked_ms)._asdict()
-                       for t in hit}
-            return self._bump(changes), [], len(hit)
-        return self._write(plan)
+                   and t.revoked_ms is None and t.sha256.startswith(id_prefix)][:BULK_ROWS]
+            changes: Changes = {key("tokens", t.sha256):
+                                t._replace(revoked_ms=revoked_ms)._asdict() for t in hit}
+            return (self._bump(changes) if changes else changes), [], len(hit)
+        with self._lock:
+            total = 0
+            while revoked := self._write(plan):
+                total += revoked
+            return total
 
     def tokens(self) -> list[TokenRow]:
         return sorted(self._tokens.values(), key=lambda t: (t.name, t.created_ms, t.sha256))
@@ -571,14 +587,24 @@ class EtcdGroupStore(_Tables):
         return self._write(plan)
 
     def forget_topics_except(self, topics: Iterable[str]) -> int:
-        """Drop the positions in topics that no longer exist; returns rows removed."""
+        """Drop the positions in topics that no longer exist, BULK_ROWS keys to a txn;
+        returns rows removed."""
         keep = set(topics)
 
         def plan() -> tuple[Changes, list[str], int]:
-            gone = [k for k in self._positions if k[1] not in keep]
-            return ({key("group_offsets", g, t, _chunk(p)): DELETE for g, t, p in gone}, [],
-                    len(gone))
-        return self._write(plan)
+            rows: dict[tuple[str, str, str], int] = {}
+            for g, t, p in self._positions:
+                if t not in keep:
+                    chunk = (g, t, _chunk(p))
+                    rows[chunk] = rows.get(chunk, 0) + 1
+            batch = sorted(rows)[:BULK_ROWS]
+            return ({key("group_offsets", *c): DELETE for c in batch}, [],
+                    sum(rows[c] for c in batch))
+        with self._lock:
+            total = 0
+            while removed := self._write(plan):
+                total += removed
+            return total
 
 
 def migrate_from_sqlite(sqlite_path: Path, client: EtcdClient, prefix: str) -> dict[str, int]:

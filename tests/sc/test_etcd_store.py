@@ -210,6 +210,38 @@ def test_tokens(open_store: Open) -> None:
     assert [t.revoked_ms for t in open_store().tokens()] == [101, 99, None]
 
 
+def test_bulk_changes_larger_than_one_etcd_txn(open_store: Open,
+                                               open_groups: OpenGroups) -> None:
+    # etcd refuses a txn of more than --max-txn-ops (128) operations: a site with
+    # hundreds of mirrored partitions, a user with hundreds of tokens and positions in
+    # hundreds of deleted topics are still removed whole.
+    store = open_store()
+    store.add_site(SiteRow("big", "d", 1))
+    store.add_site(SiteRow("small", "d", 1))
+    store.add_topic(TopicRow("m", 0, 1, {"mirror": True}, "ready", 5), [])
+    for p in range(300):
+        site = "big" if p < 290 else "small"
+        store.add_mirror_partition(MirrorRow(site, "m", p, p, "src", f"inc{p}", 6),
+                                   PartitionRow("m", p, [1], 1, 0, [1]), None)
+    for n in range(260):
+        store.add_token(TokenRow(f"{n:04d}" + "0" * 60, "alice", "user", "user:alice", n, None))
+    store.add_token(TokenRow("f" * 64, "bob", "user", "user:bob", 1, None))
+    assert store.delete_site("big")
+    assert store.revoke_tokens("alice", "", 999) == 260
+    again = open_store()
+    assert [m.edge_partition for m in again.mirrors()] == list(range(290, 300))
+    assert [s.name for s in again.sites()] == ["small"]
+    assert [t.name for t in again.tokens() if t.revoked_ms is None] == ["bob"]
+    assert {t.revoked_ms for t in again.tokens() if t.name == "alice"} == {999}
+
+    groups = open_groups()
+    for n in range(200):
+        groups.commit("g", f"gone-{n}", {0: n, 70: n}, 1)  # two position keys a topic
+    groups.commit("g", "kept", {0: 5}, 1)
+    assert groups.forget_topics_except(["kept"]) == 400
+    assert [(p.topic, p.offset) for p in open_groups().positions()] == [("kept", 5)]
+
+
 def test_group_store(open_groups: OpenGroups) -> None:
     store = open_groups()
     assert store.generation("g") == 0
