@@ -10,13 +10,15 @@ from edge.metrics import counter, gauge, listener_families
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+    from edge.protocol.groups import GroupRow
     from edge.sc.controller import Controller
     from edge.sc.sites import SiteRegistry
 
 
 def sc_source(controller: Controller, sites: SiteRegistry,
               listeners: Callable[[], dict[str, dict[str, int]]],
-              denied: Callable[[], int] = lambda: 0) -> Callable[[], Iterator[Metric]]:
+              denied: Callable[[], int] = lambda: 0,
+              groups: Callable[[], list[GroupRow]] = list) -> Callable[[], Iterator[Metric]]:
     def collect() -> Iterator[Metric]:
         spus = list(controller.spus.values())
         yield gauge("headwater_spus", "Registered SPUs by state.", ["state"],
@@ -42,7 +44,28 @@ def sc_source(controller: Controller, sites: SiteRegistry,
         yield counter("headwater_authorization_denied", "Requests refused with "
                       "AUTHORIZATION_FAILED (no ACL allowed them).", [], [([], denied())])
         yield from _sites(sites.list())
+        yield from _groups(groups())
     return collect
+
+
+def _groups(rows: list[GroupRow]) -> Iterator[Metric]:
+    """Consumer groups: a row per (group, topic) the coordinator lists, a partition
+    where the group stored a position (lag also needs the leader's high watermark)."""
+    parts = [(r.group, r.topic, p) for r in rows if r.topic is not None for p in r.partitions]
+    yield gauge("headwater_consumer_group_lag_records", "Records past a consumer group's "
+                "committed position: the partition's high watermark minus the position.",
+                ["group", "topic", "partition"],
+                [([g, t, str(p.partition)], float(p.lag)) for g, t, p in parts
+                 if p.lag is not None])
+    yield gauge("headwater_consumer_group_committed_offset", "The position a consumer "
+                "group stored: the next offset it will read.", ["group", "topic", "partition"],
+                [([g, t, str(p.partition)], float(p.offset)) for g, t, p in parts
+                 if p.offset is not None])
+    members: dict[str, int] = {}
+    for r in rows:
+        members[r.group] = members.get(r.group, 0) + len(r.members)
+    yield gauge("headwater_consumer_group_members", "Live members of a consumer group.",
+                ["group"], [([g], float(n)) for g, n in sorted(members.items())])
 
 
 def _sites(rows: list[dict[str, Any]]) -> Iterator[Metric]:

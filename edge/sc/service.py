@@ -126,7 +126,8 @@ class Sc:
                 data_dir=self.cfg.data_dir, listeners=servers.values(),
                 source=sc_source(self.controller, self.sites,
                                  lambda: {k: v.status() for k, v in servers.items()},
-                                 lambda: self.authorizer.denied))
+                                 lambda: self.authorizer.denied,
+                                 lambda: self.groups.coordinator.describe(time.monotonic())))
         self._announce(pub, priv)
         if self.cfg.insecure_private:
             log.warning("SC private port %s accepts any caller (insecure_private): for "

@@ -19,7 +19,7 @@ import pytest
 from mqtt_helpers import DLQ, TOPIC, GatewayProcess, create_topics, device_payload
 from support import require
 
-from edge.client import Acks, Producer
+from edge.client import Acks, Consumer, Offset, Producer
 from edge.testing import LocalCluster, free_port
 from gateway.mqtt.testing import Mosquitto
 
@@ -125,6 +125,22 @@ async def test_prometheus_sees_records_flow_and_a_partition_go_offline(
                          lambda v: v > 200 * 2)
         await prom.until('sum(headwater_gateway_events_total{job="gateway"})',
                          lambda v: v >= 50)
+        # A consumer group that processed 100 of the 250 records lags by 150.
+        async with Consumer(c.sc_addr, TOPIC, group="dashboard", offset=Offset.beginning(),
+                            session_timeout_s=3) as group, asyncio.timeout(30):
+            handed = 0
+            async for _ in group:
+                handed += 1
+                if handed == 100:
+                    break
+            assert await group.commit() == {0: 100}
+            await prom.until('headwater_consumer_group_members{group="dashboard"}',
+                             lambda v: v == 1)
+        labels = f'group="dashboard",topic="{TOPIC}",partition="0"'
+        assert await prom.until(f"headwater_consumer_group_committed_offset{{{labels}}}",
+                                lambda v: v == 100) == 100
+        assert await prom.until(f"headwater_consumer_group_lag_records{{{labels}}}",
+                                lambda v: v == 150) == 150
         assert await prom.value("headwater_partitions_offline") == 0
         assert await prom.value('headwater_spus{state="online"}') == 1
         # A partition goes offline: its only SPU dies; the SC says so.
