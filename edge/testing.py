@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import json
 import os
 import random
@@ -27,7 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,29 +64,33 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-_next_port: list[int] = []
+@functools.cache
+def _candidates() -> Iterator[int]:
+    """Every port from LOW_PORT to the ephemeral range once, from a random start,
+    then around again: this process never hands out a port twice in a row."""
+    high = ephemeral_start()
+    first = random.randrange(LOW_PORT, high)
+    return itertools.cycle(itertools.chain(range(first, high), range(LOW_PORT, first)))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (the daemon binds it right after).
 
-    Chosen below the kernel's ephemeral range and never handed out twice by this
-    process: a port the kernel gave out (``bind(0)``) can be taken by any outgoing
-    connection on the machine between this check and the daemon's bind.
+    Chosen below the kernel's ephemeral range: a port the kernel hands out
+    (``bind(0)``) can be taken by any outgoing connection on the machine between
+    this check and the daemon's bind.
     """
-    high = ephemeral_start()
-    if high - LOW_PORT < 1000:  # an unusual range: fall back to the kernel's choice
+    span = ephemeral_start() - LOW_PORT
+    if span < 1000:  # an unusual range: fall back to the kernel's choice
         with socket.socket() as s:
             s.bind((host, 0))
             return int(s.getsockname()[1])
-    if not _next_port:
-        _next_port.append(random.randrange(LOW_PORT, high))
-    for _ in range(high - LOW_PORT):
-        port = _next_port[0]
-        _next_port[0] = port + 1 if port + 1 < high else LOW_PORT
+    ports = _candidates()
+    for _ in range(span):
+        port = next(ports)
         if port_free(port, host):
             return port
-    raise RuntimeError(f"no free port in {LOW_PORT}..{high - 1}")
+    raise RuntimeError(f"no free port from {LOW_PORT} to {LOW_PORT + span - 1}")
 
 
 class LocalCluster:
