@@ -43,7 +43,10 @@ from edge.secret import GENERATED_NAME, ClusterSecret
 START_TIMEOUT_S = 30.0
 
 
-LOW_PORT = 20000
+LOW_PORT = 10000
+# free_port hands out every fourth port: a daemon that also binds the next ones
+# (`headwater local --sc-port P` takes P and P + 1) never meets another's.
+PORT_STRIDE = 4
 
 
 def ephemeral_start() -> int:
@@ -66,11 +69,11 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 
 @functools.cache
 def _candidates() -> Iterator[int]:
-    """Every port from LOW_PORT to the ephemeral range once, from a random start,
-    then around again: this process never hands out a port twice in a row."""
-    high = ephemeral_start()
-    first = random.randrange(LOW_PORT, high)
-    return itertools.cycle(itertools.chain(range(first, high), range(LOW_PORT, first)))
+    """Every PORT_STRIDE-th port from LOW_PORT to the ephemeral range once, from a
+    random start, then around again: this process hands out no port twice in a row."""
+    ports = range(LOW_PORT, ephemeral_start() - PORT_STRIDE, PORT_STRIDE)
+    first = random.randrange(len(ports))
+    return itertools.cycle(itertools.chain(ports[first:], ports[:first]))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -80,7 +83,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     (``bind(0)``) can be taken by any outgoing connection on the machine between
     this check and the daemon's bind.
     """
-    span = ephemeral_start() - LOW_PORT
+    span = (ephemeral_start() - LOW_PORT) // PORT_STRIDE
     if span < 1000:  # an unusual range: fall back to the kernel's choice
         with socket.socket() as s:
             s.bind((host, 0))
@@ -90,7 +93,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         port = next(ports)
         if port_free(port, host):
             return port
-    raise RuntimeError(f"no free port from {LOW_PORT} to {LOW_PORT + span - 1}")
+    raise RuntimeError(f"no free port from {LOW_PORT} to {ephemeral_start() - 1}")
 
 
 class LocalCluster:
