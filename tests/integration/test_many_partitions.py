@@ -48,15 +48,18 @@ async def test_an_spu_takes_an_assignment_larger_than_frame_metadata(tmp_path: P
 
 
 IDLE_PARTITIONS = 300
+IDLE_CLOSE_S = 10.0
 
 
 async def test_idle_partitions_close_their_files_and_reopen_them_on_use(
     tmp_path: Path,
 ) -> None:
-    async with LocalCluster(tmp_path / "c", spu_settings={"idle_close_s": 3.0}) as c:
+    # Long enough that all 300 are still open when counted, on a loaded machine too.
+    async with LocalCluster(tmp_path / "c", spu_settings={"idle_close_s": IDLE_CLOSE_S}) as c:
         spu = psutil.Process(c.spu_procs[1].pid)
         async with Admin(c.sc_addr) as admin:
             await admin.create_topic("idle", partitions=IDLE_PARTITIONS)
+            await admin.wait_ready("idle", timeout=60)
             async with Producer(c.sc_addr) as p:
                 futures = [await p.send("idle", b"r%d" % i, partition=i)
                            for i in range(IDLE_PARTITIONS)]
@@ -69,7 +72,7 @@ async def test_idle_partitions_close_their_files_and_reopen_them_on_use(
             async def settled() -> bool:
                 return spu.num_fds() < 100
 
-            await wait_for(settled, timeout=20)
+            await wait_for(settled, timeout=4 * IDLE_CLOSE_S)
             # Everything reopens on use: each record is still there, and more go in.
             async with Producer(c.sc_addr) as p:
                 await (await p.send("idle", b"again", partition=7))
