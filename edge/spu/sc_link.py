@@ -223,7 +223,12 @@ class ScLink:
         return out
 
     async def _heartbeats(self, conn: ClientConnection) -> None:
+        """One heartbeat every ``heartbeat_interval_s`` from the start of the last one,
+        not from its answer: an SC slow to answer (busy electing for hundreds of
+        partitions) must not stretch the period past its own heartbeat timeout."""
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             sent_at = self.guard.token()
             rows, blob = rows_out("partitions", self._status())
             meta, _ = await conn.request(
@@ -234,7 +239,7 @@ class ScLink:
             # Confirmed only once the assignment the SC had when it answered is applied.
             if self.replicas.version >= decode_response(sc_api.HEARTBEAT_ANSWER, meta).version:
                 self.guard.confirmed(sent_at)
-            await asyncio.sleep(self.cfg.heartbeat_interval_s)
+            await asyncio.sleep(max(0.0, started + self.cfg.heartbeat_interval_s - loop.time()))
 
     def _status(self) -> list[dict[str, Any]]:
         return [p.status() for p in self.replicas.partitions.values()]
