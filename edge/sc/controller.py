@@ -30,6 +30,11 @@ from edge.storage.mirror import MirrorOwner
 
 log = logging.getLogger(__name__)
 
+# One election: the partition as stored, its new leader (None: no eligible one), ISR.
+Election = tuple[PartitionRow, int | None, list[int]]
+# A round of more elections than this is logged as one line per kind.
+ROUND_LINES = 10
+
 
 @dataclass
 class SpuState:
@@ -229,6 +234,7 @@ class Controller:
         """New leaders, from the ISR, for every partition ``spu_id`` led."""
         topics = {t.name: t for t in self.store.topics()}
         online = self._online()
+        changes: list[Election] = []
         for p in self.store.partitions():
             if p.leader != spu_id:
                 continue
@@ -238,18 +244,21 @@ class Controller:
             # it can lead again when it returns (it has everything committed). An
             # unclean successor is in sync with nobody but itself.
             if new is None:
-                self._set_leader(p, None, p.isr)
+                changes.append((p, None, p.isr))
             else:
-                self._set_leader(p, new, isr if new in isr else [new])
+                changes.append((p, new, isr if new in isr else [new]))
+        self._set_leaders(changes)
 
     def _elect_leaderless(self) -> None:
         topics = {t.name: t for t in self.store.topics()}
         online = self._online()
+        changes: list[Election] = []
         for p in self.store.partitions():
             if p.leader is None or p.leader not in online:
                 new = self._choose_leader(p, p.isr, online, topics.get(p.topic))
                 if new is not None and new != p.leader:
-                    self._set_leader(p, new, p.isr if new in p.isr else [new])
+                    changes.append((p, new, p.isr if new in p.isr else [new]))
+        self._set_leaders(changes)
 
     def _catch_up_epochs(self) -> bool:
         """Move each partition whose replicas know an epoch the SC's store lacks (the
@@ -260,7 +269,7 @@ class Controller:
         SC start, the partition waits for its report. True if anything changed."""
         reports = self._reports()
         topics: dict[str, TopicRow] | None = None
-        changed = False
+        changes: list[Election] = []
         for p in self.store.partitions():
             key = (p.topic, p.idx)
             live = reports.get(key, {})
@@ -285,9 +294,9 @@ class Controller:
             log.warning("SC's epoch for %s/%d was behind the SPUs' (%d %s %d): metadata "
                         "restored from an older copy? moving to epoch %d", p.topic, p.idx,
                         p.epoch, "<" if p.epoch < top else "=", top, max(p.epoch, top) + 1)
-            self._set_leader(p, leader, isr)
-            changed = True
-        return changed
+            changes.append((p, leader, isr))
+        self._set_leaders(changes)
+        return bool(changes)
 
     def _reports(self) -> dict[tuple[str, int], dict[int, ReplicaStatus]]:
         """Per partition, what each registered online SPU last reported of it."""
@@ -317,17 +326,25 @@ class Controller:
                     return r
         return None
 
-    def _set_leader(self, p: PartitionRow, leader: int | None, isr: list[int]) -> None:
+    def _set_leaders(self, changes: Sequence[Election]) -> None:
+        """Store a round of elections in one write and log it: a partition a line,
+        or for a large round one line of each kind naming the first few."""
         # Past the stored epoch and every epoch an SPU reported: an SPU ignores an
         # assignment older than what it knows, and one epoch never has two leaders.
-        epoch = max(p.epoch, self.seen_epochs.get((p.topic, p.idx), -1)) + 1
-        row = PartitionRow(p.topic, p.idx, p.replicas, leader, epoch, isr)
-        self.store.update_partition(row)
-        if leader is None:
-            log.warning("%s/%d has no eligible leader (ISR %s offline)", p.topic, p.idx, p.isr)
-        else:
-            log.info("%s/%d: SPU %s leads, epoch %d (was SPU %s)", p.topic, p.idx, leader,
-                     row.epoch, p.leader)
+        rows = [PartitionRow(p.topic, p.idx, p.replicas, leader,
+                             max(p.epoch, self.seen_epochs.get((p.topic, p.idx), -1)) + 1, isr)
+                for p, leader, isr in changes]
+        if not rows:
+            return
+        self.store.update_partitions(rows)
+        leaderless = [f"{p.topic}/{p.idx} has no eligible leader (ISR {p.isr} offline)"
+                      for (p, _, _), row in zip(changes, rows, strict=True)
+                      if row.leader is None]
+        led = [f"{p.topic}/{p.idx}: SPU {row.leader} leads, epoch {row.epoch} "
+               f"(was SPU {p.leader})" for (p, _, _), row in zip(changes, rows, strict=True)
+               if row.leader is not None]
+        _log_round(logging.WARNING, leaderless)
+        _log_round(logging.INFO, led)
 
     def update_isr(self, spu_id: int, topic: str, index: int, epoch: int,
                    isr: Sequence[int]) -> None:
@@ -351,15 +368,15 @@ class Controller:
         """Move leadership back to each partition's preferred replica where it is in
         the ISR and online; returns how many partitions moved."""
         online = self._online()
-        moved = 0
+        changes: list[Election] = []
         for p in self.store.partitions(topic):
             preferred = p.replicas[0]
             if p.leader != preferred and preferred in p.isr and preferred in online:
-                self._set_leader(p, preferred, p.isr)
-                moved += 1
-        if moved:
+                changes.append((p, preferred, p.isr))
+        self._set_leaders(changes)
+        if changes:
             self._changed()
-        return moved
+        return len(changes)
 
     def replicas_for(self, spu_id: int) -> list[dict[str, Any]]:
         topics = {t.name: t for t in self.store.topics()}
@@ -445,3 +462,12 @@ def _partition_rows(topic: str, placement: list[list[int]] | None) -> list[Parti
         return []
     return [PartitionRow(topic, i, replicas, replicas[0], 0, list(replicas))
             for i, replicas in enumerate(placement)]
+
+
+def _log_round(level: int, lines: list[str]) -> None:
+    if len(lines) <= ROUND_LINES:
+        for line in lines:
+            log.log(level, "%s", line)
+    else:
+        log.log(level, "%d partitions in one round: %s; ... and %d more", len(lines),
+                "; ".join(lines[:3]), len(lines) - 3)

@@ -40,7 +40,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import quote, unquote
@@ -369,7 +369,22 @@ class EtcdMetadataStore(_Tables):
         return self._topics.get(name)
 
     def update_partition(self, p: PartitionRow) -> None:
-        self._write(lambda: (self._bump(self._partition_changes([p], self._topics)), [], None))
+        self.update_partitions([p])
+
+    def update_partitions(self, rows: Sequence[PartitionRow]) -> None:
+        """BULK_ROWS partition keys to a txn: an election round can touch a
+        partition of every topic."""
+        chunks: dict[tuple[str, str], list[PartitionRow]] = {}
+        for p in rows:
+            chunks.setdefault((p.topic, _chunk(p.idx)), []).append(p)
+        groups = list(chunks.values())
+        with self._lock:
+            for start in range(0, len(groups), BULK_ROWS):
+                part = [p for group in groups[start:start + BULK_ROWS] for p in group]
+
+                def plan(part: list[PartitionRow] = part) -> tuple[Changes, list[str], None]:
+                    return self._bump(self._partition_changes(part, self._topics)), [], None
+                self._write(plan)
 
     def _partition_changes(self, rows: Iterable[PartitionRow],
                            topics: Mapping[str, TopicRow]) -> Changes:

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
@@ -215,8 +216,14 @@ class MetadataStore:
     # partitions -----------------------------------------------------------
 
     def update_partition(self, p: PartitionRow) -> None:
+        self.update_partitions([p])
+
+    def update_partitions(self, rows: Sequence[PartitionRow]) -> None:
+        """In one transaction: an election round for every partition an SPU led is
+        one commit (one fsync), not one per partition."""
         with self._tx():
-            self._put_partition(p)
+            for p in rows:
+                self._put_partition(p)
 
     def _put_partition(self, p: PartitionRow) -> None:
         self._db.execute(

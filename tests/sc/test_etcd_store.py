@@ -234,6 +234,13 @@ def test_bulk_changes_larger_than_one_etcd_txn(open_store: Open,
     assert [t.name for t in again.tokens() if t.revoked_ms is None] == ["bob"]
     assert {t.revoked_ms for t in again.tokens() if t.name == "alice"} == {999}
 
+    # An election round touching a partition of each of 150 topics.
+    for n in range(150):
+        store.add_topic(TopicRow(f"e{n}", 1, 1, {}, "ready", 5),
+                        [PartitionRow(f"e{n}", 0, [1], 1, 0, [1])])
+    store.update_partitions([PartitionRow(f"e{n}", 0, [1], None, 1, [1]) for n in range(150)])
+    assert {p.leader for p in open_store().partitions() if p.topic.startswith("e")} == {None}
+
     groups = open_groups()
     for n in range(200):
         groups.commit("g", f"gone-{n}", {0: n, 70: n}, 1)  # two position keys a topic

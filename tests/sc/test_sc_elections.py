@@ -3,6 +3,7 @@ driven as the SC's handlers drive it: register, heartbeat, UPDATE_ISR, disconnec
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from edge.protocol.errors import InvalidConfig, StaleEpoch, TopicNotFound
-from edge.sc.controller import Controller
+from edge.sc.controller import ROUND_LINES, Controller
 from edge.sc.store import MetadataStore, PartitionRow
 
 # What an SPU's registration stream hands the controller: it sends each new assignment.
@@ -96,6 +97,27 @@ def test_a_lost_leader_is_replaced_by_the_next_isr_member(sc: Sc) -> None:
     assert sc.row() == PartitionRow("t", 0, [1, 2, 3], 2, 1, [2, 3])
     seen = sc.last_seen(2)
     assert (seen["leader"], seen["epoch"], seen["isr"]) == (2, 1, [2, 3])
+
+
+def test_an_election_round_is_one_write_and_one_log_line(
+        sc: Sc, caplog: pytest.LogCaptureFixture) -> None:
+    # An SPU that led many partitions (a cloud SPU of many sites) is lost: one
+    # commit for the round, not one fsync per partition while heartbeats wait, and
+    # one line in the log instead of one per partition.
+    for n in range(45):
+        sc.topic(f"t{n}", partitions=1, replication=2)
+    led = [p for p in sc.store.partitions() if p.leader == 1]
+    assert len(led) > ROUND_LINES
+    before = sc.store.generation
+    with caplog.at_level(logging.INFO, logger="edge.sc.controller"):
+        sc.lose(1)
+    assert sc.store.generation == before + 1
+    moved = {(p.topic, p.idx): p for p in sc.store.partitions()}
+    assert all(moved[p.topic, p.idx].leader not in (1, None) for p in led)
+    assert all(moved[p.topic, p.idx].epoch == p.epoch + 1 for p in led)
+    lines = [r.getMessage() for r in caplog.records if "leads, epoch" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].startswith(f"{len(led)} partitions in one round: ")
 
 
 def test_the_successor_comes_from_the_isr_not_the_replica_order(sc: Sc) -> None:
