@@ -49,6 +49,10 @@ STAT_KEYS: Final = (
     "received", "produced", "duplicates", "bad_frames", "dead_lettered", "reconnects",
     "spu_retries", "sequence_gaps", "in_flight", "in_flight_peak", "connected",
 )  # fmt: skip
+# Unsubscribed at a clean stop to learn that the broker has read every PUBACK before
+# it (see _flush_acks); nobody subscribes to it, so it changes nothing.
+FLUSH_FILTER: Final = "headwater/gateway/flush"
+FLUSH_TIMEOUT_S: Final = 2.0
 
 
 class MqttBridge:
@@ -177,11 +181,23 @@ class MqttBridge:
                 # The sender finishes its round and acknowledges it, then returns.
                 fifo.closing = True
                 wake.set()
+            if lost is None:
+                await self._flush_acks(client)
         finally:
             self._redeliveries.remember(fifo.written_unacked())
             self._fifo = None
         if lost is not None:
             raise lost
+
+    async def _flush_acks(self, client: AckingClient) -> None:
+        """Before a clean disconnect, one round trip after the last PUBACK: a broker
+        reads a connection's packets in order, so its UNSUBACK means it has read them
+        all. Without it a gateway started at once under the same client id can take
+        the session over while mosquitto has not read them yet, and it sends those
+        messages again (recognised, but sent twice). Best effort: a broker that does
+        not answer in time costs only those redeliveries."""
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            await client.unsubscribe(FLUSH_FILTER, timeout=FLUSH_TIMEOUT_S)
 
     async def _subscribe_or_fail(self, client: AckingClient) -> aiomqtt.MqttError | None:
         try:
