@@ -313,9 +313,13 @@ async def test_network_cut_heals_without_loss(tmp_path: Path) -> None:
             await w.cancel()
             raise
     print(f"cut {healed - cut:.1f} s (ISRs split after {split - cut:.1f} s)")
-    # The cut-off leader, alone in its ISR (< min_insync_replicas), acknowledged
-    # nothing: not even the records that were waiting when its ISR shrank.
-    lone = [a for a in w.acks_seen if a.partition in led and cut + 0.5 < a.acked < healed]
+    # The cut-off leader acknowledged nothing sent after the cut before the heal: no
+    # follower can have it, and alone in its ISR (< min_insync_replicas) it must
+    # refuse. A record sent just before the cut may be acknowledged during it: the
+    # ISR can shrink in two steps, and a follower that had fetched it keeps it on
+    # two replicas meanwhile. Waiting acks failing when the ISR goes below min_isr
+    # is tests/spu/test_spu_partition_state.py's.
+    lone = [a for a in w.acks_seen if a.partition in led and a.sent > cut and a.acked < healed]
     assert not lone, f"{len(lone)} acks=all records acknowledged by a lone leader"
     report = check(history)
     print(report.summary())
