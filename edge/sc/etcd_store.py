@@ -180,6 +180,15 @@ class _Tables:
         raise MetadataUnavailable(f"{MAX_CONFLICTS} write conflicts in a row under "
                                   f"{self._root}", prefix=self._root)
 
+    def _write_all(self, plan: Callable[[], tuple[Changes, list[str], int]]) -> int:
+        """Run ``_write(plan)`` until the plan has nothing left (it plans at most
+        BULK_ROWS rows at a time) and return the sum of its counts."""
+        with self._lock:
+            total = 0
+            while done := self._write(plan):
+                total += done
+            return total
+
     def _commit(self, changes: Changes, prefixes: list[str]) -> bool:
         fence = self._fence() if self._fence is not None else None
         compares = [Compare.mod_revision(self._root + k, self._revs.get(k, 0))
@@ -439,8 +448,7 @@ class EtcdMetadataStore(_Tables):
         def plan() -> tuple[Changes, list[str], bool]:
             return self._bump({key("sites", name): DELETE}), [], name in self._sites
         with self._lock:
-            while self._write(mirrors):
-                pass
+            self._write_all(mirrors)
             return self._write(plan)
 
     def sites(self) -> list[SiteRow]:
@@ -519,11 +527,7 @@ class EtcdMetadataStore(_Tables):
             changes: Changes = {key("tokens", t.sha256):
                                 t._replace(revoked_ms=revoked_ms)._asdict() for t in hit}
             return (self._bump(changes) if changes else changes), [], len(hit)
-        with self._lock:
-            total = 0
-            while revoked := self._write(plan):
-                total += revoked
-            return total
+        return self._write_all(plan)
 
     def tokens(self) -> list[TokenRow]:
         return sorted(self._tokens.values(), key=lambda t: (t.name, t.created_ms, t.sha256))
@@ -615,11 +619,7 @@ class EtcdGroupStore(_Tables):
             batch = sorted(rows)[:BULK_ROWS]
             return ({key("group_offsets", *c): DELETE for c in batch}, [],
                     sum(rows[c] for c in batch))
-        with self._lock:
-            total = 0
-            while removed := self._write(plan):
-                total += removed
-            return total
+        return self._write_all(plan)
 
 
 def migrate_from_sqlite(sqlite_path: Path, client: EtcdClient, prefix: str) -> dict[str, int]:
